@@ -1,0 +1,113 @@
+"""The extension point: a method is an Objective.
+
+An objective builds its players (one nn.Module and one optimizer each) from the config
+and, for each named phase, returns a dict of scalar losses. It never calls backward
+or steps an optimizer; the trainer does. Phases are data: the default schedule comes
+from `phases()`, and `train.phases: [[critic, 5], [generator, 1]]` overrides the
+repeats (one round of the schedule is one training step).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from .registry import ConfigError, Registry
+
+OBJECTIVES: Registry = Registry("objective")
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    players: tuple[str, ...]  # players whose optimizers step in this phase
+    repeats: int = 1
+    uses_data: bool = True  # draws a fresh batch of real data
+
+
+@dataclass
+class DataInfo:
+    """What an objective may know about the data without loading it."""
+
+    channels: int
+    resolution: int
+    num_classes: int = 0
+    multilabel: bool = False
+
+
+@dataclass
+class Batch:
+    x: Tensor  # images in [-1, 1], [B, C, H, W]
+    y: Tensor  # labels ([B] or [B, K]); -1 where unlabeled
+
+
+class Objective(ABC):
+    Model: ClassVar[type]  # dataclass of the `model:` section
+    Options: ClassVar[type]  # dataclass of the `objective:` section (has `name`)
+    main_player: ClassVar[str]  # whose updates train.steps counts
+    generates: ClassVar[bool] = False  # has latent() / generate() for samples and IS/FID
+    default_ema: ClassVar[dict[str, float]] = {}
+
+    def __init__(self, cfg, info: DataInfo):
+        self.cfg = cfg
+        self.opts = cfg.objective
+        self.info = info
+        self.nets = nn.ModuleDict()  # players, filled by subclasses
+        self.ema: dict[str, nn.Module] = {}  # EMA copies, kept by the trainer
+        # Per-process batch size (train.batch_size / processes), set by the trainer;
+        # phases that draw no data use it for their noise batches.
+        self.local_batch = cfg.train.batch_size
+
+    # -- declared by subclasses -------------------------------------------------
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """Raise ConfigError for invalid option combinations (runs before any work)."""
+
+    @abstractmethod
+    def phases(self) -> list[Phase]:
+        """The default schedule: phases in order, each with the players it updates."""
+
+    @abstractmethod
+    def loss(self, phase: str, batch: Batch | None) -> dict[str, Tensor]:
+        """{'loss': scalar to minimize, other names: values to log}."""
+
+    def clip_norms(self) -> dict[str, float]:
+        """Per-player gradient-clipping defaults from objective options (optim.players overrides)."""
+        return {}
+
+    # -- shared helpers ---------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.nets.parameters()).device
+
+    def net(self, name: str, ema: bool = False) -> nn.Module:
+        return self.ema.get(name, self.nets[name]) if ema else self.nets[name]
+
+    def schedule(self) -> list[Phase]:
+        """The default phases with repeats overridden by `train.phases`."""
+        phases = {p.name: p for p in self.phases()}
+        override = self.cfg.train.phases
+        if override is None:
+            return list(phases.values())
+        out = []
+        for name, repeats in override:
+            if name not in phases:
+                raise ConfigError(
+                    f"train.phases: unknown phase '{name}' for objective '{self.opts.name}'; "
+                    f"valid phases: {', '.join(phases)}"
+                )
+            out.append(Phase(name, phases[name].players, repeats, phases[name].uses_data))
+        missing = set(phases) - {p.name for p in out}
+        if missing:
+            raise ConfigError(f"train.phases: phase(s) {', '.join(sorted(missing))} missing")
+        return out
+
+    def latent(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        raise ConfigError(f"objective '{self.opts.name}' does not generate images")
+
+    @torch.no_grad()
+    def generate(self, z: Tensor, ema: bool = True) -> Tensor:
+        raise ConfigError(f"objective '{self.opts.name}' does not generate images")

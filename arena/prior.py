@@ -1,0 +1,90 @@
+"""Prior matching (paper eq. 7): a discriminator tells samples of a target
+distribution V from an encoder's outputs; the encoder is trained to fool it, so its
+push-forward distribution U matches V. DIM uses it with a uniform box prior; the
+implicit-encoder generator uses two of them with Gaussian targets (eq. 11-12)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from .losses import contractive_penalty, d_loss_jsd, g_loss_nonsaturating, g_loss_saturating
+from .registry import ConfigError, Registry
+
+
+@dataclass
+class PriorConfig:
+    name: str = "uniform"  # uniform | gaussian
+    low: float = 0.0  # uniform: the box [low, high]^d
+    high: float = 1.0
+    mean: float = 0.0  # gaussian: N(mean, std^2 I)
+    std: float = 1.0
+    hidden: list[int] = field(default_factory=lambda: [1000, 200])  # discriminator widths (Table 9)
+    encoder_loss: str = "nonsaturating"  # nonsaturating (-log D) | saturating (log(1 - D), eq. 7 as written)
+    penalty: float = 0.0  # squared input-gradient penalty on the discriminator (official DIM code: 1.0)
+
+
+PRIORS: Registry = Registry("prior")
+
+
+@PRIORS.register("uniform")
+def _uniform(cfg: PriorConfig, n: int, dim: int, generator=None) -> Tensor:
+    return cfg.low + (cfg.high - cfg.low) * torch.rand(n, dim, generator=generator)
+
+
+@PRIORS.register("gaussian")
+def _gaussian(cfg: PriorConfig, n: int, dim: int, generator=None) -> Tensor:
+    return cfg.mean + cfg.std * torch.randn(n, dim, generator=generator)
+
+
+def sample_prior(cfg: PriorConfig, n: int, dim: int, device=None, generator=None) -> Tensor:
+    """n samples of the target; drawn on the CPU so results do not depend on the device."""
+    return PRIORS.get(cfg.name, key="prior.name")(cfg, n, dim, generator).to(device)
+
+
+def check_prior(cfg: PriorConfig, key: str) -> None:
+    PRIORS.get(cfg.name, key=f"{key}.name")
+    if cfg.encoder_loss not in ("nonsaturating", "saturating"):
+        raise ConfigError(f"{key}.encoder_loss: '{cfg.encoder_loss}' is not one of nonsaturating, saturating")
+    if cfg.name == "uniform" and not cfg.high > cfg.low:
+        raise ConfigError(f"{key}: need high > low, got [{cfg.low}, {cfg.high}]")
+    if cfg.name == "gaussian" and not cfg.std > 0:
+        raise ConfigError(f"{key}.std: must be > 0, got {cfg.std}")
+
+
+class PriorDiscriminator(nn.Module):
+    """MLP dim -> hidden... -> 1 with ReLU (the paper's Table 9: 1000-200-1)."""
+
+    def __init__(self, dim: int, hidden: list[int]):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for width in hidden:
+            layers += [nn.Linear(dim, width), nn.ReLU()]
+            dim = width
+        layers.append(nn.Linear(dim, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, y: Tensor) -> Tensor:
+        return self.net(y)
+
+
+def discriminator_loss(D: nn.Module, cfg: PriorConfig, y: Tensor, generator=None) -> dict[str, Tensor]:
+    """D's side: maximize the JSD bound between prior samples (real) and encoder outputs (fake)."""
+    v = sample_prior(cfg, y.shape[0], y.shape[1], y.device, generator)
+    y = y.detach()
+    if cfg.penalty > 0:
+        penalty, real = contractive_penalty(D, v)
+    else:
+        real, penalty = D(v), y.new_zeros(())
+    fake = D(y)
+    loss = d_loss_jsd(real, fake) + cfg.penalty * penalty
+    return {"loss": loss, "d_prior": -loss.detach() if cfg.penalty == 0 else -d_loss_jsd(real, fake).detach()}
+
+
+def encoder_loss(D: nn.Module, cfg: PriorConfig, y: Tensor) -> Tensor:
+    """The encoder's side: make its outputs look like prior samples to D."""
+    fake = D(y)
+    if cfg.encoder_loss == "saturating":
+        return g_loss_saturating(fake)
+    return g_loss_nonsaturating(fake)

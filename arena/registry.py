@@ -1,0 +1,49 @@
+"""Name -> thing lookups that fail loudly, and the one error type for bad input."""
+from __future__ import annotations
+
+import difflib
+from typing import Callable, Generic, Iterable, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """Bad input from the user: a config key, a registry name, a path, a shape."""
+
+
+def suggest(name: str, choices: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' when a close choice exists, else ''."""
+    close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+class Registry(Generic[T]):
+    """A dict of named entries; `get` names the config key and the valid choices on a miss."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def add(entry: T) -> T:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} '{name}' is registered twice")
+            self._entries[name] = entry
+            return entry
+
+        return add
+
+    def get(self, name: str, key: str | None = None) -> T:
+        if name not in self._entries:
+            where = f"{key}: " if key else ""
+            raise ConfigError(
+                f"{where}unknown {self.kind} '{name}'{suggest(name, self._entries)}; "
+                f"valid choices: {', '.join(sorted(self._entries))}"
+            )
+        return self._entries[name]
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries

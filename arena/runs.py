@@ -1,0 +1,39 @@
+"""Loading a trained run for evaluation: config, objective, weights (and EMA) from a checkpoint."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+import yaml
+
+from . import checkpoint as ckpt
+from .config import config_from_dict
+from .objective import DataInfo, Objective
+from .registry import ConfigError
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "latest", device: str | torch.device = "cpu"):
+    """-> (cfg, objective, step): the objective's nets and EMA copies hold the saved
+    weights and are in eval mode. `checkpoint` is 'latest' or a checkpoint directory."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"--run: {run_dir} is not a directory")
+    where = ckpt.resolve_checkpoint(run_dir, checkpoint)
+    saved, _ = ckpt.load(where)
+    cfg = config_from_dict(yaml.safe_load(saved["config"]), name=run_dir.name)
+    cfg.run.dir = str(run_dir)
+    from .trainer import build_objective
+
+    objective: Objective = build_objective(cfg, DataInfo(**saved["data_info"]))
+    for name, net in objective.nets.items():
+        ckpt.check_compatible(name, saved["nets"][name], net, where)
+        net.load_state_dict(saved["nets"][name])
+    for name, state in saved["ema"].items():
+        ema = copy.deepcopy(objective.nets[name])
+        ema.load_state_dict(state)
+        objective.ema[name] = ema.requires_grad_(False)
+    objective.nets.to(device).eval()
+    for ema in objective.ema.values():
+        ema.to(device).eval()
+    return cfg, objective, int(saved["step"])

@@ -1,0 +1,367 @@
+"""The one training loop. The only module that imports accelerate.
+
+Reads top to bottom in `train()`: processes and seeds, data, objective, optimizers,
+resume, then rounds of the phase schedule until `train.steps`, with logging, sample
+grids, hooks and checkpoints between rounds. Gradients are averaged across processes
+here (not by DistributedDataParallel), because the penalties take gradients w.r.t.
+inputs with `create_graph=True`, which DDP's reducer does not support.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from accelerate import PartialState
+from accelerate.utils import broadcast, reduce
+from torch import Tensor, nn
+
+from . import checkpoint as ckpt
+from .config import Config, config_from_dict
+from .data import build_dataset
+from .objective import OBJECTIVES, DataInfo, Objective, Phase
+from .registry import ConfigError
+from .stream import BatchStream
+from .version import __version__
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+@dataclass
+class Hook:
+    """Called on the main process every `every` steps (and on every process when
+    `all_processes`, for hooks that split work, e.g. generating metric samples)."""
+
+    every: int
+    fn: Callable[["Run", int], dict | None]
+    all_processes: bool = False
+
+
+@dataclass
+class Run:
+    """What hooks see: the live objective and the process layout."""
+
+    cfg: Config
+    objective: Objective
+    rank: int
+    world: int
+    gather: Callable[[Tensor], Tensor]
+    dir: Path
+    log: Callable[[int, dict], None] = field(repr=False, default=None)
+
+
+def make_optimizer(cfg: Config, player: str, net: nn.Module) -> torch.optim.Optimizer:
+    o = cfg.optim
+    over = o.players.get(player)
+    lr = over.lr if over and over.lr is not None else o.lr
+    betas = over.betas if over and over.betas is not None else o.betas
+    wd = over.weight_decay if over and over.weight_decay is not None else o.weight_decay
+    params = [p for p in net.parameters() if p.requires_grad]
+    if o.name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=tuple(betas), weight_decay=wd)
+    if o.name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=wd)
+    return torch.optim.SGD(params, lr=lr, momentum=betas[0], weight_decay=wd)
+
+
+def clip_norm(cfg: Config, player: str, objective: Objective) -> float:
+    over = cfg.optim.players.get(player)
+    if over and over.clip_norm is not None:
+        return over.clip_norm
+    return objective.clip_norms().get(player, cfg.optim.clip_norm)
+
+
+def data_info(ds) -> DataInfo:
+    return DataInfo(ds.channels, ds.resolution, ds.num_classes, ds.multilabel)
+
+
+def build_objective(cfg: Config, info: DataInfo) -> Objective:
+    return OBJECTIVES.get(cfg.objective.name, key="objective.name")(cfg, info)
+
+
+class _Logger:
+    """metrics.jsonl (+ TensorBoard when installed) on the main process."""
+
+    def __init__(self, run_dir: Path, enabled: bool):
+        self.enabled = enabled
+        self.path = run_dir / "metrics.jsonl"
+        self.tb = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tb"))
+            except ImportError:  # tensorboard is optional
+                self.tb = None
+
+    def __call__(self, step: int, values: dict) -> None:
+        if not self.enabled or not values:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **values}) + "\n")
+        if self.tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, step)
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _set_requires_grad(objective: Objective, players: tuple[str, ...]) -> None:
+    # Players that do not step in this phase get no weight gradients (saves the
+    # backward through them; penalties still differentiate w.r.t. inputs).
+    for name, net in objective.nets.items():
+        net.requires_grad_(name in players)
+
+
+@torch.no_grad()
+def _ema_update(ema: nn.Module, net: nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), net.parameters()):
+        e.lerp_(p, 1.0 - decay)
+    for e, b in zip(ema.buffers(), net.buffers()):
+        e.copy_(b)
+
+
+def save_grid(images: Tensor, path: Path, nrow: int) -> None:
+    """Images in [-1, 1] -> one PNG, written atomically."""
+    from torchvision.utils import save_image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    save_image(images.float().clamp(-1, 1) * 0.5 + 0.5, tmp, nrow=nrow)
+    os.replace(tmp, path)
+
+
+def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
+    # -- processes, device, seeds ------------------------------------------------
+    state = PartialState(cpu=not torch.cuda.is_available())
+    rank, world, device, main = state.process_index, state.num_processes, state.device, state.is_main_process
+    run_dir = Path(cfg.run.dir)
+    amp_dtype = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.mixed_precision]
+
+    # -- data and objective (same weights on every process) ---------------------
+    train_set = build_dataset(cfg.data, "train")
+    info = data_info(train_set)
+    torch.manual_seed(cfg.run.seed)
+    objective = build_objective(cfg, info)
+    objective.nets.to(device)
+    schedule = objective.schedule()
+    optimizers = {name: make_optimizer(cfg, name, net) for name, net in objective.nets.items()}
+    base_lrs = {name: [g["lr"] for g in opt.param_groups] for name, opt in optimizers.items()}
+    scalers = {p.name: torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16) for p in schedule}
+    ema_decay = dict(objective.default_ema) if cfg.train.ema is None else cfg.train.ema
+    for name, decay in ema_decay.items():
+        if name not in objective.nets:
+            raise ConfigError(f"train.ema: unknown player '{name}'; players: {', '.join(objective.nets)}")
+        if not 0.0 <= decay < 1.0:
+            raise ConfigError(f"train.ema.{name}: decay must be in [0, 1), got {decay}")
+    objective.ema = {name: copy.deepcopy(objective.nets[name]).requires_grad_(False).eval() for name in ema_decay}
+    # Per-process noise from here on (different z, prior samples, ... on each process).
+    torch.manual_seed(cfg.run.seed * 7919 + 1 + rank)
+    stream = BatchStream(train_set, cfg.train.batch_size, seed=cfg.run.seed, rank=rank, world=world,
+                         device=device, data_cfg=cfg.data)
+    objective.local_batch = stream.batch_size
+
+    # -- resume --------------------------------------------------------------------
+    step = 0
+    if cfg.run.resume:
+        where = ckpt.resolve_checkpoint(run_dir, cfg.run.resume)
+        saved, rng = ckpt.load(where, rank)
+        for name, net in objective.nets.items():
+            if name not in saved["nets"]:
+                raise ConfigError(f"checkpoint {where} has no player '{name}' (it has {', '.join(saved['nets'])})")
+            ckpt.check_compatible(name, saved["nets"][name], net, where)
+            net.load_state_dict(saved["nets"][name])
+            optimizers[name].load_state_dict(saved["optimizers"][name])
+        for name, ema in objective.ema.items():
+            ema.load_state_dict(saved["ema"].get(name, objective.nets[name].state_dict()))
+        for name, scaler in scalers.items():
+            if name in saved["scalers"]:
+                scaler.load_state_dict(saved["scalers"][name])
+        stream.load_state_dict(saved["data"])
+        step = int(saved["step"])
+        if rng is not None:
+            ckpt.set_rng_state(rng)
+        if main:
+            print(f"[arena] resumed from {where} at step {step}")
+
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(cfg.to_yaml())
+        print(f"[arena] {cfg.objective.name} on {train_set.describe()}; {world} process(es) on {device}; "
+              f"run dir {run_dir}")
+    log = _Logger(run_dir, main)
+    gather = (lambda t: t) if world == 1 else (lambda t: state_gather(t))
+    run = Run(cfg, objective, rank, world, gather, run_dir, log)
+
+    # -- one phase: forward, backward, average over processes, clip, step, EMA ----------
+    sums: dict[str, Tensor] = {}  # running sums since the last log, on the device
+    counts: dict[str, int] = {}
+    first_bad: dict[str, Tensor] = {}
+    step_t = torch.zeros((), device=device, dtype=torch.long)
+
+    def run_phase(phase: Phase) -> None:
+        _set_requires_grad(objective, phase.players)
+        batch = next(stream) if phase.uses_data else None
+        ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+        with ctx:
+            out = objective.loss(phase.name, batch)
+        loss = out["loss"].float()
+        scaler = scalers[phase.name]
+        for name in phase.players:
+            optimizers[name].zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        for name in phase.players:
+            net, opt = objective.nets[name], optimizers[name]
+            if world > 1:
+                _average_gradients(net)
+            limit = clip_norm(cfg, name, objective)
+            if limit > 0:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(net.parameters(), limit)
+            scaler.step(opt)
+            if world > 1:
+                _sync_buffers(net)
+            if name in objective.ema:
+                _ema_update(objective.ema[name], net, ema_decay[name])
+        scaler.update()
+        # Accumulate on the device; read back only at log time (no per-step sync).
+        for key, value in out.items():
+            k = f"{phase.name}/{key}"
+            v = value.detach().float()
+            sums[k] = sums.get(k, 0.0) + v
+            counts[k] = counts.get(k, 0) + 1
+            bad = first_bad.get(k)
+            if bad is None:
+                bad = first_bad[k] = torch.full((), -1, device=device, dtype=torch.long)
+            first_bad[k] = torch.where((bad < 0) & ~torch.isfinite(v), step_t, bad)
+
+    def check_finite() -> None:
+        bad = {k: int(v.item()) for k, v in first_bad.items()}
+        bad = {k: s for k, s in bad.items() if s >= 0}
+        if bad:
+            k = min(bad, key=bad.get)  # the first to go; the others follow from it
+            raise NonFiniteLoss(
+                f"loss '{k}' became non-finite (nan or inf) at step {bad[k]}; stopping. The last "
+                f"good checkpoint is kept under {run_dir / 'checkpoints'}."
+            )
+
+    def save(at: int) -> None:
+        check_finite()  # never write a checkpoint of diverged weights
+        tmp = ckpt.prepare(run_dir, at) if main else None
+        state.wait_for_everyone()
+        tmp = ckpt.tmp_dir(run_dir, at)
+        ckpt.write(tmp / f"rng-rank{rank}.pt", ckpt.rng_state())
+        if main:
+            ckpt.write(tmp / "state.pt", {
+                "step": at,
+                "nets": {n: m.state_dict() for n, m in objective.nets.items()},
+                "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
+                "ema": {n: m.state_dict() for n, m in objective.ema.items()},
+                "scalers": {n: s.state_dict() for n, s in scalers.items()},
+                "data": stream.state_dict(),
+                "data_info": vars(info),
+                "config": cfg.to_yaml(),
+                "version": __version__,
+                "world_size": world,
+            })
+        state.wait_for_everyone()
+        if main:
+            ckpt.commit(run_dir, at, cfg.train.keep_checkpoints)
+        state.wait_for_everyone()
+
+    # -- the loop ---------------------------------------------------------------------
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=cfg.train.steps, initial=step, disable=not (main and cfg.train.progress),
+               desc=cfg.name, dynamic_ncols=True)
+    fixed_z = None
+    if objective.generates:
+        fixed_z = objective.latent(cfg.train.num_samples, torch.Generator().manual_seed(cfg.run.seed))
+    for net in objective.nets.values():
+        net.train()
+    t_last, steps_since = time.perf_counter(), 0
+    try:
+        while step < cfg.train.steps:
+            if cfg.optim.schedule == "linear":  # decay to 0 at train.steps
+                for name, opt in optimizers.items():
+                    for g, lr in zip(opt.param_groups, base_lrs[name]):
+                        g["lr"] = lr * (1.0 - step / cfg.train.steps)
+            step_t.fill_(step + 1)  # 1-based, as logged: step s is the s-th update
+            for phase in schedule:
+                for _ in range(phase.repeats):
+                    run_phase(phase)
+            step += 1  # before saving: a checkpoint at step s holds s finished steps
+            steps_since += 1
+            bar.update(1)
+
+            if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+                check_finite()
+                now = time.perf_counter()
+                values = {k: float(v.item()) / counts[k] for k, v in sums.items()}
+                values["steps_per_s"] = steps_since / max(now - t_last, 1e-9)
+                log(step, values)
+                bar.set_postfix({k.split("/", 1)[1] if k.count("/") == 1 else k: f"{v:.3g}"
+                                 for k, v in list(values.items())[:4]})
+                sums.clear()
+                counts.clear()
+                t_last, steps_since = now, 0
+            if fixed_z is not None and main and (step % cfg.train.sample_every == 0 or step == cfg.train.steps):
+                images = objective.generate(fixed_z.to(device), ema=True)
+                save_grid(images, run_dir / "samples" / f"step-{step:06d}.png",
+                          nrow=int(math.ceil(math.sqrt(len(images)))))
+            for hook in hooks:
+                if step % hook.every == 0 or step == cfg.train.steps:
+                    if hook.all_processes or main:
+                        values = hook.fn(run, step)
+                        if values:
+                            log(step, values)
+            if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
+                save(step)
+    finally:
+        bar.close()
+        log.close()
+    return objective
+
+
+def _average_gradients(net: nn.Module) -> None:
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in net.parameters() if p.requires_grad]
+    if not grads:
+        return
+    flat = torch.cat([g.flatten() for g in grads])
+    flat = reduce(flat, reduction="mean")
+    offset = 0
+    for p in (p for p in net.parameters() if p.requires_grad):
+        n = p.numel()
+        p.grad = flat[offset : offset + n].view_as(p).clone()
+        offset += n
+
+
+def _sync_buffers(net: nn.Module) -> None:
+    # BatchNorm statistics are per process; keep rank 0's so every copy is identical.
+    for b in net.buffers():
+        if b.dtype.is_floating_point or b.dtype == torch.long:
+            b.copy_(broadcast(b.clone(), from_process=0))
+
+
+def state_gather(t: Tensor) -> Tensor:
+    """Concatenate every process's tensor along dim 0, in rank order; the first dims
+    may differ between processes (padding is removed, so nothing is duplicated)."""
+    from accelerate.utils import gather, pad_across_processes
+
+    sizes = gather(torch.tensor([t.shape[0]], device=t.device)).tolist()
+    padded = gather(pad_across_processes(t.contiguous(), dim=0))
+    per = padded.shape[0] // len(sizes)
+    return torch.cat([padded[i * per : i * per + n] for i, n in enumerate(sizes)])

@@ -1,0 +1,1 @@
+"""Deep InfoMax: encoders, MI critics, estimators, occlusion and coordinate tasks."""

@@ -1,0 +1,187 @@
+"""DIM encoders E = f o C (paper sec. 3, App. A.1): a conv stack C, fc layers f, a linear Y.
+
+Two architectures, found by name in `ENCODERS`:
+
+- ``dcgan32``: the paper's CIFAR encoder (a DCGAN discriminator body; the official
+  ``basic32x32``): conv 64, 128, 256 (4x4, stride 2, pad 1), fc 1024, linear -> y_dim.
+  At 32x32 the maps are conv1 64x16x16, conv2 128x8x8, conv3 256x4x4.
+- ``alexnet64``: the paper's encoder for Tiny ImageNet / STL-10 (64x64), "an AlexNet
+  similar to Donahue et al. (2016)". We use the layers of the official DIM code's
+  ``alex64x64`` because they are the ones the paper's numbers came from; the BiGAN
+  AlexNet itself is an ImageNet-size net (11x11 stride-4 first conv) that would leave
+  a 64x64 image with almost no spatial map:
+      conv1  96, 3x3 s1 p1, BN, ReLU, max-pool 3/2   ->  96 x 31 x 31
+      conv2 192, 3x3 s1 p1, BN, ReLU, max-pool 3/2   -> 192 x 15 x 15
+      conv3 384, 3x3 s1 p1, BN, ReLU                 -> 384 x 15 x 15
+      conv4 384, 3x3 s1 p1, BN, ReLU                 -> 384 x 15 x 15
+      conv5 192, 3x3 s1 p1, BN, ReLU, max-pool 3/2   -> 192 x  7 x  7
+      fc 4096 BN ReLU, fc 4096 BN ReLU, linear -> y_dim
+  (AlexNet's 5-conv / 3-pool / two-4096-fc shape with 3x3 kernels sized for 64x64.)
+
+Every hidden layer has batch norm and ReLU (A.1); Y has no activation. A named conv
+layer's output is the whole block (conv, BN, ReLU and its pool), so the maps handed to
+the MI critics "include the final batch normalization and ReLU activation" (A.1).
+
+Supported resolutions are a per-architecture list, checked when the net is built:
+dcgan32 takes 32 (the paper) and 16 (CPU demos on digits: maps 8, 4, 2); alexnet64
+takes 64. The fc layer's input size depends on the resolution, so there is no
+resolution-free variant; anything else fails with a ConfigError naming data.resolution.
+
+Default local layer (A.1): "the next-to-last [conv] layer worked best for CIFAR10 and
+CIFAR100, while for the other larger datasets it was the previous layer": conv2 of
+dcgan32's three (128 x 8 x 8 at 32x32) and conv3 of alexnet64's five (384 x 15 x 15),
+as in the official code (local_idx 1 and 2).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from arena.registry import ConfigError, Registry
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    channels: int  # at width 1
+    kernel: int
+    stride: int
+    pad: int
+    pool: bool = False  # max-pool 3x3 stride 2 after the ReLU
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    convs: tuple[ConvSpec, ...]
+    fc: tuple[int, ...]  # hidden fc units at width 1
+    resolutions: tuple[int, ...]
+    default_local: str
+
+
+ENCODERS: Registry[ArchSpec] = Registry("encoder architecture")
+
+ENCODERS.register("dcgan32")(
+    ArchSpec(
+        convs=(ConvSpec(64, 4, 2, 1), ConvSpec(128, 4, 2, 1), ConvSpec(256, 4, 2, 1)),
+        fc=(1024,),
+        resolutions=(32, 16),
+        default_local="conv2",
+    )
+)
+ENCODERS.register("alexnet64")(
+    ArchSpec(
+        convs=(
+            ConvSpec(96, 3, 1, 1, pool=True),
+            ConvSpec(192, 3, 1, 1, pool=True),
+            ConvSpec(384, 3, 1, 1),
+            ConvSpec(384, 3, 1, 1),
+            ConvSpec(192, 3, 1, 1, pool=True),
+        ),
+        fc=(4096, 4096),
+        resolutions=(64,),
+        default_local="conv3",
+    )
+)
+
+
+def scaled(n: int, width: float) -> int:
+    """A hidden unit count times the width multiplier, at least 1."""
+    return max(1, int(round(n * width)))
+
+
+def _conv_out(size: int, kernel: int, stride: int, pad: int) -> int:
+    return (size + 2 * pad - kernel) // stride + 1
+
+
+class ConvEncoder(nn.Module):
+    """Conv blocks conv1..convK, fc blocks, linear Y; forward returns every DIM tap.
+
+    Attributes the critics, probes and objective read:
+      y_dim                       size of Y
+      layer_shapes[name]          (C, h, w) of each conv block's output
+      local_layer, local_shape    the map used for local DIM, and its (C, h, w)
+      local_channels              local_shape[0]
+      conv_shape                  (C, h, w) of the last conv block (the global critic's C(x))
+      feature_dims                {"conv": C*h*w, "fc": units, "y": y_dim}, flattened sizes for probes
+    """
+
+    def __init__(self, spec: ArchSpec, *, channels: int, resolution: int, y_dim: int,
+                 width: float, local_layer: str | None):
+        super().__init__()
+        self.y_dim = y_dim
+        self.in_shape = (channels, resolution, resolution)
+        self.convs = nn.ModuleDict()
+        self.layer_shapes: dict[str, tuple[int, int, int]] = {}
+        c_in, size = channels, resolution
+        for k, s in enumerate(spec.convs, start=1):
+            c_out = scaled(s.channels, width)
+            layers: list[nn.Module] = [
+                nn.Conv2d(c_in, c_out, s.kernel, s.stride, s.pad, bias=False),  # BN adds the bias
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True),
+            ]
+            size = _conv_out(size, s.kernel, s.stride, s.pad)
+            if s.pool:
+                layers.append(nn.MaxPool2d(3, 2))
+                size = _conv_out(size, 3, 2, 0)
+            name = f"conv{k}"
+            self.convs[name] = nn.Sequential(*layers)
+            self.layer_shapes[name] = (c_out, size, size)
+            c_in = c_out
+
+        self.conv_shape = self.layer_shapes[f"conv{len(spec.convs)}"]
+        n_in = self.conv_shape[0] * self.conv_shape[1] * self.conv_shape[2]
+        fc: list[nn.Module] = []
+        for units in spec.fc:
+            n_out = scaled(units, width)
+            fc += [nn.Linear(n_in, n_out, bias=False), nn.BatchNorm1d(n_out), nn.ReLU(inplace=True)]
+            n_in = n_out
+        self.fc = nn.Sequential(*fc)
+        self.out = nn.Linear(n_in, y_dim)  # Y: no activation (prior matching adds its own sigmoid)
+
+        local_layer = spec.default_local if local_layer is None else local_layer
+        if local_layer not in self.layer_shapes:
+            raise ConfigError(
+                f"model.local_layer: unknown layer '{local_layer}'; "
+                f"valid choices: {', '.join(self.layer_shapes)}"
+            )
+        self.local_layer = local_layer
+        self.local_shape = self.layer_shapes[local_layer]
+        self.local_channels = self.local_shape[0]
+        self.feature_dims = {
+            "conv": self.conv_shape[0] * self.conv_shape[1] * self.conv_shape[2],
+            "fc": n_in,
+            "y": y_dim,
+        }
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if tuple(x.shape[1:]) != self.in_shape:
+            raise ValueError(f"encoder built for inputs [B, {', '.join(map(str, self.in_shape))}], "
+                             f"got {list(x.shape)}")
+        out: dict[str, torch.Tensor] = {}
+        h = x
+        for name, block in self.convs.items():
+            h = block(h)
+            if name == self.local_layer:
+                out["local"] = h
+        out["conv"] = h
+        out["fc"] = self.fc(h.flatten(1))
+        out["y"] = self.out(out["fc"])
+        return out
+
+
+def build_encoder(arch: str, *, channels: int, resolution: int, y_dim: int = 64,
+                  width: float = 1.0, local_layer: str | None = None) -> ConvEncoder:
+    """The DIM encoder `arch` for [B, channels, resolution, resolution] inputs in [-1, 1]."""
+    spec = ENCODERS.get(arch, key="model.encoder")
+    if resolution not in spec.resolutions:
+        raise ConfigError(
+            f"data.resolution: encoder '{arch}' supports resolutions "
+            f"{', '.join(map(str, sorted(spec.resolutions)))}, got {resolution}"
+        )
+    if channels < 1 or y_dim < 1 or width <= 0:
+        raise ConfigError(f"encoder needs channels >= 1, y_dim >= 1, width > 0; "
+                          f"got channels={channels}, y_dim={y_dim}, width={width}")
+    return ConvEncoder(spec, channels=channels, resolution=resolution, y_dim=y_dim,
+                       width=width, local_layer=local_layer)

@@ -1,0 +1,51 @@
+"""The one training entry point.
+
+    accelerate launch train.py --config ie_lsun.yaml [key.sub=value ...]
+    python train.py --config prior_match_digits train.steps=200
+    python train.py --config ie_digits --print-config
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import arena.prior_match  # noqa: F401  (registers the core's objective)
+import dim  # noqa: F401  (registers DIM objectives)
+import implicit_gen  # noqa: F401  (registers the generator objectives)
+from arena.config import load_config
+from arena.registry import ConfigError
+from arena.trainer import NonFiniteLoss, train
+
+
+def hooks_for(cfg):
+    """Metric hooks from eval/ (the only place the trainer's caller reaches into eval)."""
+    if cfg.eval.every <= 0:
+        return []
+    from eval.hooks import training_hooks
+
+    return training_hooks(cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="configs/NAME.yaml by name, or a path to a YAML file")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=200 data.root=/data")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if args.print_config:
+            print(cfg.to_yaml(), end="")
+            return 0
+        train(cfg, hooks_for(cfg))
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except NonFiniteLoss as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
