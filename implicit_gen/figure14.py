@@ -1,0 +1,99 @@
+"""Redraw the paper's Figure 14: histograms of the discriminator's unnormalized outputs
+on real and generated data when the discriminator is over-trained (50 updates per
+generator update), one panel per loss. For the implicit encoder the "discriminator"
+is the encoder E, whose outputs should stay two overlapping Gaussians around mu_Q and
+mu_P; for the GANs the real and fake modes drift apart.
+
+    python -m implicit_gen.figure14 --out docs/img/figure14_digits.png
+    python -m implicit_gen.figure14 --base ie_celeba --steps 200 --out fig14.png   (a GPU)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+import arena.prior_match  # noqa: F401
+import implicit_gen  # noqa: F401
+import yaml
+
+from arena.config import config_from_dict, merge, parse_overrides, resolve_config_path
+from arena.data import build_dataset
+from arena.trainer import train
+
+# panel title -> (objective, overrides, phases at a 50:1 ratio, net whose output is shown)
+LOSSES = {
+    "GAN (log(1 - D))": ("gan", [], [["critic", "R"], ["generator", 1]], "D"),
+    "GAN (-log D)": ("nsgan_cp", ["objective.penalty_weight=0.0"], [["critic", "R"], ["generator", 1]], "D"),
+    "Least squares GAN": ("lsgan", [], [["critic", "R"], ["generator", 1]], "D"),
+    "WGAN-GP": ("wgan_gp", [], [["critic", "R"], ["generator", 1]], "D"),
+    "IE (ours)": ("ie", [], [["discriminators", "R"], ["encoder", "R"], ["generator", 1]], "E"),
+}
+
+
+def run_one(base: str, objective: str, extra: list[str], phases, ratio: int, steps: int, run_dir: Path):
+    phases = [[name, ratio if n == "R" else n] for name, n in phases]
+    overrides = [*extra, f"run.dir={run_dir}", f"train.steps={steps}",
+                 f"train.phases={json.dumps(phases)}", "train.progress=false", f"train.checkpoint_every={steps}",
+                 f"train.sample_every={steps}", f"train.log_every={max(1, steps // 4)}"]
+    raw = yaml.safe_load(resolve_config_path(base).read_text())
+    raw["objective"] = {"name": objective}  # the base's data, nets and optimizer; each loss's defaults
+    cfg = config_from_dict(merge(raw, parse_overrides(overrides)), name=f"figure14-{objective}")
+    return cfg, train(cfg)
+
+
+@torch.no_grad()
+def outputs(objective, net: str, cfg, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    ds = build_dataset(cfg.data, "test")
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:n]
+    real = torch.stack([ds[int(i)][0] for i in idx]).to(objective.device)
+    fake = objective.generate(objective.latent(len(real), torch.Generator().manual_seed(1)), ema=False)
+    D = objective.nets[net].eval()
+    return D(real).flatten().cpu(), D(fake).flatten().cpu()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", default="ie_digits", help="config whose data and nets every panel uses")
+    parser.add_argument("--ratio", type=int, default=50, help="discriminator updates per generator update")
+    parser.add_argument("--steps", type=int, default=20, help="generator updates per loss")
+    parser.add_argument("--samples", type=int, default=360)
+    parser.add_argument("--runs", default="runs/figure14")
+    parser.add_argument("--out", default="figure14.png")
+    args = parser.parse_args()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(LOSSES), figsize=(3.2 * len(LOSSES), 2.8))
+    summary = {}
+    for ax, (title, (name, extra, phases, net)) in zip(axes, LOSSES.items()):
+        t = time.perf_counter()
+        cfg, objective = run_one(args.base, name, extra, phases, args.ratio, args.steps, Path(args.runs) / name)
+        real, fake = outputs(objective, net, cfg, args.samples)
+        lo, hi = float(torch.minimum(real.min(), fake.min())), float(torch.maximum(real.max(), fake.max()))
+        bins = torch.linspace(lo, hi + 1e-6, 41).numpy()
+        ax.hist(real.numpy(), bins=bins, alpha=0.6, label="real", color="tab:blue")
+        ax.hist(fake.numpy(), bins=bins, alpha=0.6, label="fake", color="tab:orange")
+        ax.set_title(title, fontsize=9)
+        ax.set_yticks([])
+        summary[title] = {"real_mean": real.mean().item(), "real_std": real.std().item(),
+                          "fake_mean": fake.mean().item(), "fake_std": fake.std().item(),
+                          "seconds": round(time.perf_counter() - t, 1)}
+        print(title, json.dumps(summary[title]))
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{args.base}: outputs on real and generated data after {args.steps} generator steps "
+                 f"at {args.ratio}:1", fontsize=9)
+    fig.tight_layout()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out, dpi=110)
+    Path(args.out).with_suffix(".json").write_text(json.dumps(summary, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
