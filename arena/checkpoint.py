@@ -34,16 +34,16 @@ def checkpoint_dirs(root: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def resolve_checkpoint(run_dir: str | Path, which: str) -> Path:
+def resolve_checkpoint(run_dir: str | Path, which: str, key: str = "run.resume") -> Path:
     """'latest' -> the newest complete checkpoint of run_dir; otherwise a checkpoint path."""
     if which == "latest":
         found = checkpoint_dirs(run_dir)
         if not found:
-            raise ConfigError(f"run.resume: no checkpoint found under {Path(run_dir) / 'checkpoints'}")
+            raise ConfigError(f"{key}: no checkpoint found under {Path(run_dir) / 'checkpoints'}")
         return found[-1]
     path = Path(which)
     if not (path / "state.pt").is_file():
-        raise ConfigError(f"run.resume: {path} is not a checkpoint directory (no state.pt in it)")
+        raise ConfigError(f"{key}: {path} is not a checkpoint directory (no state.pt in it)")
     return path
 
 

@@ -19,7 +19,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "latest", device: str | torc
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"--run: {run_dir} is not a directory")
-    where = ckpt.resolve_checkpoint(run_dir, checkpoint)
+    where = ckpt.resolve_checkpoint(run_dir, checkpoint, key="--checkpoint")
     saved, _ = ckpt.load(where)
     cfg = config_from_dict(yaml.safe_load(saved["config"]), name=run_dir.name)
     cfg.run.dir = str(run_dir)

@@ -1,7 +1,6 @@
 """What every generator objective shares: the model section, G, latents and sampling."""
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -57,7 +56,13 @@ class GeneratorObjective(Objective):
 
     @torch.no_grad()
     def generate(self, z: Tensor, ema: bool = True) -> Tensor:
-        # Batch statistics in G's batch norm, as the reference samples; on a copy so
-        # that sampling never moves the running statistics of the trained nets.
-        G = copy.deepcopy(self.net("G", ema)).train()
-        return G(z.to(self.device))
+        # G's batch norm uses its running statistics here, not the batch's (the
+        # reference samples with batch statistics): so each image depends on its own z
+        # only, and IS/FID do not change with the batch size or the number of processes.
+        G = self.net("G", ema)
+        was_training = G.training
+        G.eval()
+        try:
+            return G(z.to(self.device))
+        finally:
+            G.train(was_training)

@@ -1,0 +1,84 @@
+"""IS / FID / KID (and precision/recall) of a trained generator.
+
+    python -m eval.fid_is --run runs/ie_tinyimagenet --inception-weights ~/weights-inception-2015-12-05-6726825d.pth
+    python -m eval.fid_is --run runs/ie_digits --num-samples 5000          # digits: the shipped domain extractor
+
+Draws --num-samples images (default 50000) from seeded latents, compares them with
+the run's training split (reference statistics cached, see eval.fidelity), prints one
+JSON object and appends it to RUN_DIR/metrics.jsonl. A missing weights file fails
+before the checkpoint's generator draws a single sample.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from arena.registry import ConfigError
+
+from .fidelity import check_metrics, describe_features, evaluate_generator, resolve_features
+
+DEFAULT_SAMPLES = 50000
+
+
+def load_run(run_dir: str, checkpoint: str, device: str):
+    """arena.runs.load_run with every objective registered (a module attribute, so tests can swap it)."""
+    import arena.prior_match  # noqa: F401  (the objectives register themselves on import)
+    import dim  # noqa: F401
+    import implicit_gen  # noqa: F401
+    from arena.runs import load_run as _load_run
+
+    return _load_run(run_dir, checkpoint, device=device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m eval.fid_is", description=__doc__.split("\n")[0])
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--checkpoint", default="latest", help="'latest' or a checkpoint directory")
+    p.add_argument("--num-samples", type=int, default=DEFAULT_SAMPLES)
+    p.add_argument("--metrics", default=None, help="comma-separated: fid,isc,kid,prc (default: eval.metrics)")
+    p.add_argument("--features", default=None,
+                   help="inception | a shipped extractor (e.g. digits-32) | a weights path | auto "
+                        "(default: eval.features of the run)")
+    p.add_argument("--inception-weights", default=None, help="local copy of torch-fidelity's Inception weights")
+    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="use the EMA generator")
+    p.add_argument("--seed", type=int, default=0, help="seed of the latents")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--verbose", action="store_true", help="torch-fidelity's progress output")
+    args = p.parse_args(argv)
+    try:
+        if args.num_samples < 2:
+            raise ConfigError(f"--num-samples must be >= 2, got {args.num_samples}")
+        cfg, objective, step = load_run(args.run, args.checkpoint, args.device)
+        metrics = check_metrics(args.metrics.split(",") if args.metrics else cfg.eval.metrics)
+        features = args.features or cfg.eval.features
+        weights = args.inception_weights or cfg.eval.inception_weights or None
+        feats = resolve_features(features, cfg.data, weights)  # fails here, before sampling
+        values = evaluate_generator(objective, cfg, num_samples=args.num_samples, metrics=metrics,
+                                    features=features, inception_weights=weights, seed=args.seed,
+                                    batch_size=args.batch_size, ema=args.ema, verbose=args.verbose)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    record = {
+        "step": step,
+        **values,
+        "num_samples": args.num_samples,
+        "features": describe_features(feats),
+        "checkpoint": args.checkpoint,
+        "seed": args.seed,
+        "ema": args.ema,
+    }
+    line = json.dumps(record)
+    print(line)
+    with open(Path(args.run) / "metrics.jsonl", "a") as f:
+        f.write(line + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,376 @@
+"""IS / FID / KID / precision-recall of a generator through torch-fidelity 0.4.0.
+
+Three pieces, usable alone:
+
+- `resolve_features` picks the feature space (Inception from a local weights file,
+  or a domain classifier from eval/weights) and fails at once when a file is missing.
+- `generate_samples` + `assemble` draw exactly n samples, the same n for any number
+  of processes: every process draws all n latents from one seeded generator and
+  renders only indices rank::world_size; the shards are interleaved back in order.
+- `compute_metrics` feeds uint8 images to torch-fidelity; the real side's features
+  are cached under a key that names the dataset split and the feature extractor.
+
+`evaluate_generator` ties them together for the eval.fid_is CLI and the trainer's
+metric hook. torch-fidelity is single-process: with several processes the samples
+are gathered and only rank 0 computes the metrics.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+import torch_fidelity
+from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
+from arena.registry import ConfigError, suggest
+
+from .features import EXTRACTOR_NAME, file_digest, load_classifier, shipped_extractors
+
+METRICS = ("fid", "isc", "kid", "prc")
+INCEPTION_FILE = URL_INCEPTION_V3.rsplit("/", 1)[-1]  # weights-inception-2015-12-05-6726825d.pth
+INCEPTION_ENV = "DIM_INCEPTION_WEIGHTS"
+CACHE_ENV = "DIM_FIDELITY_CACHE"
+REFERENCE_LIMIT = 50000  # real images in the reference statistics (a fixed seeded subset beyond this)
+
+# torch-fidelity's result keys -> ours
+_KEYS = {
+    torch_fidelity.KEY_METRIC_FID: "fid",
+    torch_fidelity.KEY_METRIC_ISC_MEAN: "isc_mean",
+    torch_fidelity.KEY_METRIC_ISC_STD: "isc_std",
+    torch_fidelity.KEY_METRIC_KID_MEAN: "kid_mean",
+    torch_fidelity.KEY_METRIC_KID_STD: "kid_std",
+    torch_fidelity.KEY_METRIC_PRECISION: "precision",
+    torch_fidelity.KEY_METRIC_RECALL: "recall",
+}
+
+
+# ---------------------------------------------------------------------------- images
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """float [-1, 1] -> uint8 [0, 255] by round((x + 1) * 127.5), the inverse of the
+    datasets' x = u / 127.5 - 1 (so real images round-trip exactly); uint8 passes through."""
+    if x.dtype == torch.uint8:
+        return x
+    return ((x.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def _rgb(x: torch.Tensor) -> torch.Tensor:
+    """uint8 [C, H, W] -> [3, H, W]: gray repeated, RGB kept."""
+    if x.shape[0] == 1:
+        return x.expand(3, -1, -1).contiguous()
+    if x.shape[0] != 3:
+        raise ValueError(f"expected 1 or 3 channels, got image of shape {tuple(x.shape)}")
+    return x
+
+
+class UInt8Images(Dataset):
+    """Images as torch-fidelity wants them: uint8 RGB [3, H, W], no labels.
+
+    `source`: a float [-1, 1] or uint8 tensor [N, C, H, W], or a dataset whose items
+    are (x float [C, H, W] in [-1, 1], label) as arena.data's. `indices` picks a subset.
+    """
+
+    def __init__(self, source: torch.Tensor | Dataset, indices: Sequence[int] | torch.Tensor | None = None):
+        self.indices = None if indices is None else torch.as_tensor(indices, dtype=torch.long)
+        if torch.is_tensor(source):
+            if source.dim() != 4:
+                raise ValueError(f"expected images [N, C, H, W], got shape {tuple(source.shape)}")
+            self.images, self.dataset = to_uint8(source), None
+        elif getattr(source, "in_memory", False):
+            self.images, self.dataset = source.images, None  # the stored uint8, no float round trip
+        else:
+            self.images, self.dataset = None, source
+
+    def __len__(self) -> int:
+        if self.indices is not None:
+            return len(self.indices)
+        return len(self.images) if self.images is not None else len(self.dataset)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        j = int(self.indices[i]) if self.indices is not None else i
+        if self.images is not None:
+            return _rgb(self.images[j])
+        item = self.dataset[j]
+        x = item[0] if isinstance(item, (tuple, list)) else item
+        return _rgb(to_uint8(x))
+
+
+def reference_images(dataset: Dataset, limit: int = REFERENCE_LIMIT, seed: int = 0) -> UInt8Images:
+    """All of `dataset`, or a fixed seeded subset of `limit` images when it is larger."""
+    if limit and len(dataset) > limit:
+        g = torch.Generator().manual_seed(seed)
+        return UInt8Images(dataset, torch.randperm(len(dataset), generator=g)[:limit].sort().values)
+    return UInt8Images(dataset)
+
+
+# ---------------------------------------------------------------------------- features
+
+
+def inception_weights_path(explicit: str | None = None) -> Path:
+    """The local Inception weights: `explicit`, else $DIM_INCEPTION_WEIGHTS, else torch hub's cache.
+
+    Raises ConfigError naming the file and where to put it; torch-fidelity would try
+    to download it otherwise, and a run must never fall back to untrained weights.
+    """
+    hub_file = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+    how = (f"torch-fidelity's Inception weights {INCEPTION_FILE} (from {URL_INCEPTION_V3}) are needed for "
+           f"features 'inception'. The toolkit never downloads them itself (and without network they cannot be "
+           f"fetched): copy the file to {hub_file} "
+           f"(torch hub's cache; $TORCH_HOME/hub/checkpoints), or point --inception-weights / "
+           f"eval.inception_weights / ${INCEPTION_ENV} at a copy")
+    for source, value in (("--inception-weights / eval.inception_weights", explicit),
+                          (f"${INCEPTION_ENV}", os.environ.get(INCEPTION_ENV))):
+        if value:
+            path = Path(os.path.expanduser(value))
+            if not path.is_file():
+                raise ConfigError(f"{source}: {path} not found. {how}")
+            return path
+    if hub_file.is_file():
+        return hub_file
+    raise ConfigError(f"{INCEPTION_FILE} not found in {hub_file.parent}. {how}")
+
+
+def _domain_for(data_name: str, resolution: int) -> Path | None:
+    """The shipped extractor for a dataset: <name>-<resolution>.pt, else the nearest resolution."""
+    candidates = []
+    for stem, path in shipped_extractors().items():
+        name, _, res = stem.rpartition("-")
+        if name == data_name and res.isdigit():
+            candidates.append((abs(int(res) - resolution), path))
+    return min(candidates)[1] if candidates else None
+
+
+def resolve_features(name_or_path: str, data_cfg=None, inception_weights: str | None = None) -> dict:
+    """-> torch-fidelity kwargs (feature_extractor, feature_extractor_weights_path).
+
+    'inception': Inception-v3 (torch-fidelity's port of the TF weights), from a local file.
+    'auto': the shipped domain classifier for data_cfg's dataset if there is one, else inception.
+    a shipped name ('digits-32'), or a path to a weights file from eval.train_features.
+    """
+    name = str(name_or_path or "auto")
+    if name == "auto":
+        path = _domain_for(data_cfg.name, data_cfg.resolution) if data_cfg is not None else None
+        return resolve_features(str(path) if path else "inception", data_cfg, inception_weights)
+    if name == "inception":
+        return {"feature_extractor": "inception-v3-compat",
+                "feature_extractor_weights_path": str(inception_weights_path(inception_weights))}
+    shipped = shipped_extractors()
+    if name in shipped:
+        path = shipped[name]
+    elif os.path.isfile(os.path.expanduser(name)):
+        path = Path(os.path.expanduser(name))
+    else:
+        choices = ["auto", "inception", *shipped]
+        raise ConfigError(f"eval.features: '{name}' is neither a known feature extractor{suggest(name, choices)} "
+                          f"nor an existing weights file; valid choices: {', '.join(choices)} or a path")
+    load_classifier(path)  # fails now, with the path, rather than inside torch-fidelity
+    return {"feature_extractor": EXTRACTOR_NAME, "feature_extractor_weights_path": str(path.resolve())}
+
+
+def features_id(features: dict) -> str:
+    """Identity of a feature extractor: registered name + hash of its weights file."""
+    return f"{features['feature_extractor']}-{file_digest(features['feature_extractor_weights_path'])}"
+
+
+def describe_features(features: dict) -> str:
+    """Short human label: 'inception' or the domain weights file's stem."""
+    if features["feature_extractor"] == "inception-v3-compat":
+        return "inception"
+    return Path(features["feature_extractor_weights_path"]).stem
+
+
+def reference_cache_key(signature: dict, features: dict, limit: int = REFERENCE_LIMIT) -> str:
+    """A file-name-safe key naming the real images and the feature space, e.g. 'digits-train-32px-<hash>'."""
+    blob = json.dumps({"data": signature, "features": features_id(features), "limit": limit}, sort_keys=True)
+    digest = hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return f"{signature.get('name', 'data')}-{signature.get('split', '')}-{signature.get('resolution', '')}px-{digest}"
+
+
+def default_cache_root() -> str:
+    return os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "dim_toolkit", "fidelity")
+
+
+# ---------------------------------------------------------------------------- metrics
+
+
+def check_metrics(metrics: Sequence[str]) -> list[str]:
+    out = []
+    for m in metrics:
+        if m not in METRICS:
+            raise ConfigError(f"eval.metrics: unknown metric '{m}'{suggest(m, METRICS)}; "
+                              f"valid choices: {', '.join(METRICS)}")
+        if m not in out:
+            out.append(m)
+    if not out:
+        raise ConfigError(f"eval.metrics: empty; choose from {', '.join(METRICS)}")
+    return out
+
+
+def compute_metrics(fake: torch.Tensor | Dataset, reference: torch.Tensor | Dataset | None, *,
+                    metrics: Sequence[str] = ("fid", "isc", "kid"), features: dict | str,
+                    cache_key: str | None = None, batch_size: int = 100, device: str | torch.device = "cpu",
+                    cache_root: str | None = None, kid_subset_size: int = 1000, kid_subsets: int = 100,
+                    isc_splits: int = 10, verbose: bool = False) -> dict:
+    """{fid, isc_mean, isc_std, kid_mean, kid_std, precision, recall} for the metrics asked.
+
+    fake, reference: images float [-1, 1] or uint8 [N, C, H, W], an arena.data
+    dataset, or a UInt8Images; reference (the real images) is needed for fid/kid/prc.
+    With `cache_key`, the reference features and FID statistics are stored in
+    `cache_root` (default ~/.cache/dim_toolkit/fidelity or $DIM_FIDELITY_CACHE) and
+    read back on the next call with the same key, so the key
+    must name everything that determines them (use reference_cache_key).
+    All metrics share one feature space; with 'inception', precision/recall use
+    Inception's 2048-d pool features, not the VGG16 of Kynkaanniemi et al.
+    """
+    metrics = check_metrics(metrics)
+    if isinstance(features, str):
+        features = resolve_features(features)
+    fake = fake if isinstance(fake, UInt8Images) else UInt8Images(fake)
+    binary = any(m in metrics for m in ("fid", "kid", "prc"))
+    if binary and reference is None:
+        raise ValueError(f"metrics {metrics} compare with real images: pass `reference`")
+    kwargs = dict(
+        input1=fake,
+        cuda=torch.device(device).type == "cuda",
+        batch_size=batch_size,
+        # save_cpu_ram=True is the only way to get num_workers=0 from torch-fidelity's
+        # DataLoader (else it starts 4 workers, each a copy of in-memory images); it also
+        # selects its low-memory precision/recall, which gives the same numbers.
+        save_cpu_ram=True,
+        verbose=verbose,
+        isc_splits=max(1, min(isc_splits, len(fake))),
+        kid_subsets=kid_subsets,
+        **features,
+        **{m: m in metrics for m in METRICS},
+    )
+    if binary:
+        reference = reference if isinstance(reference, UInt8Images) else UInt8Images(reference)
+        # KID averages MMD over subsets; a subset cannot be bigger than either side.
+        kwargs.update(input2=reference, kid_subset_size=min(kid_subset_size, len(fake), len(reference)))
+        if cache_key:
+            kwargs.update(cache=True, input2_cache_name=cache_key, cache_root=cache_root or default_cache_root())
+        else:
+            kwargs.update(cache=False)
+    else:
+        kwargs.update(cache=False)
+    out = torch_fidelity.calculate_metrics(**kwargs)
+    return {ours: float(out[theirs]) for theirs, ours in _KEYS.items() if theirs in out}
+
+
+# ---------------------------------------------------------------------------- sampling
+
+
+def shard_indices(n: int, rank: int = 0, world_size: int = 1) -> range:
+    """The sample indices rendered by `rank`: rank, rank + world_size, ..."""
+    return range(rank, n, world_size)
+
+
+@torch.no_grad()
+def generate_samples(generate: Callable[[torch.Tensor], torch.Tensor],
+                     latent: Callable[[int, torch.Generator], torch.Tensor], n: int, *, seed: int,
+                     batch_size: int = 100, rank: int = 0, world_size: int = 1, pad: bool = False) -> torch.Tensor:
+    """This rank's shard of n samples as uint8 [len(shard), C, H, W] on the CPU.
+
+    Every rank draws all n latents from torch.Generator().manual_seed(seed) (cheap) and
+    renders indices rank::world_size, so assemble(shards) is the same n images for any
+    world_size and batch_size. pad=True appends zero images up to ceil(n / world_size),
+    giving every rank the same shape for an all-gather; assemble drops them.
+    """
+    if n < 1:
+        raise ConfigError(f"number of samples must be >= 1, got {n}")
+    z = latent(n, torch.Generator().manual_seed(seed))
+    idx = torch.tensor(shard_indices(n, rank, world_size), dtype=torch.long)
+    parts = [to_uint8(generate(z[idx[i:i + batch_size]])).cpu() for i in range(0, len(idx), batch_size)]
+    if not parts:  # more ranks than samples: render one to learn the shape, keep none
+        parts = [to_uint8(generate(z[:1])).cpu()[:0]]
+    local = torch.cat(parts)
+    if pad:
+        full = math.ceil(n / world_size)
+        local = torch.cat([local, local.new_zeros((full - len(local), *local.shape[1:]))])
+    return local
+
+
+def assemble(shards: Sequence[torch.Tensor], n: int, world_size: int) -> torch.Tensor:
+    """Interleave per-rank shards (rank order, possibly padded at the end) back into index order."""
+    if len(shards) != world_size:
+        raise ValueError(f"expected {world_size} shards, got {len(shards)}")
+    out = None
+    for rank, shard in enumerate(shards):
+        k = len(shard_indices(n, rank, world_size))
+        if len(shard) < k:
+            raise ValueError(f"shard {rank} has {len(shard)} samples, expected {k}")
+        if out is None:
+            out = shard.new_empty((n, *shard.shape[1:]))
+        out[rank::world_size] = shard[:k].to(out.device)
+    return out
+
+
+# ---------------------------------------------------------------------------- one call
+
+
+def _device_of(objective) -> torch.device:
+    nets = getattr(objective, "nets", None)
+    if nets is not None:
+        for p in nets.parameters():
+            return p.device
+    return torch.device("cpu")
+
+
+def evaluate_generator(objective, cfg, *, num_samples: int | None = None, metrics: Sequence[str] | None = None,
+                       features: str | None = None, inception_weights: str | None = None, seed: int = 0,
+                       batch_size: int = 100, ema: bool = True, rank: int = 0, world_size: int = 1,
+                       gather: Callable[[torch.Tensor], torch.Tensor | Sequence[torch.Tensor]] | None = None,
+                       reference: Dataset | None = None, reference_limit: int = REFERENCE_LIMIT,
+                       cache_root: str | None = None, verbose: bool = False) -> dict | None:
+    """Metrics of `objective`'s generator against the train split of cfg.data.
+
+    Defaults come from cfg.eval (num_samples, metrics, features, inception_weights).
+    With world_size > 1, every rank calls this; `gather(local)` must return, on rank 0,
+    the padded shards of all ranks either as a list in rank order or concatenated
+    (what accelerate's `gather` returns). Returns the metrics on rank 0, None elsewhere.
+    """
+    if not getattr(objective, "generates", False):
+        raise ConfigError(f"objective '{cfg.objective.name}' does not generate images; IS/FID need a generator")
+    n = int(num_samples or cfg.eval.num_samples)
+    metrics = check_metrics(metrics or cfg.eval.metrics)
+    # Before any sample is drawn: a missing weights file fails in seconds, not after 50k samples.
+    feats = resolve_features(features or cfg.eval.features, cfg.data, inception_weights or cfg.eval.inception_weights)
+    main = rank == 0
+    cache_key = None
+    if main and any(m in metrics for m in ("fid", "kid", "prc")):
+        if reference is None:
+            from arena.data import build_dataset, dataset_signature
+
+            data_cfg = dataclasses.replace(cfg.data, augment=False)  # reference = the stored images
+            reference = reference_images(build_dataset(data_cfg, "train"), reference_limit)
+            cache_key = reference_cache_key(dataset_signature(data_cfg, "train"), feats, reference_limit)
+        elif not isinstance(reference, UInt8Images):
+            reference = UInt8Images(reference)
+    device = _device_of(objective)
+
+    def generate(z: torch.Tensor) -> torch.Tensor:
+        return objective.generate(z.to(device), ema=ema)
+
+    local = generate_samples(generate, objective.latent, n, seed=seed, batch_size=batch_size, rank=rank,
+                             world_size=world_size, pad=world_size > 1)
+    if world_size > 1:
+        if gather is None:
+            raise ValueError("world_size > 1 needs a gather callable")
+        gathered = gather(local.to(device))  # NCCL gathers CUDA tensors only
+        if not main:
+            return None
+        shards = list(gathered.chunk(world_size)) if torch.is_tensor(gathered) else list(gathered)
+        images = assemble([s.cpu() for s in shards], n, world_size)
+    else:
+        images = local
+    return compute_metrics(images, reference, metrics=metrics, features=feats, cache_key=cache_key,
+                           batch_size=batch_size, device=device, cache_root=cache_root, verbose=verbose)

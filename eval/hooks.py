@@ -1,0 +1,30 @@
+"""Metric hooks that train.py hands to the trainer (`eval.every` steps)."""
+from __future__ import annotations
+
+from arena.trainer import Hook
+
+from .fidelity import check_metrics, evaluate_generator, resolve_features
+
+
+def count_label(n: int) -> str:
+    """5000 -> '5k', 50000 -> '50k', 1500 -> '1500': the sample count in a metric's name."""
+    return f"{n // 1000}k" if n % 1000 == 0 else str(n)
+
+
+def training_hooks(cfg) -> list[Hook]:
+    """IS/FID/KID of the generator every eval.every steps, logged as e.g. fid_5k."""
+    if cfg.eval.every <= 0:
+        return []
+    metrics = check_metrics(cfg.eval.metrics)
+    # Fail now, before training, when the feature extractor's weights are missing.
+    resolve_features(cfg.eval.features, cfg.data, cfg.eval.inception_weights)
+    label = count_label(cfg.eval.num_samples)
+
+    def run_metrics(run, step: int) -> dict | None:
+        if not run.objective.generates:
+            return None
+        values = evaluate_generator(run.objective, run.cfg, num_samples=cfg.eval.num_samples, metrics=metrics,
+                                    rank=run.rank, world_size=run.world, gather=run.gather)
+        return None if values is None else {f"{k}_{label}": v for k, v in values.items()}
+
+    return [Hook(every=cfg.eval.every, fn=run_metrics, all_processes=True)]

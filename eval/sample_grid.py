@@ -1,0 +1,115 @@
+"""Sample grids of a trained generator.
+
+    python -m eval.sample_grid --run runs/ie_digits --out grid.png
+    python -m eval.sample_grid --run runs/ie_digits --interpolate --interp slerp --out interp.png
+
+The latents come from torch.Generator().manual_seed(seed), so a seed gives the same
+grid every time (for the same checkpoint, device and --n). With --interpolate each
+row walks from one seeded latent to another in nrow steps: linear by default
+(`--interp lerp`, stays inside any convex latent set), or spherical (`--interp slerp`,
+keeps the norm of Gaussian latents).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torchvision.utils import save_image
+
+from arena.registry import ConfigError
+
+
+def make_grid_png(images: torch.Tensor, path: str | os.PathLike, nrow: int = 8) -> Path:
+    """Write images (float [-1, 1] or uint8, [N, C, H, W]) as one PNG grid, atomically
+    (temp file in the same folder + os.replace), so a reader never sees half a file."""
+    x = images.detach().cpu()
+    x = x.float() / 255 if x.dtype == torch.uint8 else (x.float().clamp(-1, 1) + 1) / 2
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".png")
+    os.close(fd)
+    try:
+        save_image(x, tmp, nrow=nrow, padding=2, format="png")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation of flattened latents; a, b [R, D], t [S] -> [R, S, D].
+
+    slerp(a, b; t) = sin((1-t) w) / sin w * a + sin(t w) / sin w * b, w = angle(a, b);
+    falls back to lerp where a and b are (anti)parallel (sin w ~ 0).
+    """
+    cos = torch.nn.functional.cosine_similarity(a, b, dim=1).clamp(-1, 1)[:, None, None]  # [R, 1, 1]
+    w = torch.acos(cos)
+    s = torch.sin(w)
+    t = t[None, :, None]
+    lerp = (1 - t) * a[:, None] + t * b[:, None]
+    safe = s.abs() > 1e-6
+    s = torch.where(safe, s, torch.ones_like(s))
+    sl = torch.sin((1 - t) * w) / s * a[:, None] + torch.sin(t * w) / s * b[:, None]
+    return torch.where(safe, sl, lerp)
+
+
+def grid_latents(latent: Callable[[int, torch.Generator], torch.Tensor], n: int, nrow: int, seed: int,
+                 interpolate: bool = False, mode: str = "lerp") -> torch.Tensor:
+    """n latents from seed; with interpolate, n // nrow rows of nrow steps between seeded endpoints."""
+    g = torch.Generator().manual_seed(seed)
+    if not interpolate:
+        return latent(n, g)
+    if mode not in ("lerp", "slerp"):
+        raise ConfigError(f"--interp: unknown mode '{mode}'; valid choices: lerp, slerp")
+    rows = max(1, n // nrow)
+    z = latent(2 * rows, g)
+    shape = z.shape[1:]
+    a, b = z[:rows].flatten(1).double(), z[rows:].flatten(1).double()
+    t = torch.linspace(0, 1, nrow, dtype=torch.float64)
+    if mode == "slerp":
+        path = slerp(a, b, t)
+    else:
+        path = (1 - t)[None, :, None] * a[:, None] + t[None, :, None] * b[:, None]
+    return path.reshape(rows * nrow, *shape).to(z.dtype)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m eval.sample_grid", description=__doc__.split("\n")[0])
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--checkpoint", default="latest", help="'latest' or a checkpoint directory")
+    p.add_argument("--n", type=int, default=64, help="number of images")
+    p.add_argument("--nrow", type=int, default=8, help="images per row")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="use the EMA generator")
+    p.add_argument("--interpolate", action="store_true", help="rows interpolate between seeded latents")
+    p.add_argument("--interp", choices=("lerp", "slerp"), default="lerp", help="interpolation path")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    args = p.parse_args(argv)
+    try:
+        if args.n < 1 or args.nrow < 1:
+            raise ConfigError(f"--n and --nrow must be >= 1, got {args.n} and {args.nrow}")
+        from .fid_is import load_run
+
+        cfg, objective, step = load_run(args.run, args.checkpoint, args.device)
+        if not objective.generates:
+            raise ConfigError(f"--run: objective '{cfg.objective.name}' does not generate images")
+        z = grid_latents(objective.latent, args.n, args.nrow, args.seed, args.interpolate, args.interp)
+        images = objective.generate(z, ema=args.ema)  # one batch: the grid never depends on batching
+        out = make_grid_png(images, args.out, args.nrow)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out} ({len(images)} images, step {step}, seed {args.seed})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

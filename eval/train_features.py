@@ -1,0 +1,160 @@
+"""Train the domain classifier whose features replace Inception's for small domains.
+
+    python -m eval.train_features --data digits --seed 0
+    python -m eval.train_features --data shapes data.resolution=32 --out /tmp/shapes.pt
+
+Trains on the labeled part of the train split, reports accuracy on the test split,
+and writes weights + metadata (see eval/features.py) to --out, by default
+eval/weights/<name>-<resolution>.pt.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from arena.config import build_dataclass, parse_overrides
+from arena.data import DataConfig, build_dataset, dataset_signature, make_loader_kwargs
+from arena.registry import ConfigError
+
+from .features import WEIGHTS_DIR, DomainClassifier, save_classifier
+
+
+def _labeled(ds) -> torch.Tensor:
+    """Indices of items with a class label (STL-10's unlabeled part has -1)."""
+    if ds.multilabel or ds.num_classes == 0:
+        raise ConfigError(f"data.name: {ds.name} has no single-label classes to train a classifier on")
+    return torch.nonzero(ds.labels >= 0).flatten()
+
+
+def _batches(ds, indices: torch.Tensor, batch_size: int, data_cfg: DataConfig, shuffle: bool,
+             generator: torch.Generator | None = None):
+    """(x float [B, C, H, W] in [-1, 1], y [B]) batches; in-memory datasets skip the DataLoader."""
+    order = indices[torch.randperm(len(indices), generator=generator)] if shuffle else indices
+    if ds.in_memory:
+        for i in range(0, len(order), batch_size):
+            idx = order[i:i + batch_size]
+            yield ds.images[idx].float() / 127.5 - 1, ds.labels[idx]
+    else:
+        subset = torch.utils.data.Subset(ds, order.tolist())
+        yield from torch.utils.data.DataLoader(subset, batch_size=batch_size, **make_loader_kwargs(ds, data_cfg))
+
+
+def _shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Light augmentation: the whole batch translated by up to +-max_shift px (edge padding)."""
+    if max_shift == 0:
+        return x
+    dx, dy = (torch.randint(-max_shift, max_shift + 1, (2,), generator=generator)).tolist()
+    H, W = x.shape[-2:]
+    x = F.pad(x, (max_shift,) * 4, mode="replicate")
+    return x[..., max_shift + dy:max_shift + dy + H, max_shift + dx:max_shift + dx + W]
+
+
+@torch.no_grad()
+def accuracy(model: DomainClassifier, ds, data_cfg: DataConfig, device, batch_size: int = 256) -> float:
+    model.eval()
+    idx = _labeled(ds)
+    correct = 0
+    for x, y in _batches(ds, idx, batch_size, data_cfg, shuffle=False):
+        correct += int((model(x.to(device)).argmax(1).cpu() == y).sum())
+    return correct / max(1, len(idx))
+
+
+def train(data_cfg: DataConfig, *, epochs: int, seed: int, batch_size: int = 64, lr: float = 3e-3,
+          width: int = 16, feature_dim: int = 128, max_shift: int | None = None, device: str = "cpu",
+          log=print) -> tuple[DomainClassifier, dict]:
+    """-> (trained classifier, metadata for its weights file)."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    train_ds, test_ds = build_dataset(data_cfg, "train"), build_dataset(data_cfg, "test")
+    idx = _labeled(train_ds)
+    model = DomainClassifier(train_ds.channels, train_ds.resolution, train_ds.num_classes, width, feature_dim)
+    model.to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    steps = epochs * math.ceil(len(idx) / batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    shift = max_shift if max_shift is not None else max(1, train_ds.resolution // 16)
+    t0 = time.time()
+    for epoch in range(epochs):
+        model.train()
+        total, n = 0.0, 0
+        for x, y in _batches(train_ds, idx, batch_size, data_cfg, shuffle=True, generator=g):
+            x, y = _shift(x, shift, g).to(device), y.to(device)
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total, n = total + loss.item() * len(y), n + len(y)
+        if epoch == epochs - 1 or (epoch + 1) % max(1, epochs // 5) == 0:
+            log(f"epoch {epoch + 1}/{epochs}  loss {total / n:.4f}  ({time.time() - t0:.1f}s)")
+    model.cpu().eval()
+    with torch.no_grad():
+        sq, count = 0.0, 0
+        for x, _ in _batches(train_ds, idx, 256, data_cfg, shuffle=False):
+            h = model.features(x)
+            sq, count = sq + float(h.double().pow(2).sum()), count + h.numel()
+        model.feat_scale.fill_(1.0 / max(math.sqrt(sq / count), 1e-12))  # unit RMS on the train split
+    test_acc = accuracy(model, test_ds, data_cfg, "cpu")
+    meta = {
+        "test_accuracy": round(test_acc, 6),
+        "dataset": data_cfg.name,
+        "signature": json.dumps(dataset_signature(data_cfg, "train"), sort_keys=True),
+        "feat_scale": float(model.feat_scale),
+        "epochs": epochs,
+        "seed": seed,
+    }
+    return model, meta
+
+
+def parse_data_config(name: str, overrides: list[str]) -> DataConfig:
+    tree = parse_overrides(overrides)
+    extra = [k for k in tree if k != "data"]
+    if extra:
+        raise ConfigError(f"overrides: only data.key=value is accepted here, got {', '.join(extra)}")
+    return build_dataclass(DataConfig, {**tree.get("data", {}), "name": name}, "data")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m eval.train_features", description=__doc__.split("\n")[0])
+    p.add_argument("--data", required=True, help="dataset name (arena.data registry)")
+    p.add_argument("overrides", nargs="*", help="data.key=value")
+    p.add_argument("--out", default=None, help="weights file (default eval/weights/<name>-<resolution>.pt)")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads (default 1: this net is too small to gain from more, and on a "
+                        "busy machine extra threads spin and slow it down many times)")
+    args = p.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    try:
+        if args.epochs < 1:
+            raise ConfigError(f"--epochs must be >= 1, got {args.epochs}")
+        data_cfg = parse_data_config(args.data, args.overrides)
+        out = Path(args.out) if args.out else WEIGHTS_DIR / f"{data_cfg.name}-{data_cfg.resolution}.pt"
+        command = " ".join(["python -m eval.train_features", f"--data {args.data}", *args.overrides,
+                            *([f"--out {args.out}"] if args.out else []), f"--epochs {args.epochs}",
+                            f"--seed {args.seed}"])
+        model, meta = train(data_cfg, epochs=args.epochs, seed=args.seed, batch_size=args.batch_size,
+                            lr=args.lr, device=args.device, log=lambda s: print(s, file=sys.stderr))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    meta["command"] = command
+    save_classifier(model, out, meta)
+    print(json.dumps({"test_accuracy": meta["test_accuracy"], "out": str(out)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
