@@ -46,6 +46,7 @@ class DataConfig:
     num_images: int = 0  # shapes: images in the train split (0 = 4096; test = a quarter)
     test_fraction: float = 0.2  # digits: fixed seeded stratified train/test split
     split_seed: int = 0
+    labeled_only: bool = False  # stl10: train on the 5k labeled images only (supervised runs)
 
 
 Builder = Callable[[DataConfig, str], "ImageDataset"]
@@ -463,7 +464,8 @@ def _cifar100(cfg: DataConfig, split: str) -> ImageDataset:
 
 @DATASETS.register("stl10")
 def _stl10(cfg: DataConfig, split: str) -> ImageDataset:
-    """train = 5k labeled train + 100k unlabeled (label -1); test = 8k labeled test."""
+    """train = 5k labeled train + 100k unlabeled (label -1), or the 5k alone with
+    data.labeled_only; test = 8k labeled test."""
     root = _root(cfg)
     if cfg.download:
         from torchvision.datasets import STL10
@@ -472,6 +474,8 @@ def _stl10(cfg: DataConfig, split: str) -> ImageDataset:
     folder = _require(root / "stl10_binary", f"{what} there", downloadable=True)
     pairs = [("train_X.bin", "train_y.bin"), ("unlabeled_X.bin", None)] if split == "train" \
         else [("test_X.bin", "test_y.bin")]
+    if cfg.labeled_only:
+        pairs = pairs[:1]
     parts, labels = [], []
     for images_file, labels_file in pairs:
         path = _require(folder / images_file, f"{what} in {folder}", downloadable=True)
@@ -702,5 +706,6 @@ def dataset_signature(cfg: DataConfig, split: str) -> dict:
         "num_images": (cfg.num_images or 4096) if name == "shapes" else None,
         "test_fraction": cfg.test_fraction if name == "digits" else None,
         "split_seed": cfg.split_seed if name in ("digits", "shapes") else None,
+        "labeled_only": cfg.labeled_only if name == "stl10" else None,
         "augment": False,
     }

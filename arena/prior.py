@@ -70,16 +70,27 @@ class PriorDiscriminator(nn.Module):
 
 
 def discriminator_loss(D: nn.Module, cfg: PriorConfig, y: Tensor, generator=None) -> dict[str, Tensor]:
-    """D's side: maximize the JSD bound between prior samples (real) and encoder outputs (fake)."""
+    """D's side: maximize E_V[log D(v)] + E_U[log(1 - D(y))] (eq. 7) between prior
+    samples (real) and encoder outputs y (fake, detached here).
+
+    With cfg.penalty > 0, adds penalty * (R(v) + R(y)) / 2, R(x) = E ||dD/dx||^2 on both
+    sides, as the official DIM code regularizes its prior discriminator."""
     v = sample_prior(cfg, y.shape[0], y.shape[1], y.device, generator)
     y = y.detach()
     if cfg.penalty > 0:
-        penalty, real = contractive_penalty(D, v)
+        r_v, real = contractive_penalty(D, v)
+        r_y, fake = contractive_penalty(D, y)
+        penalty = 0.5 * (r_v + r_y)
     else:
-        real, penalty = D(v), y.new_zeros(())
-    fake = D(y)
-    loss = d_loss_jsd(real, fake) + cfg.penalty * penalty
-    return {"loss": loss, "d_prior": -loss.detach() if cfg.penalty == 0 else -d_loss_jsd(real, fake).detach()}
+        real, fake, penalty = D(v), D(y), y.new_zeros(())
+    d_loss = d_loss_jsd(real, fake)  # E sp(-D(v)) + E sp(D(y))
+    return {
+        "loss": d_loss + cfg.penalty * penalty,
+        "d_prior": -d_loss.detach(),  # the JSD bound, 2 JSD - log 4: -> 0 as D separates
+        "penalty": penalty.detach(),
+        "d_real": real.detach().mean(),  # mean logits; > 0 means "prior"
+        "d_fake": fake.detach().mean(),
+    }
 
 
 def encoder_loss(D: nn.Module, cfg: PriorConfig, y: Tensor) -> Tensor:

@@ -124,6 +124,8 @@ def test_stl10_agrees_with_torchvision(roots, monkeypatch):
     assert not train.in_memory and train.num_classes == 10
     assert (train.labels[:4] >= 0).all() and (train.labels[4:] == -1).all()
     assert "6 unlabeled (label -1)" in train.describe()
+    labeled = build_dataset(cfg_for(roots, "stl10", labeled_only=True), "train")
+    assert len(labeled) == 4 and (labeled.labels >= 0).all()
 
 
 def test_stl10_augment_is_a_random_crop_and_flip(roots, monkeypatch):
@@ -385,4 +387,4 @@ def test_dataset_signature(tmp_path, monkeypatch):
     assert shapes["root"] is None and shapes["num_images"] == 4096
     assert shapes == dataset_signature(DataConfig(name="shapes", root="elsewhere", num_images=4096), "train")
     assert set(sig) == {"name", "root", "resolution", "categories", "split", "num_images", "test_fraction",
-                        "split_seed", "augment"}
+                        "split_seed", "labeled_only", "augment"}

@@ -1,0 +1,288 @@
+"""The Deep InfoMax objective `dim` (paper sec. 3, 4.3; App. A.1, A.2, A.6; eq. 8).
+
+    maximize   alpha * I_G(X; Y)  +  beta * 1/M^2 sum_i I_L(C^(i)(X); Y)      (eqs. 3, 6)
+    minimize   gamma * D_phi(V || U_psi,P)  against a prior discriminator    (eq. 7)
+    minimize   coord_weight * CE(coordinates | y, local features)          (sec. 4.3)
+
+Players (one optimizer each):
+
+- ``encoder``: a ModuleDict of the encoder and everything that *maximizes* MI with it,
+  the global critic (Table 5, if alpha > 0), the local critic (Tables 6-8, if beta > 0) and
+  the coordinate predictors (A.6, if coord != none). Encoder and critics climb the same
+  bound (eq. 8: argmax over omega_1, omega_2 and psi together), so they are one player.
+- ``prior_D``: the prior discriminator (Table 9, if gamma > 0), which *maximizes* the JSD
+  bound between prior samples (real) and sigmoid(Y) (fake) while the encoder *minimizes*
+  it (the encoder is trained to make its codes look like prior samples).
+
+Schedule: ``prior`` (prior_D steps on a fresh batch) then ``encoder`` (the encoder steps
+on the *same* batch: its phase draws no data and reuses the prior phase's). One batch per
+training step, as in the official code, where every loss of a step comes from one batch;
+so an epoch is len(train set) // batch_size steps. Without a prior (gamma = 0) the
+encoder phase draws its own batch.
+
+Y is the encoder's raw linear output. The sigmoid is applied only in the prior branch
+(`prior_sigmoid`, official code), so MI critics and probes see Y itself.
+
+Occlusion (sec. 4.3, A.6): the global vector used by the MI terms and the coordinate
+tasks is computed from the occluded image x * mask (occluded pixels = 0, the middle of
+[-1, 1]); the local map and the last conv map (global critic) come from the full image,
+and the prior matches Y of the full image (the representation the probes use). The
+occluded forward uses batch statistics but leaves the batch norm running statistics
+alone, so they describe clean images only.
+
+Probes (eval/) read ``objective.features(x)``: the flattened last conv map, the fc
+layer and Y, in eval mode without gradients (``supervised`` has the same method).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from arena.objective import OBJECTIVES, Batch, DataInfo, Objective, Phase
+from arena.prior import PriorConfig, PriorDiscriminator, check_prior, discriminator_loss, encoder_loss
+from arena.registry import ConfigError
+
+from .coords import CoordinatePredictor, coordinate_loss
+from .critics import LOCAL_CRITICS, GlobalCritic, build_local_critic
+from .encoders import ENCODERS, ConvEncoder, build_encoder
+from .estimators import ESTIMATORS, nce_mi
+from .occlusion import occlusion_mask
+
+COORD_MODES = ("none", "absolute", "relative", "both")
+
+
+@dataclass
+class DIMModel:
+    encoder: str = "dcgan32"  # dcgan32 (32 or 16 px) | alexnet64 (64 px)
+    width: float = 1.0  # multiplies every hidden width: encoder, critics, coordinate predictor
+    y_dim: int = 64  # size of Y, the global vector
+    local_layer: str | None = None  # conv map for local DIM; None = the arch's default (A.1)
+    local_critic: str = "encode_dot"  # encode_dot (Tables 1, 2, 4) | concat_convolve (Table 3, ablations)
+    mi_units: int = 2048  # encode-and-dot embedding size (Tables 7-8)
+    concat_units: int = 512  # concat-and-convolve hidden 1x1 convs (Table 6)
+    global_units: int = 512  # global critic hidden layers (Table 5)
+    coord_hidden: int = 512  # coordinate predictor hidden layers (A.6)
+
+
+def _dim_prior() -> PriorConfig:
+    # Official code: uniform prior, discriminator 1000-200-1, non-saturating encoder
+    # loss, squared input-gradient penalty of weight 1.0 on the discriminator.
+    return PriorConfig(name="uniform", low=0.0, high=1.0, hidden=[1000, 200],
+                       encoder_loss="nonsaturating", penalty=1.0)
+
+
+@dataclass
+class DIMOptions:
+    name: str = "dim"
+    estimator: str = "jsd"  # jsd | nce | dv (dim.estimators.ESTIMATORS)
+    alpha: float = 0.0  # global MI weight
+    beta: float = 1.0  # local MI weight
+    gamma: float = 0.1  # prior matching weight
+    max_negatives: int = 0  # nce only: negative images per image (0 = all others in the batch; Fig. 8)
+    prior: PriorConfig = field(default_factory=_dim_prior)
+    prior_sigmoid: bool = True  # squash Y into (0, 1) in the prior branch only
+    occlude: bool = False  # global vector from an occluded copy of the input (sec. 4.3)
+    occlusion_block: int = 10  # occlusion cell size in pixels (A.6: 10x10 at 32x32)
+    coord: str = "none"  # none | absolute | relative | both (sec. 4.3, A.6)
+    coord_weight: float = 1.0
+
+
+@contextlib.contextmanager
+def frozen_bn_stats(module: nn.Module):
+    """Batch norm layers normalize with batch statistics but do not update their running
+    statistics: momentum 0 gives running <- 1 * running + 0 * batch, and the batch counter
+    is put back, so the buffers are bit-for-bit unchanged."""
+    saved = []
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.training:
+            saved.append((m, m.momentum, m.num_batches_tracked.clone()))
+            m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum, count in saved:
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(count)
+
+
+class EncoderObjective(Objective):
+    """An objective whose `encoder` player holds a DIM encoder under the key 'encoder'."""
+
+    main_player = "encoder"
+
+    @property
+    def encoder(self) -> ConvEncoder:
+        return self.nets["encoder"]["encoder"]
+
+    @torch.no_grad()
+    def features(self, x: Tensor, ema: bool = False) -> dict[str, Tensor]:
+        """x [B, C, H, W] in [-1, 1] -> {'conv': [B, C*h*w] (last conv map, flattened),
+        'fc': [B, units], 'y': [B, y_dim]}: the probe points of Tables 1-3, computed in eval
+        mode (batch norm running statistics) without gradients. The caller batches."""
+        enc = self.net("encoder", ema)["encoder"]
+        was_training = enc.training
+        enc.eval()
+        try:
+            out = enc(x.to(self.device))
+        finally:
+            enc.train(was_training)
+        return {"conv": out["conv"].flatten(1), "fc": out["fc"], "y": out["y"]}
+
+
+def check_encoder_config(cfg) -> None:
+    """Encoder arch, resolution, local layer and sizes, with the offending key named."""
+    m = cfg.model
+    spec = ENCODERS.get(m.encoder, key="model.encoder")
+    r = cfg.data.resolution
+    if r not in spec.resolutions:
+        raise ConfigError(f"data.resolution: encoder '{m.encoder}' supports resolutions "
+                          f"{', '.join(map(str, sorted(spec.resolutions)))}, got {r}")
+    layers = [f"conv{k}" for k in range(1, len(spec.convs) + 1)]
+    if getattr(m, "local_layer", None) is not None and m.local_layer not in layers:
+        raise ConfigError(f"model.local_layer: unknown layer '{m.local_layer}' for '{m.encoder}'; "
+                          f"valid choices: {', '.join(layers)} (or null for the default {spec.default_local})")
+    if not m.width > 0:
+        raise ConfigError(f"model.width: must be > 0, got {m.width}")
+    if m.y_dim < 1:
+        raise ConfigError(f"model.y_dim: must be >= 1, got {m.y_dim}")
+
+
+@OBJECTIVES.register("dim")
+class DIM(EncoderObjective):
+    Model = DIMModel
+    Options = DIMOptions
+
+    def __init__(self, cfg, info: DataInfo):
+        super().__init__(cfg, info)
+        m, o = cfg.model, self.opts
+        enc = build_encoder(m.encoder, channels=info.channels, resolution=info.resolution, y_dim=m.y_dim,
+                            width=m.width, local_layer=m.local_layer)
+        player = nn.ModuleDict({"encoder": enc})
+        if o.alpha > 0:
+            player["global_critic"] = GlobalCritic(m.y_dim, enc.feature_dims["conv"], m.global_units, m.width)
+        if o.beta > 0:
+            units = m.mi_units if m.local_critic == "encode_dot" else m.concat_units
+            player["local_critic"] = build_local_critic(m.local_critic, global_dim=m.y_dim,
+                                                        local_channels=enc.local_channels, units=units,
+                                                        width=m.width)
+        for mode in self._coord_modes():
+            player[f"coord_{mode}"] = CoordinatePredictor(m.y_dim, enc.local_channels, enc.local_shape[1:],
+                                                          mode, m.coord_hidden, m.width)
+        self.nets["encoder"] = player
+        if o.gamma > 0:
+            self.nets["prior_D"] = PriorDiscriminator(m.y_dim, o.prior.hidden)
+        self._estimator = ESTIMATORS.get(o.estimator, key="objective.estimator")
+        self._batch: Batch | None = None  # the prior phase's batch, reused by the encoder phase
+
+    def _coord_modes(self) -> tuple[str, ...]:
+        c = self.opts.coord
+        return () if c == "none" else ("absolute", "relative") if c == "both" else (c,)
+
+    # -- config -------------------------------------------------------------------
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        check_encoder_config(cfg)
+        m, o = cfg.model, cfg.objective
+        ESTIMATORS.get(o.estimator, key="objective.estimator")
+        LOCAL_CRITICS.get(m.local_critic, key="model.local_critic")
+        for key in ("alpha", "beta", "gamma", "coord_weight"):
+            if getattr(o, key) < 0:
+                raise ConfigError(f"objective.{key}: must be >= 0, got {getattr(o, key)}")
+        if not (o.alpha > 0 or o.beta > 0):
+            raise ConfigError(f"objective.alpha / objective.beta: at least one MI term must be on "
+                              f"(got alpha={o.alpha}, beta={o.beta}); DIM(G) is alpha 1, beta 0, "
+                              f"DIM(L) alpha 0, beta 1")
+        for key in ("mi_units", "concat_units", "global_units", "coord_hidden"):
+            if getattr(m, key) < 1:
+                raise ConfigError(f"model.{key}: must be >= 1, got {getattr(m, key)}")
+        if o.max_negatives < 0:
+            raise ConfigError(f"objective.max_negatives: must be >= 0 (0 = all), got {o.max_negatives}")
+        if o.max_negatives > 0 and o.estimator != "nce":
+            raise ConfigError(f"objective.max_negatives: only the nce estimator subsamples negatives; "
+                              f"{o.estimator} uses all of them (set it to 0)")
+        if cfg.train.batch_size < 2:
+            raise ConfigError(f"train.batch_size: DIM needs >= 2 images per batch (negatives are the "
+                              f"other images), got {cfg.train.batch_size}")
+        if o.coord not in COORD_MODES:
+            raise ConfigError(f"objective.coord: unknown mode '{o.coord}'; valid choices: {', '.join(COORD_MODES)}")
+        if o.occlude:
+            r, block = cfg.data.resolution, o.occlusion_block
+            if block < 1 or (r // block) ** 2 < 2:
+                raise ConfigError(
+                    f"objective.occlusion_block: {block} leaves fewer than two whole {block}x{block} cells "
+                    f"in a {r}x{r} image (one must stay visible, one occluded); use a block <= {max(1, r // 2)}")
+        if o.gamma > 0:
+            check_prior(o.prior, "objective.prior")
+            if cfg.train.phases is not None:
+                order = [name for name, _ in cfg.train.phases]
+                if "prior" in order and "encoder" in order and order.index("encoder") < order.index("prior"):
+                    raise ConfigError("train.phases: 'prior' must come before 'encoder' "
+                                      "(the encoder phase reuses the prior phase's batch)")
+
+    def phases(self) -> list[Phase]:
+        if self.opts.gamma > 0:
+            return [Phase("prior", ("prior_D",)), Phase("encoder", ("encoder",), uses_data=False)]
+        return [Phase("encoder", ("encoder",))]
+
+    # -- losses -------------------------------------------------------------------
+    def mi(self, scores: Tensor) -> Tensor:
+        """The configured estimator's MI estimate (to maximize) from [N, N, L] scores."""
+        if self.opts.estimator == "nce" and self.opts.max_negatives > 0:
+            return nce_mi(scores, max_negatives=self.opts.max_negatives)
+        return self._estimator(scores)
+
+    def prior_input(self, y: Tensor) -> Tensor:
+        return torch.sigmoid(y) if self.opts.prior_sigmoid else y
+
+    def prior_discriminator_loss(self, y: Tensor) -> dict[str, Tensor]:
+        """prior_D maximizes the JSD bound between prior samples and codes (eq. 7), with
+        the core's penalty on both sides as in the official code."""
+        return discriminator_loss(self.nets["prior_D"], self.opts.prior, y)
+
+    def encoder_terms(self, x: Tensor) -> dict[str, Tensor]:
+        """Each active term of the encoder's objective, before weighting: global_mi and
+        local_mi (estimates, to maximize), prior (the encoder's prior loss, to minimize),
+        coord (summed cross-entropies, to minimize)."""
+        o, player = self.opts, self.nets["encoder"]
+        enc = player["encoder"]
+        out = enc(x)
+        y_global = out["y"]
+        if o.occlude:
+            mask = occlusion_mask(x.shape[0], x.shape[-1], o.occlusion_block, device=x.device)
+            with frozen_bn_stats(enc):  # running statistics describe clean images only
+                y_global = enc(x * mask)["y"]
+        terms: dict[str, Tensor] = {}
+        if o.alpha > 0:
+            terms["global_mi"] = self.mi(player["global_critic"](y_global, out["conv"]))
+        if o.beta > 0:
+            terms["local_mi"] = self.mi(player["local_critic"](y_global, out["local"]))
+        if o.gamma > 0:
+            terms["prior"] = encoder_loss(self.nets["prior_D"], o.prior, self.prior_input(out["y"]))
+        modes = self._coord_modes()
+        if modes:
+            terms["coord"] = sum(coordinate_loss(player[f"coord_{mode}"], y_global, out["local"]) for mode in modes)
+        return terms
+
+    def loss(self, phase: str, batch: Batch | None) -> dict[str, Tensor]:
+        o = self.opts
+        if phase == "prior":
+            self._batch = batch
+            enc = self.encoder
+            with torch.no_grad(), frozen_bn_stats(enc):  # the encoder phase updates them, once
+                y = enc(batch.x)["y"]
+            return self.prior_discriminator_loss(self.prior_input(y))
+        if phase != "encoder":
+            raise ValueError(f"dim has phases prior and encoder, got '{phase}'")
+        if batch is None:
+            if self._batch is None:
+                raise RuntimeError("dim: the encoder phase reuses the prior phase's batch; run 'prior' first")
+            batch = self._batch
+        self._batch = None
+        terms = self.encoder_terms(batch.x)
+        zero = batch.x.new_zeros(())
+        loss = (-(o.alpha * terms.get("global_mi", zero) + o.beta * terms.get("local_mi", zero))
+                + o.gamma * terms.get("prior", zero) + o.coord_weight * terms.get("coord", zero))
+        return {"loss": loss, **{k: v.detach() for k, v in terms.items()}}
