@@ -24,7 +24,7 @@ from accelerate.utils import broadcast, reduce
 from torch import Tensor, nn
 
 from . import checkpoint as ckpt
-from .config import Config, config_from_dict
+from .config import Config
 from .data import build_dataset
 from .objective import OBJECTIVES, DataInfo, Objective, Phase
 from .registry import ConfigError
@@ -260,7 +260,8 @@ def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
 
     def save(at: int) -> None:
         check_finite()  # never write a checkpoint of diverged weights
-        tmp = ckpt.prepare(run_dir, at) if main else None
+        if main:
+            ckpt.prepare(run_dir, at)
         state.wait_for_everyone()
         tmp = ckpt.tmp_dir(run_dir, at)
         ckpt.write(tmp / f"rng-rank{rank}.pt", ckpt.rng_state())

@@ -1,7 +1,6 @@
 """Metrics inside training: logged with the sample count in the name; missing weights fail first."""
 import json
 
-import pytest
 
 import train as train_cli
 from arena.trainer import train

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from arena import checkpoint as ckpt
-from arena.objective import OBJECTIVES, Phase
+from arena.objective import OBJECTIVES
 from arena.prior_match import PriorMatch
 from arena.registry import ConfigError
 from arena.runs import load_run
