@@ -1,0 +1,344 @@
+"""Probe a trained DIM (or supervised) encoder: the paper's Tables 1-3 for one run.
+
+    python -m eval.dim_probes --run runs/dim_l_digits --table
+    python -m eval.dim_probes --run runs/dim_l_digits --probes svm,mlp --layers conv,fc,y --runs 5
+    python -m eval.dim_probes --run runs/dim_l_digits --random-init      # the same encoder at step 0
+
+Prints ONE JSON object on its first line of stdout,
+
+    {probe: {layer: value | {"mean", "std", ...}}, "settings": {...}}
+
+appends it with "step" to RUN_DIR/metrics.jsonl, and with --table prints a Markdown
+table after it (rows = probe x layer, as the columns of the paper's Table 3). Progress
+goes to stderr. Probes (eval.probes): svm, mlp (frozen features at conv / fc / y),
+semi (the whole encoder fine-tuned: a copy, the run's weights are untouched), msssim,
+mine and ndm (on --rep-layer, Y by default). Every probe trains on the TRAIN split and
+reports on the TEST split. Accuracies in %, MI / NDM in nats.
+
+Features are extracted in batches with the encoder frozen (eval mode, no gradients),
+each batch moved to the CPU. Labeled training images only (STL-10's 100k unlabeled
+images carry label -1 and are skipped); --max-train / --max-test take a seeded random
+subset for quick looks. Multi-label data (CelebA) gets per-attribute accuracy: mean,
+min and max over the attributes (Fig. 10).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+import arena.prior_match  # noqa: F401  (registers the core's objective)
+import dim  # noqa: F401
+import dim.objective  # noqa: F401  (registers dim)
+import dim.supervised  # noqa: F401  (registers supervised)
+import implicit_gen  # noqa: F401
+from arena.config import config_from_dict
+from arena.data import ImageDataset, build_dataset, make_loader_kwargs
+from arena.registry import ConfigError
+from arena.runs import load_run
+from arena.trainer import build_objective, data_info
+
+from . import probes as P
+
+PROBES = ("svm", "mlp", "semi", "msssim", "mine", "ndm")
+LAYERS = ("conv", "fc", "y")
+DEFAULT_PROBES = ("svm", "mlp", "msssim", "mine", "ndm")  # semi fine-tunes the encoder: ask for it
+
+
+def log(msg: str) -> None:
+    print(f"[dim_probes] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def load_encoder_run(run_dir: str | Path, checkpoint: str = "latest", device: str = "cpu",
+                     random_init: bool = False):
+    """-> (cfg, objective, step). random_init: the objective built from the run's config with
+    the trainer's seed and no weights loaded, i.e. exactly the run's encoder at step 0."""
+    run_dir = Path(run_dir)
+    if not random_init:
+        cfg, objective, step = load_run(run_dir, checkpoint, device)
+    else:
+        path = run_dir / "config.yaml"
+        if not path.is_file():
+            raise ConfigError(f"--run: {path} not found (the trainer writes it when a run starts)")
+        cfg = config_from_dict(yaml.safe_load(path.read_text()), name=run_dir.name)
+        cfg.run.dir = str(run_dir)
+        info = data_info(build_dataset(cfg.data, "train"))
+        torch.manual_seed(cfg.run.seed)  # as arena.trainer.train seeds before building the objective
+        objective = build_objective(cfg, info)
+        objective.nets.to(device).eval()
+        step = 0
+    if not callable(getattr(objective, "features", None)):
+        raise ConfigError(f"objective '{cfg.objective.name}' has no features(x); the probes need a DIM-style "
+                          f"encoder objective (dim, supervised)")
+    return cfg, objective, step
+
+
+def conv_encoder(objective) -> torch.nn.Module:
+    """The conv encoder (x -> {conv, fc, y, local}) inside the objective's encoder player."""
+    player = objective.nets["encoder"]
+    return player["encoder"] if isinstance(player, torch.nn.ModuleDict) else player
+
+
+def probe_datasets(cfg) -> tuple[ImageDataset, ImageDataset]:
+    """Train and test splits without augmentation (features of the stored images)."""
+    data = dataclasses.replace(cfg.data, augment=False)
+    return build_dataset(data, "train"), build_dataset(data, "test")
+
+
+def labeled_indices(ds: ImageDataset) -> torch.Tensor:
+    if ds.num_classes == 0:
+        return torch.arange(len(ds))
+    if ds.multilabel:
+        return torch.nonzero((ds.labels >= 0).all(1)).flatten()
+    return torch.nonzero(ds.labels >= 0).flatten()
+
+
+def subset(idx: torch.Tensor, limit: int, seed: int) -> torch.Tensor:
+    if limit <= 0 or limit >= len(idx):
+        return idx
+    pick = torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed))[:limit]
+    return idx[pick.sort().values]
+
+
+def image_batches(ds: ImageDataset, idx: torch.Tensor, batch_size: int, shuffle: bool = False,
+                  seed: int = 0, data_cfg=None):
+    """Re-iterable (x in [-1, 1], labels) batches of ds[idx]: slices of the uint8 images for
+    in-memory datasets, a DataLoader for the others."""
+    if ds.in_memory:
+        return P.ImageBatches(ds.images[idx], ds.labels[idx], batch_size, shuffle, seed)
+    kwargs = make_loader_kwargs(ds, data_cfg) if data_cfg is not None else {}
+    return torch.utils.data.DataLoader(torch.utils.data.Subset(ds, idx.tolist()), batch_size=batch_size,
+                                       shuffle=shuffle, generator=torch.Generator().manual_seed(seed), **kwargs)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] float -> uint8 (the inverse of arena.data.to_float on 8-bit images)."""
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+@torch.no_grad()
+def extract(objective, batches, layers=LAYERS, keep_images: bool = False, ema: bool = False):
+    """Frozen features of every batch -> ({layer: [N, D] CPU float}, labels, uint8 images or None)."""
+    feats: dict[str, list] = {k: [] for k in layers}
+    labels, images = [], []
+    for x, y in batches:
+        out = objective.features(x, ema=True) if ema else objective.features(x)
+        for k in layers:
+            feats[k].append(out[k].float().cpu())
+        labels.append(y)
+        if keep_images:
+            images.append(x if x.dtype == torch.uint8 else to_uint8(x))
+    return ({k: torch.cat(v) for k, v in feats.items()}, torch.cat(labels),
+            torch.cat(images) if keep_images else None)
+
+
+# ---------------------------------------------------------------------------- probes
+
+
+@dataclasses.dataclass
+class ProbeSettings:
+    probes: tuple[str, ...] = DEFAULT_PROBES
+    layers: tuple[str, ...] = LAYERS
+    rep_layer: str = "y"  # code for msssim / mine / ndm
+    runs: int = 5  # svm seeds
+    seed: int = 0
+    batch_size: int = 256  # feature extraction
+    svm_solver: str = "sgd"
+    svm_c: float = 1.0
+    mlp_epochs: int = 100
+    semi_epochs: int = 20
+    msssim_epochs: int = 30
+    mine_steps: int = 3000
+    ndm_steps: int = 3000
+    max_train: int = 0  # 0 = all labeled training images
+    max_test: int = 0
+    device: str = "cpu"
+    ema: bool = False
+
+
+def run_probes(cfg, objective, s: ProbeSettings) -> tuple[dict, dict]:
+    """All requested probes on one encoder -> (results {probe: {layer: value}}, settings)."""
+    for p in s.probes:
+        if p not in PROBES:
+            raise ConfigError(f"--probes: unknown probe '{p}'; valid choices: {', '.join(PROBES)}")
+    for k in (*s.layers, s.rep_layer):
+        if k not in LAYERS:
+            raise ConfigError(f"--layers / --rep-layer: unknown layer '{k}'; valid choices: {', '.join(LAYERS)}")
+    train_ds, test_ds = probe_datasets(cfg)
+    labeled = train_ds.num_classes > 0
+    needs_labels = {"svm", "mlp", "semi"} & set(s.probes)
+    if needs_labels and not labeled:
+        log(f"{cfg.data.name} has no labels: skipping {', '.join(sorted(needs_labels))}")
+    probes = [p for p in s.probes if labeled or p not in needs_labels]
+    tr_idx = subset(labeled_indices(train_ds), s.max_train, s.seed)
+    te_idx = subset(labeled_indices(test_ds), s.max_test, s.seed + 1)
+    uses_code = bool({"msssim", "mine", "ndm"} & set(probes))
+    layers = sorted(set(s.layers) | ({s.rep_layer} if uses_code else set()), key=LAYERS.index)
+    keep_images = bool({"msssim", "mine"} & set(probes))
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    log(f"features of {len(tr_idx)} train / {len(te_idx)} test images ({train_ds.describe()})")
+    f_tr, y_tr, x_tr = extract(objective, image_batches(train_ds, tr_idx, s.batch_size, data_cfg=cfg.data),
+                               layers, keep_images, s.ema)
+    f_te, y_te, x_te = extract(objective, image_batches(test_ds, te_idx, s.batch_size, data_cfg=cfg.data),
+                               layers, keep_images, s.ema)
+    timings["features"] = time.perf_counter() - t0
+    results: dict[str, dict] = {}
+    dev = s.device
+
+    def timed(name, fn):
+        t = time.perf_counter()
+        out = fn()
+        timings[name] = round(time.perf_counter() - t, 2)
+        log(f"{name}: {json.dumps(out)[:200]} ({timings[name]:.1f}s)")
+        return out
+
+    for probe in probes:
+        if probe == "svm":
+            results["svm"] = {k: timed(f"svm/{k}", lambda k=k: P.svm_probe(
+                f_tr[k], y_tr, f_te[k], y_te, runs=s.runs, seed=s.seed, solver=s.svm_solver, C=s.svm_c))
+                for k in s.layers}
+        elif probe == "mlp":
+            results["mlp"] = {k: timed(f"mlp/{k}", lambda k=k: P.mlp_probe(
+                f_tr[k], y_tr, f_te[k], y_te, num_classes=train_ds.num_classes, epochs=s.mlp_epochs,
+                seed=s.seed, device=dev)) for k in s.layers}
+        elif probe == "semi":
+            aug_train = build_dataset(cfg.data, "train")  # the dataset's own training augmentation
+            enc = conv_encoder(objective)
+            results["semi"] = {"conv": timed("semi/conv", lambda: P.semi_probe(
+                enc, image_batches(aug_train, tr_idx, 64, shuffle=True, seed=s.seed, data_cfg=cfg.data),
+                image_batches(test_ds, te_idx, s.batch_size, data_cfg=cfg.data),
+                num_outputs=train_ds.num_classes, multilabel=train_ds.multilabel, epochs=s.semi_epochs,
+                seed=s.seed, device=dev, log=log))}
+        elif probe == "msssim":
+            k = s.rep_layer
+            results["msssim"] = {k: timed(f"msssim/{k}", lambda: P.msssim_probe(
+                f_tr[k], x_tr, f_te[k], x_te, epochs=s.msssim_epochs, seed=s.seed, device=dev))}
+        elif probe == "mine":
+            k = s.rep_layer
+            results["mine"] = {k: timed(f"mine/{k}", lambda: P.mine_estimate(
+                x_tr, f_tr[k], x_te, f_te[k], steps=s.mine_steps, seed=s.seed, device=dev))}
+        elif probe == "ndm":
+            k = s.rep_layer
+            results["ndm"] = {
+                f"sigmoid({k})": timed(f"ndm/sigmoid({k})", lambda: P.ndm(
+                    f_tr[k], f_te[k], sigmoid=True, steps=s.ndm_steps, seed=s.seed, device=dev)),
+                k: timed(f"ndm/{k}", lambda: P.ndm(
+                    f_tr[k], f_te[k], sigmoid=False, steps=s.ndm_steps, seed=s.seed, device=dev)),
+            }
+    settings = {
+        **{f.name: getattr(s, f.name) for f in dataclasses.fields(s)},
+        "probes": list(probes), "layers": list(s.layers),
+        "dataset": cfg.data.name, "resolution": cfg.data.resolution, "n_train": len(tr_idx), "n_test": len(te_idx),
+        "units": {"svm": "% test accuracy", "mlp": "% test accuracy", "semi": "% test accuracy",
+                  "msssim": "MS-SSIM in [0, 1]", "mine": "nats", "ndm": "nats"},
+        "seconds": {k: round(v, 2) for k, v in timings.items()},
+    }
+    if "msssim" in probes:
+        settings["msssim_config"] = P.msssim_settings(cfg.data.resolution)
+    return results, settings
+
+
+# ---------------------------------------------------------------------------- output
+
+
+def fmt(v) -> str:
+    if isinstance(v, dict):
+        if "min" in v:  # per-attribute accuracy
+            return f"{v['mean']:.2f} (min {v['min']:.2f}, max {v['max']:.2f})"
+        return f"{v['mean']:.2f} ± {v['std']:.2f}"
+    return f"{v:.4f}" if abs(v) < 10 else f"{v:.2f}"
+
+
+def markdown_table(results: dict, title: str = "value") -> str:
+    rows = ["| probe | layer | " + title + " |", "|---|---|---|"]
+    for probe, by_layer in results.items():
+        if probe == "settings":
+            continue
+        for layer, v in by_layer.items():
+            rows.append(f"| {probe} | {layer} | {fmt(v)} |")
+    return "\n".join(rows)
+
+
+def append_metrics(run_dir: str | Path, record: dict) -> None:
+    with open(Path(run_dir) / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = ProbeSettings()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, help="run directory (runs/NAME)")
+    p.add_argument("--checkpoint", default="latest", help="'latest' or a checkpoint directory")
+    p.add_argument("--random-init", action="store_true",
+                   help="probe the run's encoder at step 0 (built from its config.yaml, no weights loaded)")
+    p.add_argument("--probes", default=",".join(d.probes), help=f"comma list of {', '.join(PROBES)}")
+    p.add_argument("--layers", default=",".join(d.layers), help="svm / mlp probe points: conv,fc,y")
+    p.add_argument("--rep-layer", default=d.rep_layer, help="code for msssim, mine and ndm (default y)")
+    p.add_argument("--runs", type=int, default=d.runs, help="svm seeds (mean and std)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="feature extraction batch")
+    p.add_argument("--svm-solver", choices=("sgd", "liblinear"), default=d.svm_solver)
+    p.add_argument("--svm-c", type=float, default=d.svm_c)
+    p.add_argument("--mlp-epochs", type=int, default=d.mlp_epochs)
+    p.add_argument("--semi-epochs", type=int, default=d.semi_epochs)
+    p.add_argument("--msssim-epochs", type=int, default=d.msssim_epochs)
+    p.add_argument("--mine-steps", type=int, default=d.mine_steps)
+    p.add_argument("--ndm-steps", type=int, default=d.ndm_steps)
+    p.add_argument("--max-train", type=int, default=0, help="random subset of labeled train images (0 = all)")
+    p.add_argument("--max-test", type=int, default=0, help="random subset of test images (0 = all)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--ema", action="store_true", help="probe the EMA copy of the encoder (if the run keeps one)")
+    p.add_argument("--table", action="store_true", help="also print a Markdown table")
+    p.add_argument("--no-append", action="store_true", help="do not append to RUN_DIR/metrics.jsonl")
+    return p
+
+
+def settings_from_args(args) -> ProbeSettings:
+    split = lambda s: tuple(v.strip() for v in s.split(",") if v.strip())  # noqa: E731
+    return ProbeSettings(
+        probes=split(args.probes), layers=split(args.layers), rep_layer=args.rep_layer, runs=args.runs,
+        seed=args.seed, batch_size=args.batch_size, svm_solver=args.svm_solver, svm_c=args.svm_c,
+        mlp_epochs=args.mlp_epochs, semi_epochs=args.semi_epochs, msssim_epochs=args.msssim_epochs,
+        mine_steps=args.mine_steps, ndm_steps=args.ndm_steps, max_train=args.max_train,
+        max_test=args.max_test, device=args.device, ema=args.ema)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        s = settings_from_args(args)
+        t0 = time.perf_counter()
+        cfg, objective, step = load_encoder_run(args.run, args.checkpoint, args.device, args.random_init)
+        if s.ema and "encoder" not in objective.ema:
+            raise ConfigError("--ema: this run keeps no EMA copy of the encoder")
+        results, settings = run_probes(cfg, objective, s)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    settings.update(run=str(args.run), checkpoint="random-init" if args.random_init else args.checkpoint,
+                    random_init=args.random_init, step=step, objective=cfg.objective.name,
+                    wall_seconds=round(time.perf_counter() - t0, 1))
+    out = {**results, "settings": settings}
+    print(json.dumps(out), flush=True)
+    if not args.no_append:
+        append_metrics(args.run, {"step": step, **out})
+    if args.table:
+        title = f"{cfg.name} step {step}" + (" (random init)" if args.random_init else "")
+        print()
+        print(markdown_table(results, title))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
