@@ -697,7 +697,7 @@ def dataset_signature(cfg: DataConfig, split: str) -> dict:
     invalidate the statistics of `shapes`.
     """
     name = cfg.name
-    return {
+    signature = {
         "name": name,
         "root": None if name in ("digits", "shapes") else str(_root(cfg)),
         "resolution": cfg.resolution,
@@ -706,6 +706,8 @@ def dataset_signature(cfg: DataConfig, split: str) -> dict:
         "num_images": (cfg.num_images or 4096) if name == "shapes" else None,
         "test_fraction": cfg.test_fraction if name == "digits" else None,
         "split_seed": cfg.split_seed if name in ("digits", "shapes") else None,
-        "labeled_only": cfg.labeled_only if name == "stl10" else None,
         "augment": False,
     }
+    if name == "stl10":  # only here, so the keys (and caches) of other datasets stay as they were
+        signature["labeled_only"] = cfg.labeled_only
+    return signature

@@ -387,4 +387,4 @@ def test_dataset_signature(tmp_path, monkeypatch):
     assert shapes["root"] is None and shapes["num_images"] == 4096
     assert shapes == dataset_signature(DataConfig(name="shapes", root="elsewhere", num_images=4096), "train")
     assert set(sig) == {"name", "root", "resolution", "categories", "split", "num_images", "test_fraction",
-                        "split_seed", "labeled_only", "augment"}
+                        "split_seed", "augment"}
