@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from torch import Tensor, nn
 from . import checkpoint as ckpt
 from .config import Config
 from .data import build_dataset
+from .images import save_grid
 from .objective import OBJECTIVES, DataInfo, Objective, Phase
 from .registry import ConfigError
 from .stream import BatchStream
@@ -132,16 +132,6 @@ def _ema_update(ema: nn.Module, net: nn.Module, decay: float) -> None:
         e.lerp_(p, 1.0 - decay)
     for e, b in zip(ema.buffers(), net.buffers()):
         e.copy_(b)
-
-
-def save_grid(images: Tensor, path: Path, nrow: int) -> None:
-    """Images in [-1, 1] -> one PNG, written atomically."""
-    from torchvision.utils import save_image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    save_image(images.float().clamp(-1, 1) * 0.5 + 0.5, tmp, nrow=nrow)
-    os.replace(tmp, path)
 
 
 def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:

@@ -12,35 +12,13 @@ keeps the norm of Gaussian latents).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
-from pathlib import Path
 from typing import Callable
 
 import torch
-from torchvision.utils import save_image
 
+from arena.images import save_grid
 from arena.registry import ConfigError
-
-
-def make_grid_png(images: torch.Tensor, path: str | os.PathLike, nrow: int = 8) -> Path:
-    """Write images (float [-1, 1] or uint8, [N, C, H, W]) as one PNG grid, atomically
-    (temp file in the same folder + os.replace), so a reader never sees half a file."""
-    x = images.detach().cpu()
-    x = x.float() / 255 if x.dtype == torch.uint8 else (x.float().clamp(-1, 1) + 1) / 2
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".png")
-    os.close(fd)
-    try:
-        save_image(x, tmp, nrow=nrow, padding=2, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -103,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--run: objective '{cfg.objective.name}' does not generate images")
         z = grid_latents(objective.latent, args.n, args.nrow, args.seed, args.interpolate, args.interp)
         images = objective.generate(z, ema=args.ema)  # one batch: the grid never depends on batching
-        out = make_grid_png(images, args.out, args.nrow)
+        out = save_grid(images, args.out, args.nrow)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -26,7 +26,8 @@ from eval.fidelity import (
     resolve_features,
     to_uint8,
 )
-from eval.sample_grid import grid_latents, make_grid_png
+from arena.images import save_grid
+from eval.sample_grid import grid_latents
 
 KID = dict(kid_subsets=20)  # 20 subsets of 1000 instead of 100: the KID tests need trends, not 3 digits
 
@@ -277,8 +278,8 @@ def test_uint8_images_round_trip_and_rgb(digits):
 
 def test_grid_png_is_reproducible_and_interpolates_between_seeded_latents(tmp_path):
     G = LinearGenerator()
-    a = make_grid_png(G.generate(grid_latents(G.latent, 16, 4, seed=0)), tmp_path / "a.png", nrow=4)
-    b = make_grid_png(G.generate(grid_latents(G.latent, 16, 4, seed=0)), tmp_path / "b.png", nrow=4)
+    a = save_grid(G.generate(grid_latents(G.latent, 16, 4, seed=0)), tmp_path / "a.png", nrow=4)
+    b = save_grid(G.generate(grid_latents(G.latent, 16, 4, seed=0)), tmp_path / "b.png", nrow=4)
     assert a.read_bytes() == b.read_bytes() and a.read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png"]  # no temp files left
     ends = G.latent(8, torch.Generator().manual_seed(0))
