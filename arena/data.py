@@ -18,6 +18,7 @@ import pickle
 import string
 import tempfile
 import warnings
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -152,7 +153,7 @@ class InMemoryDataset(ImageDataset):
         return to_float(self.images[i]), self.labels[i]
 
 
-class DecodedDataset(ImageDataset):
+class DecodedDataset(ImageDataset, ABC):
     """Images decoded one by one (files, lmdb values), with bad-file handling and flips.
 
     Subclasses give `_decode(i) -> PIL image` and `_item_name(i)`. An image that fails
@@ -170,11 +171,13 @@ class DecodedDataset(ImageDataset):
         self.crop = crop
         self.bad_files: set[str] = set()
 
+    @abstractmethod
     def _decode(self, i: int) -> Image.Image:
-        raise NotImplementedError
+        """Image i as a PIL image (raises on an unreadable file)."""
 
+    @abstractmethod
     def _item_name(self, i: int) -> str:
-        raise NotImplementedError
+        """What to call image i in an error message (a file name or a key)."""
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         n = len(self)
