@@ -304,8 +304,8 @@ def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
                 values = {k: float(v.item()) / counts[k] for k, v in sums.items()}
                 values["steps_per_s"] = steps_since / max(now - t_last, 1e-9)
                 log(step, values)
-                bar.set_postfix({k.split("/", 1)[1] if k.count("/") == 1 else k: f"{v:.3g}"
-                                 for k, v in list(values.items())[:4]})
+                # each phase's loss, e.g. {critic: 1.36, generator: 0.71}
+                bar.set_postfix({k[: -len("/loss")]: f"{v:.3g}" for k, v in values.items() if k.endswith("/loss")})
                 sums.clear()
                 counts.clear()
                 t_last, steps_since = now, 0
