@@ -1,9 +1,16 @@
 """Metrics inside training: logged with the sample count in the name; missing weights fail first."""
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import pytest
 
 import train as train_cli
+from arena.runs import load_run
 from arena.trainer import train
+from eval.fidelity import evaluate_generator
 from eval.hooks import count_label, training_hooks
 from tests.helpers import tiny
 
@@ -33,3 +40,39 @@ def test_missing_inception_weights_fail_before_training(tmp_path, monkeypatch, c
     err = capsys.readouterr().err
     assert code == 2 and "weights-inception-2015-12-05-6726825d.pth" in err
     assert not (tmp_path / "run").exists()  # nothing trained, nothing written
+
+
+def test_two_process_metrics_equal_one_process_metrics(tmp_path):
+    """Under accelerate with 2 CPU processes, each generates its share of n = 101
+    samples of a trained ie_digits generator; the metric over exactly those n equals
+    the single-process value."""
+    root = Path(__file__).resolve().parent.parent
+    train(tiny("ie_digits", tmp_path / "run", *SMALL))
+    kwargs = dict(num_samples=101, metrics=["fid", "kid", "isc"], features="auto", seed=3, batch_size=16,
+                  cache_root=str(tmp_path / "cache"))
+    cfg, objective, _ = load_run(tmp_path / "run")
+    single = evaluate_generator(objective, cfg, **kwargs)
+    script = tmp_path / "metrics2.py"
+    script.write_text(f"""
+import json, sys
+sys.path.insert(0, {str(root)!r})
+import implicit_gen
+from accelerate import PartialState
+from arena.runs import load_run
+from arena.trainer import state_gather
+from eval.fidelity import evaluate_generator
+state = PartialState(cpu=True)
+cfg, objective, _ = load_run({str(tmp_path / 'run')!r})
+out = evaluate_generator(objective, cfg, rank=state.process_index, world_size=state.num_processes,
+                         gather=state_gather, **{kwargs!r})
+if state.is_main_process:
+    json.dump(out, open({str(tmp_path / 'out.json')!r}, "w"))
+""")
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script)],
+                   cwd=root, env=env, check=True, timeout=300, capture_output=True)
+    double = json.loads((tmp_path / "out.json").read_text())
+    assert double.keys() == single.keys()
+    for k in single:
+        assert double[k] == pytest.approx(single[k], rel=1e-4, abs=1e-6), k
