@@ -40,7 +40,8 @@ def run_one(base: str, objective: str, extra: list[str], phases, ratio: int, ste
                  f"train.phases={json.dumps(phases)}", "train.progress=false", f"train.checkpoint_every={steps}",
                  f"train.sample_every={steps}", f"train.log_every={max(1, steps // 4)}"]
     raw = yaml.safe_load(resolve_config_path(base).read_text())
-    raw["objective"] = {"name": objective}  # the base's data, nets and optimizer; each loss's defaults
+    if raw.get("objective", {}).get("name") != objective:
+        raw["objective"] = {"name": objective}  # the base's data, nets and optimizer; this loss's defaults
     cfg = config_from_dict(merge(raw, parse_overrides(overrides)), name=f"figure14-{objective}")
     return cfg, train(cfg)
 
