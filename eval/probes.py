@@ -450,6 +450,25 @@ def _decay(opt: torch.optim.Optimizer, steps: int, final: float):
     return torch.optim.lr_scheduler.ExponentialLR(opt, gamma)
 
 
+def _maximize(T: nn.Module, batch_bound: Callable[[], Tensor], steps: int, lr: float, final_lr: float,
+              average_last: int) -> list[float]:
+    """Adam ascent on a DV bound with a decaying lr (MINE and NDM alike); returns the
+    training-batch bounds of the last `average_last` steps (default a tenth)."""
+    opt = torch.optim.Adam(T.parameters(), lr=lr)
+    sched = _decay(opt, steps, final_lr)
+    average_last = average_last or max(1, steps // 10)
+    tail = []
+    for step in range(steps):
+        bound = batch_bound()
+        opt.zero_grad(set_to_none=True)
+        (-bound).backward()
+        opt.step()
+        sched.step()
+        if step >= steps - average_last:
+            tail.append(float(bound.detach()))
+    return tail
+
+
 def _as_input(x: Tensor) -> Tensor:
     return x.float() / 127.5 - 1 if x.dtype == torch.uint8 else x.float()
 
@@ -476,24 +495,17 @@ def mine_estimate(x: Tensor, y: Tensor, x_test: Tensor | None = None, y_test: Te
     mu, sd = y.mean(0), y.std(0).clamp_min(1e-6)
     yn = ((y - mu) / sd)
     T = MineStatistics(tuple(x.shape[1:]), y.shape[1], hidden).to(device)
-    opt = torch.optim.Adam(T.parameters(), lr=lr)
-    sched = _decay(opt, steps, final_lr)
     n = len(x)
     batch_size = min(batch_size, n)
-    average_last = average_last or max(1, steps // 10)
-    tail = []
-    for step in range(steps):
+
+    def batch_bound() -> Tensor:
         idx = torch.randint(0, n, (batch_size,), generator=g)
         xb, yb = _as_input(x[idx]).to(device), yn[idx].to(device)
         ex, ey = T.a(xb), T.b(yb)
         perm = torch.randperm(batch_size, generator=g).to(device)
-        bound = dv_bound(T.pairs(ex, ey), T.pairs(ex, ey[perm]))
-        opt.zero_grad(set_to_none=True)
-        (-bound).backward()
-        opt.step()
-        sched.step()
-        if step >= steps - average_last:
-            tail.append(float(bound.detach()))
+        return dv_bound(T.pairs(ex, ey), T.pairs(ex, ey[perm]))
+
+    tail = _maximize(T, batch_bound, steps, lr, final_lr, average_last)
     if x_test is None:
         return float(np.mean(tail))
     yt = (y_test.float().flatten(1) - mu) / sd
@@ -544,20 +556,13 @@ def ndm(y: Tensor, y_test: Tensor | None = None, sigmoid: bool = False, steps: i
     n, d = y.shape
     batch_size = min(batch_size, n)
     T = _mlp(d, hidden, 1).to(device)
-    opt = torch.optim.Adam(T.parameters(), lr=lr)
-    sched = _decay(opt, steps, final_lr)
-    average_last = average_last or max(1, steps // 10)
-    tail = []
-    for step in range(steps):
+
+    def batch_bound() -> Tensor:
         yb = y[torch.randint(0, n, (batch_size,), generator=g)]
         ys = shuffle_dims(yb, g)
-        bound = dv_bound(T(yb.to(device)), T(ys.to(device)))
-        opt.zero_grad(set_to_none=True)
-        (-bound).backward()
-        opt.step()
-        sched.step()
-        if step >= steps - average_last:
-            tail.append(float(bound.detach()))
+        return dv_bound(T(yb.to(device)), T(ys.to(device)))
+
+    tail = _maximize(T, batch_bound, steps, lr, final_lr, average_last)
     if y_test is None:
         return float(np.mean(tail))
     yt = f(y_test.float().flatten(1)).to(device)

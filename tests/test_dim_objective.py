@@ -27,13 +27,6 @@ TINY = [*DATA, "model.mi_units=256", "model.global_units=256", "model.concat_uni
         "objective.prior.hidden=[32, 16]"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def shapes_batch(n: int = 8, seed: int = 0) -> Batch:
     images, labels = make_shapes(n, RES, seed)

@@ -32,15 +32,6 @@ from dim.occlusion import occlusion_mask
 LOG2 = math.log(2.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # These nets are tiny: intra-op threads only add sync cost, and on a busy machine
-    # spinning OpenMP workers make the small steps 10x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def sp(x: float) -> float:  # softplus by hand
     return math.log1p(math.exp(x))

@@ -14,14 +14,6 @@ from tests.helpers import tiny
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The probes are small; on a shared 2-core machine extra threads only contend.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def label_features(n: int, classes: int = 10, dim: int = 32, noise: float = 0.1, seed: int = 0):
     """Features that encode the label: one-hot (padded to dim) + Gaussian noise."""
