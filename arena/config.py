@@ -271,10 +271,11 @@ def load_config(name: str, overrides: list[str] | None = None) -> Config:
 
 def validate(cfg: Config) -> None:
     """Cross-field checks that a dataclass type alone cannot express."""
-    from .data import DATASETS
+    from .data import DATASETS, check_config
     from .objective import OBJECTIVES
 
     DATASETS.get(cfg.data.name, key="data.name")
+    check_config(cfg.data)
     choices = {
         "train.mixed_precision": (cfg.train.mixed_precision, ["no", "bf16", "fp16"]),
         "optim.name": (cfg.optim.name, ["adam", "adamw", "sgd"]),

@@ -362,6 +362,9 @@ def _require(path: Path, expected: str, downloadable: bool = False) -> Path:
     return path
 
 
+DOWNLOADABLE = ("cifar10", "cifar100", "stl10")  # torchvision fetches these; the rest are manual
+
+
 def check_config(cfg: DataConfig) -> None:
     """Option checks that do not touch the disk."""
     def is_int(v: object) -> bool:
@@ -380,6 +383,9 @@ def check_config(cfg: DataConfig) -> None:
         raise ConfigError(f"data.test_fraction must be a number in (0, 1), got {cfg.test_fraction!r}")
     if cfg.augment not in (None, True, False):
         raise ConfigError(f"data.augment must be true, false or null (dataset default), got {cfg.augment!r}")
+    if cfg.download and cfg.name not in DOWNLOADABLE:
+        raise ConfigError(f"data.download: '{cfg.name}' cannot be downloaded by this toolkit (only "
+                          f"{', '.join(DOWNLOADABLE)} can); put its files under data.root and set download: false")
     if cfg.name == "lsun":
         if not isinstance(cfg.categories, (list, tuple)) or not cfg.categories:
             raise ConfigError(f"data.categories must be a non-empty list of LSUN categories "

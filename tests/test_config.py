@@ -55,6 +55,8 @@ def test_overrides_are_typed_yaml_scalars():
     ("train.mixed_precision=bf61", "train.mixed_precision: unknown value 'bf61' (did you mean 'bf16'?)"),
     ("objective.prior.name=unifrom", "unknown prior 'unifrom' (did you mean 'uniform'?)"),
     ("train.phases=[[critic, 2]]", "train.phases: unknown phase 'critic'"),
+    ("data.resolution=4", "data.resolution must be an integer >= 8"),
+    ("data.download=true", "data.download: 'digits' cannot be downloaded"),
 ])
 def test_bad_config_is_named(override, message, tmp_path):
     with pytest.raises(ConfigError) as err:
