@@ -193,7 +193,7 @@ def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
         print(f"[arena] {cfg.objective.name} on {train_set.describe()}; {world} process(es) on {device}; "
               f"run dir {run_dir}")
     log = _Logger(run_dir, main)
-    gather = (lambda t: t) if world == 1 else (lambda t: state_gather(t))
+    gather = state_gather if world > 1 else (lambda t: t)
     run = Run(cfg, objective, rank, world, gather, run_dir, log)
 
     # -- one phase: forward, backward, average over processes, clip, step, EMA ----------
@@ -341,10 +341,15 @@ def _average_gradients(net: nn.Module) -> None:
 
 
 def _sync_buffers(net: nn.Module) -> None:
-    # BatchNorm statistics are per process; keep rank 0's so every copy is identical.
-    for b in net.buffers():
-        if b.dtype.is_floating_point or b.dtype == torch.long:
-            b.copy_(broadcast(b.clone(), from_process=0))
+    # BatchNorm statistics are per process; keep rank 0's so every copy is identical
+    # (one flat broadcast; integer counters advance alike on every process).
+    bufs = [b for b in net.buffers() if b.dtype.is_floating_point]
+    if bufs:
+        flat = broadcast(torch.cat([b.flatten() for b in bufs]), from_process=0)
+        offset = 0
+        for b in bufs:
+            b.copy_(flat[offset : offset + b.numel()].view_as(b))
+            offset += b.numel()
 
 
 def state_gather(t: Tensor) -> Tensor:
