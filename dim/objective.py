@@ -113,6 +113,12 @@ class EncoderObjective(Objective):
 
     main_player = "encoder"
 
+    @staticmethod
+    def build_encoder(cfg, info: DataInfo) -> ConvEncoder:
+        m = cfg.model
+        return build_encoder(m.encoder, channels=info.channels, resolution=info.resolution, y_dim=m.y_dim,
+                             width=m.width, local_layer=getattr(m, "local_layer", None))
+
     @property
     def encoder(self) -> ConvEncoder:
         return self.nets["encoder"]["encoder"]
@@ -158,8 +164,7 @@ class DIM(EncoderObjective):
     def __init__(self, cfg, info: DataInfo):
         super().__init__(cfg, info)
         m, o = cfg.model, self.opts
-        enc = build_encoder(m.encoder, channels=info.channels, resolution=info.resolution, y_dim=m.y_dim,
-                            width=m.width, local_layer=m.local_layer)
+        enc = self.build_encoder(cfg, info)
         player = nn.ModuleDict({"encoder": enc})
         if o.alpha > 0:
             player["global_critic"] = GlobalCritic(m.y_dim, enc.feature_dims["conv"], m.global_units, m.width)

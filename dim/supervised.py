@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from arena.objective import OBJECTIVES, Batch, DataInfo, Phase
 from arena.registry import ConfigError
 
-from .encoders import build_encoder
+from .heads import MLPHead
 from .objective import EncoderObjective, check_encoder_config
 
 HEAD_INPUTS = ("conv", "fc", "y")
@@ -52,14 +52,8 @@ class Supervised(EncoderObjective):
         m = cfg.model
         if info.num_classes < 1:
             raise ConfigError(f"data.name: the supervised objective needs labels; {cfg.data.name} has none")
-        enc = build_encoder(m.encoder, channels=info.channels, resolution=info.resolution, y_dim=m.y_dim,
-                            width=m.width)
-        n_in, k = enc.feature_dims[m.head_input], info.num_classes
-        if m.head_hidden > 0:
-            head = nn.Sequential(nn.Linear(n_in, m.head_hidden), nn.BatchNorm1d(m.head_hidden),
-                                 nn.Dropout(m.head_dropout), nn.ReLU(), nn.Linear(m.head_hidden, k))
-        else:
-            head = nn.Linear(n_in, k)
+        enc = self.build_encoder(cfg, info)
+        head = MLPHead(enc.feature_dims[m.head_input], info.num_classes, m.head_hidden, m.head_dropout)
         self.nets["encoder"] = nn.ModuleDict({"encoder": enc, "head": head})
 
     @classmethod

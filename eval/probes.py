@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dim.heads import MLPHead
+
 # ---------------------------------------------------------------------------- helpers
 
 
@@ -110,18 +112,6 @@ def svm_probe(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, tes
 
 
 # ---------------------------------------------------------------------------- MLP head
-
-
-class MLPHead(nn.Module):
-    """The official DIM classifier probe: Linear 200, BN, dropout 0.1, ReLU, Linear to classes."""
-
-    def __init__(self, n_in: int, n_out: int, hidden: int = 200, dropout: float = 0.1):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(n_in, hidden), nn.BatchNorm1d(hidden), nn.Dropout(dropout),
-                                 nn.ReLU(), nn.Linear(hidden, n_out))
-
-    def forward(self, h: Tensor) -> Tensor:
-        return self.net(h.flatten(1))
 
 
 def _num_outputs(labels: Tensor, num_classes: int | None) -> int:
