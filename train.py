@@ -14,7 +14,7 @@ import dim  # noqa: F401  (registers DIM objectives)
 import implicit_gen  # noqa: F401  (registers the generator objectives)
 from arena.config import load_config
 from arena.registry import ConfigError
-from arena.trainer import NonFiniteLoss, train
+from arena.trainer import NonFiniteLoss, shutdown, train
 
 
 def hooks_for(cfg):
@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
             print(cfg.to_yaml(), end="")
             return 0
         train(cfg, hooks_for(cfg))
+        shutdown()
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -327,6 +327,14 @@ def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
     return objective
 
 
+def shutdown() -> None:
+    """End of a multi-process program: wait for every process, then tear the process
+    group down (a gloo group left to the interpreter's exit can abort the process)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        PartialState().wait_for_everyone()
+        torch.distributed.destroy_process_group()
+
+
 def _average_gradients(net: nn.Module) -> None:
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in net.parameters() if p.requires_grad]
     if not grads:

@@ -1,6 +1,12 @@
 """Shared test helpers: tiny configs and state comparisons."""
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 
 import arena.prior_match  # noqa: F401
@@ -28,3 +34,23 @@ def assert_same_state(a: dict, b: dict, path: str = "") -> None:
         assert torch.equal(a, b), f"{path} differs"
     else:
         assert a == b, path
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_two_cpu_processes(script) -> None:
+    """`accelerate launch --multi_gpu --num_processes 2` on the CPU (gloo). A fresh port
+    each time: back-to-back launches on the default 29500 can find it still taken."""
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                           "--num_machines", "1", "--main_process_port", str(free_port()), "--mixed_precision", "no",
+                           "--dynamo_backend", "no", str(script)],
+                          cwd=ROOT, env=env, timeout=300, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]

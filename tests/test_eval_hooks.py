@@ -1,8 +1,5 @@
 """Metrics inside training: logged with the sample count in the name; missing weights fail first."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +9,7 @@ from arena.runs import load_run
 from arena.trainer import train
 from eval.fidelity import evaluate_generator
 from eval.hooks import count_label, training_hooks
-from tests.helpers import tiny
+from tests.helpers import launch_two_cpu_processes, tiny
 
 SMALL = ["model.width=8", "model.z_dim=8", "train.batch_size=16", "train.steps=2", "train.sample_every=100"]
 
@@ -59,7 +56,7 @@ sys.path.insert(0, {str(root)!r})
 import implicit_gen
 from accelerate import PartialState
 from arena.runs import load_run
-from arena.trainer import state_gather
+from arena.trainer import shutdown, state_gather
 from eval.fidelity import evaluate_generator
 state = PartialState(cpu=True)
 cfg, objective, _ = load_run({str(tmp_path / 'run')!r})
@@ -67,11 +64,9 @@ out = evaluate_generator(objective, cfg, rank=state.process_index, world_size=st
                          gather=state_gather, **{kwargs!r})
 if state.is_main_process:
     json.dump(out, open({str(tmp_path / 'out.json')!r}, "w"))
+shutdown()
 """)
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script)],
-                   cwd=root, env=env, check=True, timeout=300, capture_output=True)
+    launch_two_cpu_processes(script)
     double = json.loads((tmp_path / "out.json").read_text())
     assert double.keys() == single.keys()
     for k in single:

@@ -1,8 +1,5 @@
 """The trainer end to end on tiny data: outputs, exact resume, atomic saves, stops."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +11,7 @@ from arena.prior_match import PriorMatch
 from arena.registry import ConfigError
 from arena.runs import load_run
 from arena.trainer import NonFiniteLoss, train
-from tests.helpers import assert_same_state, tiny
+from tests.helpers import launch_two_cpu_processes, assert_same_state, tiny
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["data.name=shapes", "data.resolution=8", "data.num_images=256", "model.width=4", "model.out_dim=3",
@@ -127,7 +124,7 @@ sys.path.insert(0, {str(ROOT)!r})
 from accelerate import PartialState
 from accelerate.utils import gather
 from tests.helpers import tiny
-from arena.trainer import train
+from arena.trainer import shutdown, train
 cfg = tiny("prior_match_digits", {str(tmp_path / 'run')!r}, *{SMALL!r}, "train.steps=3", "train.checkpoint_every=3")
 objective = train(cfg)
 flat = torch.cat([p.detach().flatten() for p in objective.nets.parameters()])
@@ -137,11 +134,9 @@ state = PartialState()
 if state.is_main_process:
     json.dump({{"world": state.num_processes, "max_diff": float((every - every[0]).abs().max())}},
               open({str(tmp_path / 'out.json')!r}, "w"))
+shutdown()
 """)
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script)],
-                   cwd=ROOT, env=env, check=True, timeout=300, capture_output=True)
+    launch_two_cpu_processes(script)
     out = json.loads((tmp_path / "out.json").read_text())
     assert out == {"world": 2, "max_diff": 0.0}
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
