@@ -1,0 +1,44 @@
+"""DataLoader options and the cache key of a split's images."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .base import ImageDataset
+from .registry import DataConfig, root_of
+
+
+def make_loader_kwargs(ds: ImageDataset, cfg: DataConfig) -> dict:
+    """DataLoader options: workers only for disk datasets, pinned memory only with CUDA."""
+    workers = 0
+    if not ds.in_memory:
+        if cfg.num_workers >= 0:
+            workers = cfg.num_workers
+        else:
+            cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            workers = min(4, cpus - 1) if cpus > 2 else 0  # leave a core for the training process
+    return {"num_workers": workers, "pin_memory": torch.cuda.is_available(), "persistent_workers": workers > 0}
+
+
+def dataset_signature(cfg: DataConfig, split: str) -> dict:
+    """The options that determine the images of a split (augmentation off): a cache key.
+
+    Options a dataset ignores are None, so e.g. changing data.root does not
+    invalidate the statistics of `shapes`.
+    """
+    name = cfg.name
+    signature = {
+        "name": name,
+        "root": None if name in ("digits", "shapes") else str(root_of(cfg)),
+        "resolution": cfg.resolution,
+        "categories": list(cfg.categories) if name == "lsun" else None,
+        "split": split,
+        "num_images": (cfg.num_images or 4096) if name == "shapes" else None,
+        "test_fraction": cfg.test_fraction if name == "digits" else None,
+        "split_seed": cfg.split_seed if name in ("digits", "shapes") else None,
+        "augment": False,
+    }
+    if name == "stl10":  # only here, so the keys (and caches) of other datasets stay as they were
+        signature["labeled_only"] = cfg.labeled_only
+    return signature

@@ -1,0 +1,101 @@
+"""The dataset registry: `data.*` options, their checks, and `build_dataset`.
+
+Each family of formats registers its builder in `DATASETS` from its own module
+(arena.data.cifar, .stl10, ...); `arena/data/__init__.py` imports them all.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from arena.registry import ConfigError, Registry
+
+from .base import ImageDataset
+
+SPLITS = ("train", "test")
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"  # registry name
+    root: str = "data"  # dataset folder; unused by digits/shapes
+    resolution: int = 32  # images are resized/cropped to resolution x resolution
+    download: bool = False  # network only when true (torchvision's download for cifar/stl10)
+    categories: list[str] = field(default_factory=lambda: ["bedroom"])  # lsun categories
+    augment: bool | None = None  # None = dataset default (stl10: random crop + flip; others none)
+    skip_bad_files: bool = False  # unreadable image: skip (counted + warned) instead of failing
+    num_workers: int = -1  # DataLoader workers for disk datasets; -1 = auto
+    num_images: int = 0  # shapes: images in the train split (0 = 4096; test = a quarter)
+    test_fraction: float = 0.2  # digits: fixed seeded stratified train/test split
+    split_seed: int = 0
+    labeled_only: bool = False  # stl10: train on the 5k labeled images only (supervised runs)
+
+
+Builder = Callable[[DataConfig, str], ImageDataset]
+DATASETS: Registry[Builder] = Registry("dataset")
+
+# Checks of the options only one dataset reads, registered by that dataset's module.
+OPTION_CHECKS: dict[str, Callable[[DataConfig], None]] = {}
+
+
+def root_of(cfg: DataConfig) -> Path:
+    return Path(os.path.abspath(os.path.expanduser(cfg.root)))
+
+
+def require(path: Path, expected: str, downloadable: bool = False) -> Path:
+    """`path` must exist; else name it and what belongs there."""
+    if not path.exists():
+        hint = ", or set data.download: true" if downloadable else ""
+        raise ConfigError(f"data.root: {path} not found; expected {expected}{hint}")
+    return path
+
+
+DOWNLOADABLE = ("cifar10", "cifar100", "stl10")  # torchvision fetches these; the rest are manual
+
+
+def check_config(cfg: DataConfig) -> None:
+    """Option checks that do not touch the disk."""
+    def is_int(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not is_int(cfg.resolution) or cfg.resolution < 8:
+        raise ConfigError(f"data.resolution must be an integer >= 8, got {cfg.resolution!r}")
+    if not is_int(cfg.num_workers) or cfg.num_workers < -1:
+        raise ConfigError(f"data.num_workers must be an integer >= 0, or -1 for auto; got {cfg.num_workers!r}")
+    if not is_int(cfg.num_images) or cfg.num_images < 0:
+        raise ConfigError(f"data.num_images must be an integer >= 0 (0 = default), got {cfg.num_images!r}")
+    if not is_int(cfg.split_seed):
+        raise ConfigError(f"data.split_seed must be an integer, got {cfg.split_seed!r}")
+    if isinstance(cfg.test_fraction, bool) or not isinstance(cfg.test_fraction, (int, float)) \
+            or not 0 < cfg.test_fraction < 1:
+        raise ConfigError(f"data.test_fraction must be a number in (0, 1), got {cfg.test_fraction!r}")
+    if cfg.augment not in (None, True, False):
+        raise ConfigError(f"data.augment must be true, false or null (dataset default), got {cfg.augment!r}")
+    if cfg.download and cfg.name not in DOWNLOADABLE:
+        raise ConfigError(f"data.download: '{cfg.name}' cannot be downloaded by this toolkit (only "
+                          f"{', '.join(DOWNLOADABLE)} can); put its files under data.root and set download: false")
+    if cfg.name in OPTION_CHECKS:
+        OPTION_CHECKS[cfg.name](cfg)
+
+
+def build_dataset(cfg: DataConfig, split: str) -> ImageDataset:
+    """The dataset `cfg.name` for split 'train' or 'test'."""
+    if split not in SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    builder = DATASETS.get(cfg.name, key="data.name")
+    check_config(cfg)
+    return builder(cfg, split)
+
+
+def augment_flag(cfg: DataConfig, split: str, default: bool = False) -> bool:
+    """Augmentation is for training only; the test split is always deterministic."""
+    return split == "train" and (default if cfg.augment is None else cfg.augment)
+
+
+def no_augment(cfg: DataConfig) -> None:
+    if cfg.augment:
+        raise ConfigError(f"data.augment: {cfg.name} is held in memory and its items are the stored images; "
+                          f"augmentation is available for stl10 (crop + flip) and disk datasets (flip)")
+
