@@ -14,7 +14,7 @@ import dim  # noqa: F401  (registers DIM objectives)
 import implicit_gen  # noqa: F401  (registers the generator objectives)
 from arena.config import load_config
 from arena.registry import ConfigError
-from arena.trainer import NonFiniteLoss, shutdown, train
+from arena.trainer import NonFiniteLoss, Stopped, shutdown, train
 
 
 def hooks_for(cfg):
@@ -45,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLoss as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
+    except Stopped as err:  # SIGTERM / Ctrl-C: the step was finished and saved
+        shutdown()
+        print(f"[arena] {err}", file=sys.stderr)
+        return 128 + err.signum  # the shell's convention: 143 for SIGTERM, 130 for SIGINT
     return 0
 
 

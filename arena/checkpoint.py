@@ -7,7 +7,9 @@
 A save goes to `.tmp-checkpoint-000500/` and is renamed into place only when every
 file is written, so a run killed mid-save leaves the previous checkpoint whole.
 Everything stored is tensors, numbers, strings, lists and dicts, so loading uses
-`torch.load(weights_only=True)`.
+`torch.load(weights_only=True)`. A file that cannot be read (truncated, empty, not a
+checkpoint) is named in a ConfigError; 'latest' falls back past such checkpoints to the
+newest one that loads, and says which it skipped.
 """
 from __future__ import annotations
 
@@ -15,7 +17,9 @@ import os
 import random
 import re
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -32,6 +36,37 @@ def checkpoint_dirs(root: str | Path) -> list[Path]:
         return []
     found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _NAME.match(p.name)) and (p / "state.pt").is_file()]
     return [p for _, p in sorted(found)]
+
+
+def step_of(path: Path) -> int:
+    return int(_NAME.match(path.name).group(1))
+
+
+def check_writable(run_dir: str | Path) -> None:
+    """Create run_dir and run_dir/checkpoints, and fail with a ConfigError unless both are
+    directories this process can write to (tried, not guessed: permission bits say nothing
+    to root or on many network file systems)."""
+    for d in (Path(run_dir), Path(run_dir) / "checkpoints"):
+        if d.exists() and not d.is_dir():
+            raise ConfigError(f"run.dir: {d} exists and is not a directory")
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            probe = d / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as err:
+            raise ConfigError(f"run.dir: cannot write to {d} ({err.strerror or err})") from None
+
+
+def move_aside(path: Path) -> Path:
+    """Rename an unreadable checkpoint out of the rotation (kept for inspection, not deleted)."""
+    aside = path.with_name(f"{path.name}.unreadable")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{path.name}.unreadable-{n}")
+    os.replace(path, aside)
+    return aside
 
 
 def resolve_checkpoint(run_dir: str | Path, which: str, key: str = "run.resume") -> Path:
@@ -110,11 +145,121 @@ def commit(run_dir: str | Path, step: int, keep: int) -> Path:
     return final
 
 
+def _read(path: Path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # zip, EOF, unpickling, OS errors all mean the same here: the file is unusable
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"checkpoint file {path} cannot be read (truncated, empty or not a checkpoint: "
+                          f"{reason})") from None
+
+
 def load(path: Path, rank: int = 0) -> tuple[dict, dict | None]:
-    state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
-    rng_path = path / f"rng-rank{rank}.pt"
-    rng = torch.load(rng_path, map_location="cpu", weights_only=True) if rng_path.is_file() else None
-    return state, rng
+    """-> (state, this rank's RNG states or None). Every rank's RNG file is read, so that
+    every process judges a checkpoint readable or not alike."""
+    state = _read(path / "state.pt")
+    rngs = {p.name: _read(p) for p in sorted(path.glob("rng-rank*.pt"))}
+    return state, rngs.get(f"rng-rank{rank}.pt")
+
+
+@dataclass
+class Loaded:
+    where: Path
+    state: dict
+    rng: dict | None
+    skipped: list[Path] = field(default_factory=list)  # newer checkpoints that could not be read
+
+
+def load_checkpoint(run_dir: str | Path, which: str, rank: int = 0, key: str = "run.resume",
+                    warn: Callable[[str], None] | None = None) -> Loaded:
+    """Resolve and load `which` ('latest' or a checkpoint directory). 'latest' is the newest
+    checkpoint that loads: unreadable newer ones are reported through `warn` and skipped;
+    a named directory that cannot be read is an error naming the file."""
+    if which != "latest":
+        where = resolve_checkpoint(run_dir, which, key)
+        try:
+            return Loaded(where, *load(where, rank))
+        except ConfigError as err:
+            raise ConfigError(f"{key}: {err}") from None
+    resolve_checkpoint(run_dir, which, key)  # fails when there is none at all
+    found, skipped = checkpoint_dirs(run_dir), []
+    for where in reversed(found):
+        try:
+            state, rng = load(where, rank)
+        except ConfigError as err:
+            skipped.append(where)
+            if warn is not None:
+                warn(f"{err}; skipping {where.name}")
+            continue
+        return Loaded(where, state, rng, skipped)
+    raise ConfigError(f"{key}: none of the {len(found)} checkpoints under {Path(run_dir) / 'checkpoints'} "
+                      f"can be read")
+
+
+_OPTIMIZER_NAMES = {"Adam": "adam", "AdamW": "adamw", "SGD": "sgd"}  # class -> optim.name
+_HYPER_PARAMETERS = ("lr", "betas", "weight_decay", "momentum")
+
+
+def load_optimizer(opt: torch.optim.Optimizer, saved: dict, player: str, where: Path) -> list[str]:
+    """Restore a player's optimizer state (moments, step counts) from a checkpoint's state,
+    then put back the hyper-parameters the config gave `opt` (a lower lr to continue
+    with is common). -> the settings that differ from the checkpoint's, e.g.
+    ['lr 0.0002 -> 0.0001']. A different kind of optimizer is refused: its state does not carry."""
+    state = saved["optimizers"][player]
+    kind = saved.get("optimizer_types", {}).get(player) or _kind_of(state)
+    if kind != type(opt).__name__:
+        was, now = _OPTIMIZER_NAMES.get(kind, kind), _OPTIMIZER_NAMES.get(type(opt).__name__, type(opt).__name__)
+        raise ConfigError(f"optim.name: {where} holds {was} state for player '{player}' but the config asks for "
+                          f"{now}; an optimizer's state does not carry over to another kind. Resume with "
+                          f"optim.name={was}, or start a fresh run (another run.dir, no run.resume)")
+    wanted = [{k: g[k] for k in _HYPER_PARAMETERS if k in g} for g in opt.param_groups]
+    opt.load_state_dict(state)
+    changed = []
+    for group, settings in zip(opt.param_groups, wanted):
+        for k, v in settings.items():
+            old = tuple(group[k]) if isinstance(group[k], (list, tuple)) else group[k]
+            new = tuple(v) if isinstance(v, (list, tuple)) else v
+            if old != new:
+                changed.append(f"{k} {old} -> {new}")
+            group[k] = v
+    return changed
+
+
+def _kind_of(state: dict) -> str:
+    """Checkpoints written before the optimizer's class was stored: tell it by its settings."""
+    group = state["param_groups"][0] if state["param_groups"] else {}
+    if "momentum" in group:
+        return "SGD"
+    return "AdamW" if group.get("decoupled_weight_decay") else "Adam"
+
+
+def nonfinite_tensors(groups: dict[str, dict]) -> dict[str, list[str]]:
+    """{group name: {tensor name: tensor}} -> {group name: names of floating tensors holding
+    nan or inf}; only groups with any. One host sync for all tensors."""
+    named = [(g, k, t) for g, tensors in groups.items() for k, t in tensors.items()
+             if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel()]
+    if not named:
+        return {}
+    ok = torch.stack([torch.isfinite(t).all().to(named[0][2].device) for _, _, t in named]).tolist()
+    bad: dict[str, list[str]] = {}
+    for (g, k, _), good in zip(named, ok):
+        if not good:
+            bad.setdefault(g, []).append(k)
+    return bad
+
+
+def describe_nonfinite(bad: dict[str, list[str]], limit: int = 4) -> str:
+    """'G: 7 tensors (a, b, c, d, ...); ema G: 1 tensor (x)'."""
+    parts = []
+    for g, names in bad.items():
+        shown = ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
+        parts.append(f"{g}: {len(names)} tensor{'s' if len(names) > 1 else ''} ({shown})")
+    return "; ".join(parts)
+
+
+def weight_groups(state: dict) -> dict[str, dict]:
+    """The weights of a saved state (nets and EMA copies), grouped for nonfinite_tensors."""
+    return {**state["nets"], **{f"ema {n}": s for n, s in state.get("ema", {}).items()}}
 
 
 def check_compatible(name: str, saved: dict, net: torch.nn.Module, where: Path) -> None:

@@ -7,12 +7,24 @@ sees exactly the batches it would have seen.
 """
 from __future__ import annotations
 
+import signal
+
 import torch
 from torch.utils.data import DataLoader, Sampler
 
 from .data import make_loader_kwargs, to_float
 from .objective import Batch
 from .registry import ConfigError
+
+
+def _outlive_stop_signals(worker_id: int) -> None:
+    # Ctrl-C and a scheduler's SIGTERM reach every process of the job, data workers too,
+    # while the training process still needs them to finish its step and save. Workers
+    # ignore SIGINT and the first SIGTERM; they exit when the training process closes the
+    # stream, and a second SIGTERM (the DataLoader's own shutdown of a stuck worker)
+    # still ends them.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda signum, frame: signal.signal(signal.SIGTERM, signal.SIG_DFL))
 
 
 class _Slice(Sampler[int]):
@@ -70,13 +82,20 @@ class BatchStream:
             y = self.dataset.labels[idx].to(self.device, non_blocking=True)
         else:
             if self._it is None:
-                loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=_Slice(self),
-                                    drop_last=True, **self._loader_kwargs)
+                loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=_Slice(self), drop_last=True,
+                                    worker_init_fn=_outlive_stop_signals, **self._loader_kwargs)
                 self._it = iter(loader)
             x, y = next(self._it)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         self.index += 1
         return Batch(x, y)
+
+    def close(self) -> None:
+        """Stop the DataLoader's workers now, not whenever the iterator is collected (a
+        process exiting with workers alive waits for them)."""
+        it, self._it = self._it, None
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "index": self.index}

@@ -5,12 +5,21 @@ resume, then rounds of the phase schedule until `train.steps`, with logging, sam
 grids, hooks and checkpoints between rounds. Gradients are averaged across processes
 here (not by DistributedDataParallel), because the penalties take gradients w.r.t.
 inputs with `create_graph=True`, which DDP's reducer does not support.
+
+What a run guarantees (docs/core.md): a checkpoint never holds non-finite weights;
+SIGTERM / SIGINT finish the current step, save, and raise `Stopped`; a resume continues
+from the newest readable checkpoint with the config's optimizer hyper-parameters, and
+metrics.jsonl keeps only the rows up to the step training starts from.
 """
 from __future__ import annotations
 
 import copy
 import json
 import math
+import os
+import signal
+import sys
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -34,6 +43,19 @@ from .version import __version__
 
 class NonFiniteLoss(RuntimeError):
     pass
+
+
+class NonFiniteWeights(NonFiniteLoss):
+    """The losses were finite but an update left nan/inf in the weights (e.g. a huge lr)."""
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGINT: the run finished its step, saved a checkpoint and stopped. A
+    KeyboardInterrupt, so callers that treat Ctrl-C as "stop" keep doing so."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
 
 
 @dataclass
@@ -91,15 +113,16 @@ def build_objective(cfg: Config, info: DataInfo) -> Objective:
 class _Logger:
     """metrics.jsonl (+ TensorBoard when installed) on the main process."""
 
-    def __init__(self, run_dir: Path, enabled: bool):
+    def __init__(self, run_dir: Path, enabled: bool, start: int = 0):
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
         self.tb = None
         if enabled:
+            self.dropped = self._drop_after(start)
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(run_dir / "tb"))
+                self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=start + 1)
             except ImportError:  # tensorboard is optional
                 self.tb = None
 
@@ -114,9 +137,32 @@ class _Logger:
                     self.tb.add_scalar(k, v, step)
             self.tb.flush()
 
+    def _drop_after(self, start: int) -> int:
+        """Rows of steps after `start` came from steps this run is about to redo (a run
+        killed after its last checkpoint, or an older run in the same directory): drop
+        them so that no step appears twice. Returns how many were dropped."""
+        if not self.path.is_file():
+            return 0
+        lines = self.path.read_text().splitlines(keepends=True)
+        # every row is written with its newline: a last line without one is a write cut short by a kill
+        keep = [line for line in lines if line.endswith("\n") and not _row_after(line, start)]
+        if keep != lines:
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(keep))
+            os.replace(tmp, self.path)
+        return len(lines) - len(keep)
+
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def _row_after(line: str, start: int) -> bool:
+    try:
+        step = json.loads(line).get("step")
+    except (ValueError, AttributeError):
+        return False  # not ours to judge: keep it
+    return isinstance(step, int) and step > start
 
 
 def _set_requires_grad(objective: Objective, players: tuple[str, ...]) -> None:
@@ -144,6 +190,7 @@ def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
     # -- data and objective (same weights on every process) ---------------------
     train_set = build_dataset(cfg.data, "train")
     info = data_info(train_set)
+    ckpt.check_writable(run_dir)  # now, not at the first save after hours of training
     torch.manual_seed(cfg.run.seed)
     objective = build_objective(cfg, info)
     objective.nets.to(device)
@@ -165,16 +212,20 @@ def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
     objective.local_batch = stream.batch_size
 
     # -- resume --------------------------------------------------------------------
-    step = 0
+    step, unreadable = 0, []
     if cfg.run.resume:
-        where = ckpt.resolve_checkpoint(run_dir, cfg.run.resume)
-        saved, rng = ckpt.load(where, rank)
+        loaded = ckpt.load_checkpoint(run_dir, cfg.run.resume, rank, warn=_warn if main else None)
+        where, saved, rng, unreadable = loaded.where, loaded.state, loaded.rng, loaded.skipped
+        _check_resume_point(cfg, run_dir, loaded)
         for name, net in objective.nets.items():
             if name not in saved["nets"]:
                 raise ConfigError(f"checkpoint {where} has no player '{name}' (it has {', '.join(saved['nets'])})")
             ckpt.check_compatible(name, saved["nets"][name], net, where)
             net.load_state_dict(saved["nets"][name])
-            optimizers[name].load_state_dict(saved["optimizers"][name])
+            changed = ckpt.load_optimizer(optimizers[name], saved, name, where)
+            if main and changed:  # e.g. a lower lr to continue with
+                print(f"[arena] {name}: optimizer state from the checkpoint, settings from the config: "
+                      f"{', '.join(changed)}")
         for name, ema in objective.ema.items():
             ema.load_state_dict(saved["ema"].get(name, objective.nets[name].state_dict()))
         for name, scaler in scalers.items():
@@ -186,13 +237,24 @@ def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
             ckpt.set_rng_state(rng)
         if main:
             print(f"[arena] resumed from {where} at step {step}")
+        if step == cfg.train.steps:
+            if main:
+                print(f"[arena] nothing to train: the run is complete (train.steps={step}); raise train.steps "
+                      f"to train further")
+            return objective
 
+    if unreadable:  # the same list on every process
+        state.wait_for_everyone()  # every process is done reading them
+        if main:
+            for bad in unreadable:  # aside, so that rotation never keeps them in place of good ones
+                _warn(f"moved the unreadable {bad.name} aside to {ckpt.move_aside(bad).name}")
     if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
         print(f"[arena] {cfg.objective.name} on {train_set.describe()}; {world} process(es) on {device}; "
               f"run dir {run_dir}")
-    log = _Logger(run_dir, main)
+    log = _Logger(run_dir, main, start=step)
+    if main and log.dropped:
+        print(f"[arena] metrics.jsonl: dropped {log.dropped} rows after step {step} (steps this run does again)")
     gather = state_gather if world > 1 else (lambda t: t)
     run = Run(cfg, objective, rank, world, gather, run_dir, log)
 
@@ -244,12 +306,18 @@ def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
         if bad:
             k = min(bad, key=bad.get)  # the first to go; the others follow from it
             raise NonFiniteLoss(
-                f"loss '{k}' became non-finite (nan or inf) at step {bad[k]}; stopping. The last "
-                f"good checkpoint is kept under {run_dir / 'checkpoints'}."
+                f"loss '{k}' became non-finite (nan or inf) at step {bad[k]}; stopping. {_saved_so_far(cfg)}"
             )
 
     def save(at: int) -> None:
         check_finite()  # never write a checkpoint of diverged weights
+        weights = {**{n: m.state_dict() for n, m in objective.nets.items()},
+                   **{f"ema {n}": m.state_dict() for n, m in objective.ema.items()}}
+        bad = ckpt.nonfinite_tensors(weights)  # losses can stay finite while an update blows the weights up
+        if bad:
+            raise NonFiniteWeights(f"weights became non-finite (nan or inf) by step {at} in "
+                                   f"{ckpt.describe_nonfinite(bad)}; stopping without saving them. "
+                                   f"{_saved_so_far(cfg)}")
         if main:
             ckpt.prepare(run_dir, at)
         state.wait_for_everyone()
@@ -260,6 +328,7 @@ def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
                 "step": at,
                 "nets": {n: m.state_dict() for n, m in objective.nets.items()},
                 "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
+                "optimizer_types": {n: type(o).__name__ for n, o in optimizers.items()},
                 "ema": {n: m.state_dict() for n, m in objective.ema.items()},
                 "scalers": {n: s.state_dict() for n, s in scalers.items()},
                 "data": stream.state_dict(),
@@ -284,7 +353,9 @@ def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
     for net in objective.nets.values():
         net.train()
     t_last, steps_since = time.perf_counter(), 0
+    stop = _StopSignals(world)
     try:
+        stop.install()
         while step < cfg.train.steps:
             if cfg.optim.schedule == "linear":  # decay to 0 at train.steps
                 for name, opt in optimizers.items():
@@ -297,8 +368,10 @@ def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
             step += 1  # before saving: a checkpoint at step s holds s finished steps
             steps_since += 1
             bar.update(1)
+            stopping = stop.agreed()  # a signal's number, the same on every process; 0 = none
+            end = step == cfg.train.steps or stopping > 0
 
-            if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+            if step % cfg.train.log_every == 0 or end:
                 check_finite()
                 now = time.perf_counter()
                 values = {k: float(v.item()) / counts[k] for k, v in sums.items()}
@@ -309,22 +382,95 @@ def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
                 sums.clear()
                 counts.clear()
                 t_last, steps_since = now, 0
-            if fixed_z is not None and main and (step % cfg.train.sample_every == 0 or step == cfg.train.steps):
+            # A stop skips samples and hooks: a preempted job has seconds, not a metric's minutes.
+            if fixed_z is not None and main and not stopping and (step % cfg.train.sample_every == 0
+                                                                  or step == cfg.train.steps):
                 images = objective.generate(fixed_z.to(device), ema=True)
                 save_grid(images, run_dir / "samples" / f"step-{step:06d}.png",
                           nrow=int(math.ceil(math.sqrt(len(images)))))
             for hook in hooks:
-                if step % hook.every == 0 or step == cfg.train.steps:
+                if (step % hook.every == 0 or step == cfg.train.steps) and not stopping:
                     if hook.all_processes or main:
                         values = hook.fn(run, step)
                         if values:
                             log(step, values)
-            if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
+            if step % cfg.train.checkpoint_every == 0 or end:
                 save(step)
+            if stopping:
+                raise Stopped(f"stopped by {signal.Signals(stopping).name} after step {step}; saved "
+                              f"{ckpt.final_dir(run_dir, step)}; continue with run.resume=latest", stopping)
     finally:
+        stop.uninstall()
+        stream.close()
         bar.close()
         log.close()
     return objective
+
+
+class _StopSignals:
+    """SIGTERM (a scheduler's notice before preemption) and SIGINT (Ctrl-C) set a flag; the
+    loop finishes the step, saves and raises Stopped. In a single process a second Ctrl-C
+    stops at once (without saving); with N processes the launcher forwards the signals, so
+    repeats are absorbed there. Repeated SIGTERMs are always absorbed (a scheduler may
+    signal both the launcher and the workers)."""
+
+    def __init__(self, world: int):
+        self.world, self.signum, self._previous = world, 0, {}
+        self._group = None
+        if world > 1 and torch.distributed.get_backend() != "gloo":
+            # agree on the CPU: reading a flag back from the GPU would make every step wait for it
+            self._group = torch.distributed.new_group(backend="gloo")
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():  # Python allows handlers only there
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame) -> None:
+        self.signum = self.signum or signum
+        if signum == signal.SIGINT and self.world == 1:
+            signal.signal(signal.SIGINT, self._previous.pop(signal.SIGINT))
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def agreed(self) -> int:
+        """The signal any process received (0: none), the same on every process, so that all
+        stop after the same step: with N processes, one CPU all-reduce of one int per step."""
+        if self.world == 1:
+            return self.signum
+        flag = torch.tensor([self.signum], dtype=torch.int64)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=self._group)
+        return int(flag.item())
+
+
+def _warn(message: str) -> None:
+    print(f"[arena] warning: {message}", file=sys.stderr)
+
+
+def _saved_so_far(cfg: Config) -> str:
+    """What a user can go back to after a stop, as it really is on disk."""
+    found = ckpt.checkpoint_dirs(cfg.run.dir)
+    if found:
+        return f"The newest checkpoint is {found[-1]} (step {ckpt.step_of(found[-1])})."
+    return f"No checkpoint exists under {Path(cfg.run.dir) / 'checkpoints'}: none was saved before this step."
+
+
+def _check_resume_point(cfg: Config, run_dir: Path, loaded: ckpt.Loaded) -> None:
+    """Refuse a resume that would silently throw work away."""
+    step = int(loaded.state["step"])
+    if step > cfg.train.steps:
+        raise ConfigError(f"train.steps: {cfg.train.steps} is below the step of {loaded.where} ({step}); "
+                          f"set train.steps above {step} to train further")
+    newer = [p for p in ckpt.checkpoint_dirs(run_dir) if ckpt.step_of(p) > step and p not in loaded.skipped]
+    if newer:
+        raise ConfigError(
+            f"run.resume: {loaded.where} (step {step}) is older than {newer[-1].name} of run.dir {run_dir}; "
+            f"continuing would overwrite the newer checkpoints and metrics. To branch off at step {step}, set "
+            f"run.dir to a new directory; to go back for good, first move {', '.join(p.name for p in newer)} "
+            f"out of {run_dir / 'checkpoints'}")
 
 
 def shutdown() -> None:
