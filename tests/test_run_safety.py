@@ -304,3 +304,36 @@ def test_saved_config_yaml_reloads_to_the_same_config(tmp_path):
     assert again.to_dict() == cfg.to_dict()
     state, _ = ckpt.load(ckpt.resolve_checkpoint(tmp_path, "latest"))
     assert config_from_dict(yaml.safe_load(state["config"])).to_dict() == cfg.to_dict()
+
+
+def test_two_processes_stop_after_the_same_step_when_one_gets_sigterm(tmp_path):
+    from tests.helpers import launch_two_cpu_processes
+
+    script = tmp_path / "stop2.py"
+    script.write_text(f"""
+import json, os, signal, sys
+sys.path.insert(0, {str(ROOT)!r})
+from accelerate import PartialState
+from tests.helpers import tiny
+from arena.trainer import Hook, Stopped, shutdown, train
+
+def signal_rank1(run, step):  # only rank 1 is told; rank 0 must stop with it
+    if run.rank == 1 and step == 2:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+cfg = tiny("prior_match_digits", {str(tmp_path / 'run')!r}, *{SMALL!r}, "train.steps=50", "train.checkpoint_every=50")
+try:
+    train(cfg, [Hook(every=1, fn=signal_rank1, all_processes=True)])
+    result = "finished"
+except Stopped as err:
+    result = str(err)
+rank = PartialState().process_index
+shutdown()
+json.dump(result, open({str(tmp_path)!r} + f"/rank{{rank}}.json", "w"))
+""")
+    launch_two_cpu_processes(script)
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()).startswith("stopped by SIGTERM after step 3;")
+    assert steps_of(tmp_path / "run") == [3] and metric_steps(tmp_path / "run") == [1, 2, 3]
+    _, rng1 = ckpt.load(tmp_path / "run" / "checkpoints" / "checkpoint-000003", rank=1)
+    assert rng1 is not None
