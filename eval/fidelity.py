@@ -3,12 +3,18 @@
 Three pieces, usable alone:
 
 - `resolve_features` picks the feature space (Inception from a local weights file,
-  or a domain classifier from eval/weights) and fails at once when a file is missing.
+  fetched on first use where there is a network, or a domain classifier from eval/weights)
+  and fails at once when a file is missing or cannot be fetched.
 - `generate_samples` + `assemble` draw exactly n samples, the same n for any number
   of processes: every process draws all n latents from one seeded generator and
   renders only indices rank::world_size; the shards are interleaved back in order.
 - `compute_metrics` feeds uint8 images to torch-fidelity; the real side's features
   are cached under a key that names the dataset split and the feature extractor.
+
+torch-fidelity 0.4 loads the Inception weights and its cache files with
+torch.load(weights_only=False), so a crafted file would run code. It is never handed one
+the toolkit has not verified: the Inception file by its known sha256 prefix and a
+weights-only load, each cache file by a weights-only load (verify_inception, verify_cache).
 
 `evaluate_generator` ties them together for the eval.fid_is CLI and the trainer's
 metric hook. torch-fidelity is single-process: with several processes the samples
@@ -17,10 +23,14 @@ are gathered and only rank 0 computes the metrics.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import json
 import math
 import os
+import re
+import tempfile
+import urllib.request
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -116,15 +126,16 @@ def reference_images(dataset: Dataset, limit: int = REFERENCE_LIMIT, seed: int =
 
 
 def inception_weights_path(explicit: str | None = None) -> Path:
-    """The local Inception weights: `explicit`, else $DIM_INCEPTION_WEIGHTS, else torch hub's cache.
+    """The verified Inception weights: `explicit`, else $DIM_INCEPTION_WEIGHTS, else torch hub's
+    cache, fetched there from torch-fidelity's release URL on first use (as torch-fidelity does).
 
-    Raises ConfigError naming the file and where to put it; torch-fidelity would try
-    to download it otherwise, and a run must never fall back to untrained weights.
+    Raises ConfigError naming the file and where to put it when it is missing and cannot be
+    fetched (no network), or when it is not the known file (see verify_inception): a run must
+    never fall back to untrained weights, nor hand torch-fidelity a file that could run code.
     """
     hub_file = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
     how = (f"torch-fidelity's Inception weights {INCEPTION_FILE} (from {URL_INCEPTION_V3}) are needed for "
-           f"features 'inception'. The toolkit never downloads them itself (and without network they cannot be "
-           f"fetched): copy the file to {hub_file} "
+           f"features 'inception'. Without network they cannot be fetched: copy the file to {hub_file} "
            f"(torch hub's cache; $TORCH_HOME/hub/checkpoints), or point --inception-weights / "
            f"eval.inception_weights / ${INCEPTION_ENV} at a copy")
     for source, value in (("--inception-weights / eval.inception_weights", explicit),
@@ -133,10 +144,75 @@ def inception_weights_path(explicit: str | None = None) -> Path:
             path = Path(os.path.expanduser(value))
             if not path.is_file():
                 raise ConfigError(f"{source}: {path} not found. {how}")
-            return path
-    if hub_file.is_file():
-        return hub_file
-    raise ConfigError(f"{INCEPTION_FILE} not found in {hub_file.parent}. {how}")
+            return verify_inception(path, how)
+    if not hub_file.is_file():
+        try:
+            fetch_inception(hub_file)
+        except Exception as e:  # no network, a proxy's error page, a full disk: all end the same way
+            raise ConfigError(f"{INCEPTION_FILE} not found in {hub_file.parent}, and fetching it failed "
+                              f"({type(e).__name__}: {e}). {how}") from None
+    return verify_inception(hub_file, how)
+
+
+# torch hub's naming convention: the hex digits before the extension begin the file's sha256.
+INCEPTION_SHA256 = re.search(r"-([0-9a-f]{8,})\.", INCEPTION_FILE).group(1)
+FETCH_TIMEOUT_S = 60
+_VERIFIED: set[tuple] = set()
+
+
+def fetch_inception(dest: Path) -> None:
+    """Download torch-fidelity's Inception weights to `dest`: a temp file in the same folder,
+    renamed only when its sha256 begins with INCEPTION_SHA256 (no half or foreign file stays)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}-")
+    h = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(URL_INCEPTION_V3, timeout=FETCH_TIMEOUT_S) as r:
+            for block in iter(lambda: r.read(1 << 20), b""):
+                h.update(block)
+                f.write(block)
+        if not h.hexdigest().startswith(INCEPTION_SHA256):
+            raise ValueError(f"the downloaded file's sha256 begins {h.hexdigest()[:8]}, not {INCEPTION_SHA256}")
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def verify_inception(path: Path, how: str = "") -> Path:
+    """`path` if it is torch-fidelity's Inception file, else ConfigError.
+
+    torch-fidelity 0.4 loads the weights with torch.load(weights_only=False), which runs any
+    code a crafted pickle holds. Two checks before it may: the sha256 prefix in the file's
+    name (the right file), and a weights-only load that succeeds and gives only tensors (an
+    8-digit prefix can be matched by brute force; the weights-only load is what guarantees that
+    loading runs nothing: torch-fidelity's full unpickler then performs the same safe steps).
+    """
+    st = path.stat()
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    if key in _VERIFIED:
+        return path
+    digest = file_digest(path)
+    if not digest.startswith(INCEPTION_SHA256):
+        msg = f"{path} is not {INCEPTION_FILE}: its sha256 begins {digest[:8]}, the known file's {INCEPTION_SHA256}"
+        raise ConfigError(f"{msg}. {how}" if how else msg)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ConfigError(f"{path}: refusing to hand this file to torch-fidelity (which loads it with "
+                          f"weights_only=False and would run code in it): it is not plain tensors "
+                          f"({_first_line(e)})") from None
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ConfigError(f"{path}: not a state dict of tensors, so not {INCEPTION_FILE}")
+    _VERIFIED.add(key)
+    return path
+
+
+def _first_line(e: Exception) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    # torch's weights-only errors put the reason ("Unsupported global: ...") after a long preamble
+    reason = next((ln for ln in lines if "Unsupported" in ln or "error:" in ln), lines[0] if lines else "")
+    return f"{type(e).__name__}: {reason[:300]}"
 
 
 def _domain_for(data_name: str, resolution: int) -> Path | None:
@@ -199,19 +275,52 @@ def default_cache_root() -> str:
     return os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "dim_toolkit", "fidelity")
 
 
+def _array_globals() -> list:
+    """What torch-fidelity's cache files hold beyond tensors: numpy arrays of plain number
+    dtypes (the FID statistics mu, sigma). Object arrays stay refused."""
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    rebuild = core.multiarray._reconstruct
+    return [rebuild, (rebuild, "numpy.core.multiarray._reconstruct"),  # numpy 2 and numpy 1 files
+            np.ndarray, np.dtype, *{type(np.dtype(c)) for c in "?bhilqBHILQefdgFDG"}]
+
+
+def verify_cache(cache_root: str | os.PathLike, cache_key: str) -> None:
+    """Every file torch-fidelity would read for `cache_key` loads weights-only, else ConfigError.
+
+    torch-fidelity 0.4 reads its cache with torch.load(weights_only=False); a file planted in the
+    cache folder would run code. Its files (tensors, numpy arrays) load weights-only, so each is
+    checked that way first (memoized by path, size and mtime)."""
+    for path in sorted(Path(cache_root).glob(f"{glob.escape(cache_key)}-*.pt")):
+        st = path.stat()
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+        if key in _VERIFIED:
+            continue
+        try:
+            with torch.serialization.safe_globals(_array_globals()):
+                torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ConfigError(f"metric cache file {path} is not plain tensors or arrays ({_first_line(e)}); "
+                              f"torch-fidelity would load it with weights_only=False, which can run code. "
+                              f"Delete it: the reference statistics are recomputed on the next run") from None
+        _VERIFIED.add(key)
+
+
 # ---------------------------------------------------------------------------- metrics
 
 
-def check_metrics(metrics: Sequence[str]) -> list[str]:
+def check_metrics(metrics: Sequence[str], key: str = "eval.metrics") -> list[str]:
+    """The metrics without repeats, in order; ConfigError naming `key` for an unknown or no metric."""
     out = []
     for m in metrics:
         if m not in METRICS:
-            raise ConfigError(f"eval.metrics: unknown metric '{m}'{suggest(m, METRICS)}; "
+            raise ConfigError(f"{key}: unknown metric '{m}'{suggest(m, METRICS)}; "
                               f"valid choices: {', '.join(METRICS)}")
         if m not in out:
             out.append(m)
     if not out:
-        raise ConfigError(f"eval.metrics: empty; choose from {', '.join(METRICS)}")
+        raise ConfigError(f"{key}: empty; choose from {', '.join(METRICS)}")
     return out
 
 
@@ -234,6 +343,13 @@ def compute_metrics(fake: torch.Tensor | Dataset, reference: torch.Tensor | Data
     metrics = check_metrics(metrics)
     if isinstance(features, str):
         features = resolve_features(features)
+    if features["feature_extractor"] == "inception-v3-compat":
+        # never hand torch-fidelity a weights file (or none: it would fetch and load one unchecked)
+        # that was not verified; resolve_features already did, this is memoized
+        if not features.get("feature_extractor_weights_path"):
+            raise ValueError("features: inception-v3-compat needs feature_extractor_weights_path "
+                             "(use resolve_features('inception'))")
+        verify_inception(Path(features["feature_extractor_weights_path"]))
     fake = fake if isinstance(fake, UInt8Images) else UInt8Images(fake)
     binary = any(m in metrics for m in ("fid", "kid", "prc"))
     if binary and reference is None:
@@ -257,7 +373,9 @@ def compute_metrics(fake: torch.Tensor | Dataset, reference: torch.Tensor | Data
         # KID averages MMD over subsets; a subset cannot be bigger than either side.
         kwargs.update(input2=reference, kid_subset_size=min(kid_subset_size, len(fake), len(reference)))
         if cache_key:
-            kwargs.update(cache=True, input2_cache_name=cache_key, cache_root=cache_root or default_cache_root())
+            cache_root = cache_root or default_cache_root()
+            verify_cache(cache_root, cache_key)
+            kwargs.update(cache=True, input2_cache_name=cache_key, cache_root=cache_root)
         else:
             kwargs.update(cache=False)
     else:

@@ -143,16 +143,6 @@ def test_inception_without_weights_fails_at_once_naming_the_file(tmp_path, monke
         resolve_features("inception", DataConfig())
 
 
-def test_inception_weights_found_in_torch_hub_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    monkeypatch.delenv("DIM_INCEPTION_WEIGHTS", raising=False)
-    path = tmp_path / "hub" / "checkpoints" / INCEPTION_FILE
-    path.parent.mkdir(parents=True)
-    path.write_bytes(b"stand-in")  # only resolution is tested; nothing loads it
-    assert resolve_features("inception") == {"feature_extractor": "inception-v3-compat",
-                                             "feature_extractor_weights_path": str(path)}
-
-
 def test_auto_picks_the_shipped_digits_extractor_and_rejects_unknown_names(digits):
     auto = resolve_features("auto", DataConfig(name="digits", resolution=16))
     assert Path(auto["feature_extractor_weights_path"]).name == "digits-32.pt"
