@@ -40,7 +40,7 @@ import dim.supervised  # noqa: F401  (registers supervised)
 import implicit_gen  # noqa: F401
 from arena.config import config_from_dict
 from arena.data import ImageDataset, build_dataset, make_loader_kwargs
-from arena.registry import ConfigError
+from arena.registry import ConfigError, suggest
 from arena.runs import load_run
 from arena.trainer import build_objective, data_info
 
@@ -164,15 +164,33 @@ class ProbeSettings:
     device: str = "cpu"
     ema: bool = False
 
+    def check(self) -> None:
+        """ConfigError naming the flag of the first bad setting (before any model is loaded)."""
+        if not self.probes:
+            raise ConfigError(f"--probes: empty; choose from {', '.join(PROBES)}")
+        for p in self.probes:
+            if p not in PROBES:
+                raise ConfigError(f"--probes: unknown probe '{p}'{suggest(p, PROBES)}; "
+                                  f"valid choices: {', '.join(PROBES)}")
+        if not self.layers:
+            raise ConfigError(f"--layers: empty; choose from {', '.join(LAYERS)}")
+        for k in (*self.layers, self.rep_layer):
+            if k not in LAYERS:
+                raise ConfigError(f"--layers / --rep-layer: unknown layer '{k}'; valid choices: {', '.join(LAYERS)}")
+        # a mean over 0 SVM runs is NaN, a batch of 0 never ends: counts are >= 1
+        for name in ("runs", "batch_size", "mlp_epochs", "semi_epochs", "msssim_epochs", "mine_steps", "ndm_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_train", "max_test"):  # 0 means all; a negative number is a mistake, not "all"
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0 (0 = all), got {getattr(self, name)}")
+        if not self.svm_c > 0:
+            raise ConfigError(f"--svm-c must be > 0, got {self.svm_c}")
+
 
 def run_probes(cfg, objective, s: ProbeSettings) -> tuple[dict, dict]:
     """All requested probes on one encoder -> (results {probe: {layer: value}}, settings)."""
-    for p in s.probes:
-        if p not in PROBES:
-            raise ConfigError(f"--probes: unknown probe '{p}'; valid choices: {', '.join(PROBES)}")
-    for k in (*s.layers, s.rep_layer):
-        if k not in LAYERS:
-            raise ConfigError(f"--layers / --rep-layer: unknown layer '{k}'; valid choices: {', '.join(LAYERS)}")
+    s.check()
     train_ds, test_ds = probe_datasets(cfg)
     labeled = train_ds.num_classes > 0
     needs_labels = {"svm", "mlp", "semi"} & set(s.probes)
@@ -318,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         s = settings_from_args(args)
+        s.check()
         t0 = time.perf_counter()
         cfg, objective, step = load_encoder_run(args.run, args.checkpoint, args.device, args.random_init)
         if s.ema and "encoder" not in objective.ema:

@@ -53,8 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.num_samples < 2:
             raise ConfigError(f"--num-samples must be >= 2, got {args.num_samples}")
+        if args.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+        # --metrics "" is a mistake, not a request for the defaults: only a missing flag means eval.metrics
+        asked = None if args.metrics is None else check_metrics(
+            [m.strip() for m in args.metrics.split(",") if m.strip()], key="--metrics")
         cfg, objective, step = load_run(args.run, args.checkpoint, args.device)
-        metrics = check_metrics(args.metrics.split(",") if args.metrics else cfg.eval.metrics)
+        metrics = asked or check_metrics(cfg.eval.metrics)
         features = args.features or cfg.eval.features
         weights = args.inception_weights or cfg.eval.inception_weights or None
         feats = resolve_features(features, cfg.data, weights)  # fails here, before sampling

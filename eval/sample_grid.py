@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -74,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.n < 1 or args.nrow < 1:
             raise ConfigError(f"--n and --nrow must be >= 1, got {args.n} and {args.nrow}")
+        if Path(args.out).is_dir():
+            raise ConfigError(f"--out: {args.out} is a directory; give the PNG file to write, "
+                              f"e.g. {Path(args.out) / 'grid.png'}")
         from .fid_is import load_run
 
         cfg, objective, step = load_run(args.run, args.checkpoint, args.device)
@@ -81,7 +85,10 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--run: objective '{cfg.objective.name}' does not generate images")
         z = grid_latents(objective.latent, args.n, args.nrow, args.seed, args.interpolate, args.interp)
         images = objective.generate(z, ema=args.ema)  # one batch: the grid never depends on batching
-        out = save_grid(images, args.out, args.nrow)
+        try:
+            out = save_grid(images, args.out, args.nrow)
+        except OSError as e:  # unwritable folder, full disk, a file where a folder should be
+            raise ConfigError(f"--out: cannot write {args.out}: {e.strerror or e}") from None
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
