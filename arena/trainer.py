@@ -28,7 +28,7 @@ from typing import Callable
 
 import torch
 from accelerate import PartialState
-from accelerate.utils import broadcast, reduce
+from accelerate.utils import broadcast, parse_flag_from_env, reduce
 from torch import Tensor, nn
 
 from . import checkpoint as ckpt
@@ -182,7 +182,8 @@ def _ema_update(ema: nn.Module, net: nn.Module, decay: float) -> None:
 
 def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
     # -- processes, device, seeds ------------------------------------------------
-    state = PartialState(cpu=not torch.cuda.is_available())
+    # ACCELERATE_USE_CPU (set by `accelerate launch --cpu`, or by hand) pins the CPU where a GPU exists
+    state = PartialState(cpu=not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU"))
     rank, world, device, main = state.process_index, state.num_processes, state.device, state.is_main_process
     run_dir = Path(cfg.run.dir)
     amp_dtype = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.mixed_precision]

@@ -48,7 +48,9 @@ def free_port() -> int:
 def launch_two_cpu_processes(script) -> None:
     """`accelerate launch --multi_gpu --num_processes 2` on the CPU (gloo). A fresh port
     each time: back-to-back launches on the default 29500 can find it still taken."""
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    # CPU processes wherever the test runs: 2 processes on a 1-GPU machine would ask for a
+    # second device ("invalid device ordinal"); hidden GPUs make torch and accelerate agree.
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                            "--num_machines", "1", "--main_process_port", str(free_port()), "--mixed_precision", "no",
                            "--dynamo_backend", "no", str(script)],

@@ -323,16 +323,17 @@ def test_train_end_to_end_and_load_run_restores_features(tmp_path, config):
     objective = train(tiny(config, tmp_path, *small))
     assert ckpt.resolve_checkpoint(tmp_path, "latest").name == "checkpoint-000003"
     assert (Path(tmp_path) / "metrics.jsonl").is_file()
-    cfg, loaded, step_ = load_run(tmp_path)
+    device = next(objective.nets.parameters()).device  # train() picks the GPU where there is one
+    cfg, loaded, step_ = load_run(tmp_path, device=device)
     assert step_ == 3 and type(loaded) is type(objective)
     images, _ = make_shapes(6, 16, 0)
-    x = to_float(images)[:, :1]  # digits are grayscale
+    x = to_float(images)[:, :1].to(device)  # digits are grayscale
     a, b = objective.features(x), loaded.features(x)
     for k in ("conv", "fc", "y"):
         assert torch.allclose(a[k], b[k], atol=1e-6), k
 
 
-def test_resume_continues_exactly_with_occlusion_and_relative_coordinates(tmp_path):
+def test_resume_continues_exactly_with_occlusion_and_relative_coordinates(tmp_path, cpu_only):
     """Occlusion masks and coordinate sources come from the process RNG, and the encoder
     phase reuses the prior phase's batch: a resumed run must still match an unbroken one."""
     common = ["model.width=0.125", "model.mi_units=64", "objective.prior.hidden=[16]", "train.batch_size=16",

@@ -10,8 +10,8 @@ from tests.helpers import tiny
 
 def ks_pvalues(objective, cfg, x):
     objective.nets.eval()
-    with torch.no_grad():
-        y = objective.encode(x)
+    with torch.no_grad():  # on the objective's device: train() returns it on the GPU where there is one
+        y = objective.encode(x.to(next(objective.nets.parameters()).device)).cpu()
     v = sample_prior(cfg.objective.prior, len(x), y.shape[1], generator=torch.Generator().manual_seed(0))
     return [ks_2samp(y[:, d].numpy(), v[:, d].numpy()).pvalue for d in range(y.shape[1])]
 

@@ -44,7 +44,7 @@ def test_grayscale_and_colour_data_reach_the_trainer(tmp_path, data):
     assert first.in_channels == (1 if data == ["data.name=digits"] else 3)
 
 
-def test_resume_continues_exactly(tmp_path):
+def test_resume_continues_exactly(tmp_path, cpu_only):
     common = [*SMALL, "train.checkpoint_every=3", "train.ema={E: 0.9}"]
     train(tiny("prior_match_digits", tmp_path / "once", *common, "train.steps=6"))
     train(tiny("prior_match_digits", tmp_path / "twice", *common, "train.steps=3"))
