@@ -12,7 +12,7 @@ import signal
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from .data import make_loader_kwargs, to_float
+from .data import NamedErrors, make_loader_kwargs, to_float
 from .objective import Batch
 from .registry import ConfigError
 
@@ -84,7 +84,7 @@ class BatchStream:
             if self._it is None:
                 loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=_Slice(self), drop_last=True,
                                     worker_init_fn=_outlive_stop_signals, **self._loader_kwargs)
-                self._it = iter(loader)
+                self._it = iter(NamedErrors(loader))  # a bad image in a worker: its message, not the worker's traceback
             x, y = next(self._it)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         self.index += 1

@@ -39,7 +39,7 @@ import dim.objective  # noqa: F401  (registers dim)
 import dim.supervised  # noqa: F401  (registers supervised)
 import implicit_gen  # noqa: F401
 from arena.config import config_from_dict
-from arena.data import ImageDataset, build_dataset, make_loader_kwargs
+from arena.data import ImageDataset, NamedErrors, build_dataset, make_loader_kwargs
 from arena.registry import ConfigError, suggest
 from arena.runs import load_run
 from arena.trainer import build_objective, data_info
@@ -116,8 +116,9 @@ def image_batches(ds: ImageDataset, idx: torch.Tensor, batch_size: int, shuffle:
     if ds.in_memory:
         return P.ImageBatches(ds.images[idx], ds.labels[idx], batch_size, shuffle, seed)
     kwargs = make_loader_kwargs(ds, data_cfg) if data_cfg is not None else {}
-    return torch.utils.data.DataLoader(torch.utils.data.Subset(ds, idx.tolist()), batch_size=batch_size,
-                                       shuffle=shuffle, generator=torch.Generator().manual_seed(seed), **kwargs)
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, idx.tolist()), batch_size=batch_size,
+                                         shuffle=shuffle, generator=torch.Generator().manual_seed(seed), **kwargs)
+    return NamedErrors(loader)  # a worker's unreadable image: its message, not the worker's traceback
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from arena.config import build_dataclass, parse_overrides
-from arena.data import DataConfig, build_dataset, dataset_signature, make_loader_kwargs
+from arena.data import DataConfig, NamedErrors, build_dataset, dataset_signature, make_loader_kwargs
 from arena.registry import ConfigError
 
 from .features import WEIGHTS_DIR, DomainClassifier, save_classifier
@@ -43,7 +43,8 @@ def _batches(ds, indices: torch.Tensor, batch_size: int, data_cfg: DataConfig, s
             yield ds.images[idx].float() / 127.5 - 1, ds.labels[idx]
     else:
         subset = torch.utils.data.Subset(ds, order.tolist())
-        yield from torch.utils.data.DataLoader(subset, batch_size=batch_size, **make_loader_kwargs(ds, data_cfg))
+        yield from NamedErrors(torch.utils.data.DataLoader(subset, batch_size=batch_size,
+                                                           **make_loader_kwargs(ds, data_cfg)))
 
 
 def _shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:

@@ -12,7 +12,7 @@ loader expected there.
 from . import celeba, cifar, folders, lsun, stl10, synthetic  # each registers its datasets
 from .base import DecodedDataset, FileDataset, ImageDataset, InMemoryDataset, pil_to_uint8, resize_uint8, to_float
 from .folders import IMAGE_EXTENSIONS
-from .loader import dataset_signature, make_loader_kwargs
+from .loader import NamedErrors, dataset_signature, make_loader_kwargs
 from .lsun import LSUN_CATEGORIES, LSUNDataset
 from .registry import DATASETS, DOWNLOADABLE, SPLITS, DataConfig, build_dataset, check_config
 from .stl10 import STL10Dataset
@@ -21,6 +21,6 @@ from .synthetic import SHAPE_KINDS, make_shapes
 __all__ = [
     "DATASETS", "DOWNLOADABLE", "IMAGE_EXTENSIONS", "LSUN_CATEGORIES", "SHAPE_KINDS", "SPLITS",
     "DataConfig", "DecodedDataset", "FileDataset", "ImageDataset", "InMemoryDataset", "LSUNDataset",
-    "STL10Dataset", "build_dataset", "check_config", "dataset_signature", "make_loader_kwargs",
+    "NamedErrors", "STL10Dataset", "build_dataset", "check_config", "dataset_signature", "make_loader_kwargs",
     "make_shapes", "pil_to_uint8", "resize_uint8", "to_float",
 ]

@@ -42,13 +42,27 @@ def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
     return torch.cat(out) if out else images.new_zeros((0, images.shape[1], size, size))
 
 
+def to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit grayscale (PIL modes I;16*, and I from a PNG, as older Pillow opens those) ->
+    8-bit L, scaled v -> round(v / 257) (65535 -> 255); PIL's own convert clips at 255, which
+    turns almost every pixel white. 32-bit integer or float pixels (I, F from TIFFs) have no
+    known range: ValueError. Other modes (16-bit RGB PNGs open as 8-bit RGB) pass through."""
+    if img.mode.startswith("I;16") or (img.mode == "I" and img.format == "PNG"):
+        a = np.asarray(img).astype(np.float64)
+        return Image.fromarray(np.clip(np.round(a / 257), 0, 255).astype(np.uint8), "L")
+    if img.mode in ("I", "F"):
+        raise ValueError(f"{'32-bit integer' if img.mode == 'I' else 'floating-point'} pixels (PIL mode "
+                         f"{img.mode}) have no known range to scale to 8 bits; convert the file to 8 or 16 bits")
+    return img
+
+
 def pil_to_uint8(img: Image.Image, resolution: int, crop: int | None = None) -> torch.Tensor:
     """PIL image -> uint8 [3, resolution, resolution].
 
     Optional square center crop of `crop` px first (CelebA), then resize the shorter
     side to `resolution` and center-crop the longer one, so aspect ratio is kept.
     """
-    img = img.convert("RGB")
+    img = to_8bit(img).convert("RGB")
     if crop is not None:
         w, h = img.size
         s = min(crop, w, h)
@@ -174,7 +188,7 @@ class FileDataset(DecodedDataset):
 
     def _decode(self, i: int) -> Image.Image:
         with Image.open(self.files[i]) as img:
-            return img.convert("RGB")  # forces the full decode inside the `with`
+            return to_8bit(img).convert("RGB")  # forces the full decode inside the `with`
 
     def _item_name(self, i: int) -> str:
         return str(self.files[i])

@@ -47,6 +47,14 @@ def _tinyimagenet(cfg: DataConfig, split: str) -> ImageDataset:
                        skip_bad_files=cfg.skip_bad_files)
 
 
+def _has_images(folder: Path) -> bool:
+    """Whether `folder` holds an image file anywhere below it (stops at the first)."""
+    for _, _, filenames in os.walk(folder, followlinks=True):
+        if any(f.lower().endswith(IMAGE_EXTENSIONS) for f in filenames):
+            return True
+    return False
+
+
 @DATASETS.register("imagefolder")
 def _imagefolder(cfg: DataConfig, split: str) -> ImageDataset:
     """root/train/<class>/** and root/test/<class>/**; classes are train's sorted subfolders."""
@@ -56,6 +64,12 @@ def _imagefolder(cfg: DataConfig, split: str) -> ImageDataset:
     classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir())
     if not classes:
         raise ConfigError(f"data.root: {train_dir} has no class subfolders; expected {layout}")
+    # Every subfolder of train/ is a class: one without images would be a class no image has
+    # (a classifier output never trained); an error, not a silent extra class.
+    empty = [c for c in classes if not _has_images(train_dir / c)]
+    if empty:
+        raise ConfigError(f"data.root: class folder(s) without images ({', '.join(IMAGE_EXTENSIONS)}) in {train_dir}: "
+                          f"{', '.join(empty)}; every subfolder of train/ is a class: add its images or remove it")
     class_to_idx = {c: k for k, c in enumerate(classes)}
     split_dir = require(root / split, f"{layout} under {root}")
     unknown = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and d.name not in class_to_idx)

@@ -5,6 +5,8 @@ import os
 
 import torch
 
+from arena.registry import ConfigError
+
 from .base import ImageDataset
 from .registry import DataConfig, root_of
 
@@ -19,6 +21,37 @@ def make_loader_kwargs(ds: ImageDataset, cfg: DataConfig) -> dict:
             cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
             workers = min(4, cpus - 1) if cpus > 2 else 0  # leave a core for the training process
     return {"num_workers": workers, "pin_memory": torch.cuda.is_available(), "persistent_workers": workers > 0}
+
+
+class NamedErrors:
+    """Iterates a DataLoader; a ConfigError raised in a worker process (an unreadable image)
+    is raised again with the dataset's own message.
+
+    torch re-raises a worker's exception as the same type whose message is the worker's
+    whole traceback (some 48 lines for a bad JPEG); the message the dataset wrote follows
+    the traceback's last 'ConfigError: '."""
+
+    _MARK = f"{ConfigError.__module__}.{ConfigError.__qualname__}: "
+
+    def __init__(self, loader: torch.utils.data.DataLoader):
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        it = iter(self.loader)
+        while True:
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+            except ConfigError as e:
+                text = str(e)
+                if text.startswith("Caught ConfigError in DataLoader worker") and self._MARK in text:
+                    raise ConfigError(text.rsplit(self._MARK, 1)[1].strip()) from None
+                raise
+            yield item
 
 
 def dataset_signature(cfg: DataConfig, split: str) -> dict:
