@@ -258,7 +258,8 @@ def stop_with(sig: int, run_dir: Path, *extra: str, group: bool = False) -> tupl
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err), proc.returncode
 
 
-def test_ctrl_c_finishes_the_step_saves_and_resumes_exactly(tmp_path):
+def test_ctrl_c_finishes_the_step_saves_and_resumes_exactly(tmp_path, cpu_only):
+    # cpu_only: bit-exact on any machine (the train.py process inherits ACCELERATE_USE_CPU)
     done, rc = stop_with(signal.SIGINT, tmp_path / "stopped")
     assert rc == 130, done.stderr[-3000:]
     step = metric_steps(tmp_path / "stopped")[-1]
