@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         shutdown()
         print(f"[arena] {err}", file=sys.stderr)
         return 128 + err.signum  # the shell's convention: 143 for SIGTERM, 130 for SIGINT
+    except KeyboardInterrupt:  # Ctrl-C before the loop started, or a second one: nothing was saved
+        print("[arena] interrupted; nothing saved beyond the newest checkpoint", file=sys.stderr)
+        return 130
     return 0
 
 

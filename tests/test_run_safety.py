@@ -275,6 +275,17 @@ def test_ctrl_c_finishes_the_step_saves_and_resumes_exactly(tmp_path, cpu_only):
                       {k: b[k] for k in ("step", "nets", "optimizers", "data")})
 
 
+def test_an_interrupt_that_could_not_save_is_a_message(tmp_path, capsys, monkeypatch):
+    import train as train_cli
+
+    def interrupted(cfg, hooks):
+        raise KeyboardInterrupt  # e.g. Ctrl-C while the data loads, or a second Ctrl-C during the stop
+
+    monkeypatch.setattr(train_cli, "train", interrupted)
+    assert train_cli.main(["--config", "prior_match_digits", f"run.dir={tmp_path}"]) == 130
+    assert capsys.readouterr().err == "[arena] interrupted; nothing saved beyond the newest checkpoint\n"
+
+
 def test_sigterm_to_the_job_with_data_workers_saves_and_exits_143(tmp_path):
     fixtures.make_imagefolder(tmp_path / "images")
     done, rc = stop_with(signal.SIGTERM, tmp_path / "run", "data.name=imagefolder", f"data.root={tmp_path / 'images'}",
