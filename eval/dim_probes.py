@@ -71,15 +71,21 @@ def load_encoder_run(run_dir: str | Path, checkpoint: str = "latest", device: st
             raise ConfigError(f"--run: {path} not found (the trainer writes it when a run starts)")
         cfg = config_from_dict(yaml.safe_load(path.read_text()), name=run_dir.name)
         cfg.run.dir = str(run_dir)
-        info = data_info(build_dataset(cfg.data, "train"))
-        torch.manual_seed(cfg.run.seed)  # as arena.trainer.train seeds before building the objective
-        objective = build_objective(cfg, info)
-        objective.nets.to(device).eval()
-        step = 0
+        objective, step = untrained_objective(cfg, device), 0
     if not callable(getattr(objective, "features", None)):
         raise ConfigError(f"objective '{cfg.objective.name}' has no features(x); the probes need a DIM-style "
                           f"encoder objective (dim, supervised)")
     return cfg, objective, step
+
+
+def untrained_objective(cfg, device: str = "cpu"):
+    """The objective built from `cfg` exactly as the trainer builds it at step 0 (its seed,
+    no weights loaded), nets in eval mode: a run's encoder before training."""
+    info = data_info(build_dataset(cfg.data, "train"))
+    torch.manual_seed(cfg.run.seed)  # as arena.trainer.train seeds before building the objective
+    objective = build_objective(cfg, info)
+    objective.nets.to(device).eval()
+    return objective
 
 
 def conv_encoder(objective) -> torch.nn.Module:

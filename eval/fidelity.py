@@ -443,6 +443,32 @@ def _device_of(objective) -> torch.device:
     return torch.device("cpu")
 
 
+def train_reference(data_cfg, features: dict, limit: int = REFERENCE_LIMIT) -> tuple[UInt8Images, str]:
+    """The real side of the comparison: the stored train images (no augmentation), at most
+    `limit` of them, and the cache key of their statistics in `features`."""
+    from arena.data import build_dataset, dataset_signature
+
+    data_cfg = dataclasses.replace(data_cfg, augment=False)
+    reference = reference_images(build_dataset(data_cfg, "train"), limit)
+    return reference, reference_cache_key(dataset_signature(data_cfg, "train"), features, limit)
+
+
+def evaluate_real(cfg, *, metrics: Sequence[str] | None = None, features: str | None = None,
+                  inception_weights: str | None = None, batch_size: int = 100, device: str | torch.device = "cpu",
+                  reference_limit: int = REFERENCE_LIMIT, cache_root: str | None = None,
+                  verbose: bool = False) -> dict:
+    """The "real data" row of a generation table: the held-out (test) split of cfg.data
+    scored like a generator's samples, against the same train reference."""
+    from arena.data import build_dataset
+
+    metrics = check_metrics(metrics or cfg.eval.metrics)
+    feats = resolve_features(features or cfg.eval.features, cfg.data, inception_weights or cfg.eval.inception_weights)
+    reference, cache_key = train_reference(cfg.data, feats, reference_limit)
+    held_out = UInt8Images(build_dataset(dataclasses.replace(cfg.data, augment=False), "test"))
+    return compute_metrics(held_out, reference, metrics=metrics, features=feats, cache_key=cache_key,
+                           batch_size=batch_size, device=device, cache_root=cache_root, verbose=verbose)
+
+
 def evaluate_generator(objective, cfg, *, num_samples: int | None = None, metrics: Sequence[str] | None = None,
                        features: str | None = None, inception_weights: str | None = None, seed: int = 0,
                        batch_size: int = 100, ema: bool = True, rank: int = 0, world_size: int = 1,
@@ -466,11 +492,7 @@ def evaluate_generator(objective, cfg, *, num_samples: int | None = None, metric
     cache_key = None
     if main and any(m in metrics for m in ("fid", "kid", "prc")):
         if reference is None:
-            from arena.data import build_dataset, dataset_signature
-
-            data_cfg = dataclasses.replace(cfg.data, augment=False)  # reference = the stored images
-            reference = reference_images(build_dataset(data_cfg, "train"), reference_limit)
-            cache_key = reference_cache_key(dataset_signature(data_cfg, "train"), feats, reference_limit)
+            reference, cache_key = train_reference(cfg.data, feats, reference_limit)
         elif not isinstance(reference, UInt8Images):
             reference = UInt8Images(reference)
     device = _device_of(objective)

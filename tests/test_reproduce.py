@@ -1,0 +1,209 @@
+"""eval.reproduce and eval.tables: the paper's tables as data, errors before any training,
+the dry run's budget, and the digits table end to end (train, resume, skip, measure, write)."""
+import json
+from pathlib import Path
+
+import pytest
+
+from eval import reproduce
+from eval.tables import TABLES, get_table, parse_number, select_rows, table_names
+
+TINY = ["--scale", "0.01", "--measure-scale", "0.01", "--no-progress"]
+
+
+def _args(tmp_path, *extra):
+    return ["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "results"), *extra]
+
+
+# ---------------------------------------------------------------------------- the tables as data
+
+
+def test_every_table_is_well_formed_and_names_existing_configs():
+    from arena.config import resolve_config_path
+
+    assert {"table1", "table2", "table3", "table4", "table10", "digits"} <= set(table_names())
+    for name in table_names():
+        t = TABLES.get(name)
+        t.check()
+        for row in t.rows:
+            for spec in row.runs.values():
+                resolve_config_path(spec.config)  # raises for a config that does not exist
+
+
+def test_paper_numbers_are_the_printed_ones():
+    # Spot checks against the paper's text, one per table and group, including the
+    # oddities kept as printed (52.2, 1.442, .68, the sigmoid / no-sigmoid NDM pair).
+    t1 = get_table("table1")
+    assert t1.row("dim_l_nce").paper == {"CIFAR10": ("75.21", "75.57", "69.13"),
+                                         "CIFAR100": ("49.74", "47.72", "41.61")}
+    assert t1.row("dim_g").paper["CIFAR10"][0] == "52.2"
+    assert t1.row("supervised").paper == {"CIFAR10": ("75.39", None, None), "CIFAR100": ("42.27", None, None)}
+    t2 = get_table("Table 2")  # names are forgiving about case and spaces
+    assert t2.row("nat").paper["Tiny ImageNet"] == ("13.70", "11.62", "1.20")
+    assert t2.row("dim_l_jsd").paper["STL-10"] == ("72.86", "70.85", "65.93", "76.96")
+    t3 = get_table("table3")
+    assert t3.row("dim_lg").paper["CIFAR10"] == ("57.55 ± 1.442", "45.56 ± 4.18", "18.63 ± 4.79", "0.53",
+                                                 "101.65", "0.5", "22.89")
+    assert t3.row("vae").paper["CIFAR10"][-2:] == ("1.62", None)
+    t4 = get_table("table4")
+    assert [c.label for c in t4.groups[0].columns] == ["Y(64)", "fc (1024)", "conv"]  # the paper's order
+    assert t4.row("coord_occlude").paper["CIFAR100"] == ("45.96", "48.00", "48.72")
+    t10 = get_table("table10")
+    assert [r.paper["Tiny ImageNet"] for r in t10.rows] == [
+        ("31.21 ± .68", "4.03"), ("7.41 ± .10", "55.15"), ("8.65 ± .08", "40.17"), ("8.38 ± 0.18", "42.30")]
+    assert parse_number("31.21 ± .68") == {"mean": 31.21, "std": 0.68}
+    assert parse_number("52.2") == {"mean": 52.2, "std": None}
+
+
+def test_unimplemented_models_keep_the_paper_numbers_and_are_never_shown_as_measured(tmp_path):
+    t = get_table("table1")
+    assert not any(t.row(n).implemented for n in ("vae", "aae", "bigan", "nat"))
+    args = reproduce.build_parser().parse_args(["table1", *_args(tmp_path)])
+    data = reproduce.assemble(t, {}, args, "python -m eval.reproduce table1")
+    by_key = {(r["row"], r["group"]): r for r in data["rows"]}
+    assert by_key[("vae", "CIFAR10")]["status"] == "not implemented"
+    assert by_key[("dim_l_nce", "CIFAR10")]["status"] == "not run"
+    for r in data["rows"]:
+        for c in r["cells"].values():
+            assert c["measured"] is None and c["difference"] is None
+    md = reproduce.markdown(t, data)
+    line = next(ln for ln in md.splitlines() if ln.startswith("| DIM(L) (NCE) |"))
+    # | model | run | step | conv | paper | Δ | ...: the paper's number sits in the paper column only
+    assert [c.strip() for c in line.split("|")[4:7]] == ["not run", "75.21", ""]
+    line = next(ln for ln in md.splitlines() if ln.startswith("| VAE |"))
+    assert [c.strip() for c in line.split("|")[4:7]] == ["not implemented", "60.71", ""]
+
+
+def test_rows_are_picked_by_row_or_run_name():
+    t = get_table("table1")
+    assert [(r.name, g) for r, g in select_rows(t, "dim_g")] == [("dim_g", "CIFAR10"), ("dim_g", "CIFAR100")]
+    assert [(r.name, g) for r, g in select_rows(t, "dim_l_nce_cifar100")] == [("dim_l_nce", "CIFAR100")]
+    assert len(select_rows(t, None)) == 2 * len(t.rows)
+
+
+# ---------------------------------------------------------------------------- errors before training
+
+
+def test_unknown_table_and_row_get_the_closest_name(tmp_path, capsys):
+    assert reproduce.main(["tabel1", *_args(tmp_path)]) == 2
+    assert "did you mean 'table1'" in capsys.readouterr().err
+    assert reproduce.main(["table1", "--rows", "dim_l_ncee", *_args(tmp_path)]) == 2
+    assert "did you mean 'dim_l_nce'" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_missing_dataset_names_the_row_and_the_path_before_any_training(tmp_path, capsys):
+    from tests.fixtures import make_cifar10
+
+    make_cifar10(tmp_path / "data")  # CIFAR-10 is there, CIFAR-100 is not
+    code = reproduce.main(["table1", "--rows", "dim_g", "--data-root", str(tmp_path / "data"), *_args(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "row 'dim_g' (CIFAR100, config dim_g_cifar100)" in err
+    assert str(tmp_path / "data" / "cifar-100-python") in err and "nothing was trained" in err
+    assert not (tmp_path / "runs").exists()  # not even the CIFAR-10 row started
+
+
+def test_missing_inception_weights_stop_a_generation_table_before_training(tmp_path, capsys, monkeypatch):
+    from tests.fixtures import make_tinyimagenet
+
+    make_tinyimagenet(tmp_path / "data")
+    monkeypatch.delenv("DIM_INCEPTION_WEIGHTS", raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    code = reproduce.main(["table10", "--rows", "ie", "--data-root", str(tmp_path / "data"), *_args(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "row 'ie' (Tiny ImageNet, config ie_tinyimagenet)" in err
+    assert "weights-inception-2015-12-05-6726825d.pth" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_dir_of_another_config_is_refused(tmp_path, capsys):
+    run = tmp_path / "runs" / "dim_l_digits"
+    (run / "checkpoints" / "checkpoint-000002").mkdir(parents=True)
+    (run / "checkpoints" / "checkpoint-000002" / "state.pt").write_bytes(b"")
+    args = reproduce.build_parser().parse_args(["digits", "--rows", "dim_l", *_args(tmp_path)])
+    (e,) = reproduce.plan(get_table("digits"), select_rows(get_table("digits"), "dim_l"), args)
+    e.cfg.objective.alpha = 0.5  # a different experiment wrote this run dir
+    (run / "config.yaml").write_text(e.cfg.to_yaml())
+    assert reproduce.main(["digits", "--rows", "dim_l", *_args(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "objective.alpha: 0.5 there, 0.0 now" in err and str(run) in err
+
+
+# ---------------------------------------------------------------------------- dry run
+
+
+def test_dry_run_prints_commands_and_a_budget_from_measured_speeds(tmp_path, capsys):
+    assert reproduce.main(["digits", "--dry-run", "--scale", "0.5", *_args(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    speeds = reproduce.load_throughput()
+    rate = speeds["dim_l_digits"]["steps_per_s"]
+    assert (f"python train.py --config dim_l_digits run.dir={tmp_path / 'runs' / 'scale-0.5' / 'dim_l_digits'} "
+            f"train.steps=250") in out
+    assert f"250 steps / {rate:g} steps/s = {reproduce.fmt_seconds(250 / rate)}" in out
+    assert "python -m eval.fid_is --run" in out and "python -m eval.dim_probes --run" in out
+    assert not (tmp_path / "runs").exists()
+
+
+def test_dry_run_says_unknown_without_a_measured_speed_and_lists_data_problems(tmp_path, capsys):
+    code = reproduce.main(["table1", "--dry-run", "--rows", "dim_l_nce_cifar10", "--data-root",
+                           str(tmp_path / "nodata"), *_args(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 2  # the data is missing: said, and the exit status says so
+    assert "781000 steps x unknown steps/s" in out and "PROBLEM" in out and "cifar-10-batches-py" in out
+
+
+# ---------------------------------------------------------------------------- end to end
+
+
+def test_digits_table_end_to_end_resumes_skips_and_writes_results(tmp_path, capsys, monkeypatch):
+    from arena.trainer import train
+    from arena.checkpoint import checkpoint_dirs
+
+    monkeypatch.setenv("DIM_FIDELITY_CACHE", str(tmp_path / "fidelity"))
+    rows = "dim_l,supervised,random,real,ie"
+    argv = ["digits", "--rows", rows, *TINY, *_args(tmp_path)]
+    # A run that stopped: 2 of its 5 steps saved (the config on disk is the full run's).
+    args = reproduce.build_parser().parse_args(argv)
+    table = get_table("digits")
+    (e,) = reproduce.plan(table, select_rows(table, "dim_l"), args)
+    assert e.cfg.train.steps == 5 and e.state == "fresh"
+    full = e.cfg.to_yaml()
+    e.cfg.train.steps = 2
+    train(e.cfg)
+    (Path(e.cfg.run.dir) / "config.yaml").write_text(full)
+
+    assert reproduce.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "dim_l/digits: representation: training dim_l_digits, 5 steps, resuming at step 2" in out
+    assert "ie/digits: generation: training ie_digits, 2 steps, from scratch" in out
+    runs = tmp_path / "runs" / "scale-0.01"
+    assert [p.name for p in checkpoint_dirs(runs / "dim_l_digits")][-1] == "checkpoint-000005"
+    results = tmp_path / "results"
+    data = json.loads((results / "digits-x0.01-m0.01.json").read_text())
+    got = {r["row"]: r for r in data["rows"]}
+    for name in rows.split(","):
+        assert got[name]["status"] == "measured", name
+    for name in ("dim_g", "nsgan_cp", "wgan_gp"):
+        assert got[name]["status"] == "not run"
+    cells = got["dim_l"]["cells"]
+    assert got["dim_l"]["step"] == 5 and got["random"]["step"] == 0
+    assert all(0 <= cells[c]["measured"] <= 100 for c in ("conv", "fc", "Y"))
+    assert set(cells["SVM (Y)"]["measured"]) == {"mean", "std"}
+    assert got["supervised"]["cells"]["conv"]["measure"] == "classifier"
+    assert got["supervised"]["cells"]["fc"]["measured"] is None
+    assert got["ie"]["cells"]["FID"]["measured"] > got["real"]["cells"]["FID"]["measured"] >= 0
+    assert got["ie"]["settings"]["generator"]["num_samples"] == 20
+    md = (results / "digits-x0.01-m0.01.md").read_text()
+    assert md in out  # what was printed is what was written
+    assert "| Random encoder | dim_l_digits-random | 0 (random init) |" in md
+    assert "| NS-GAN-CP | - | - | not run | not run |" in md
+    assert "paper" not in md.split("## digits: representation")[1]  # no paper columns: the paper has no digits
+
+    # Restarted: nothing is trained or measured again.
+    assert reproduce.main(argv) == 0
+    out = capsys.readouterr().out
+    assert ": training " not in out and ": measuring " not in out and "[arena]" not in out
+    assert "dim_l/digits: representation: dim_l_digits finished (5 steps); not retrained" in out
+    assert "ie/digits: generation: measured before at step 2; kept" in out
+    assert json.loads((results / "digits-x0.01-m0.01.json").read_text())["rows"] == data["rows"]
