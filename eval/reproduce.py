@@ -50,6 +50,7 @@ from arena.config import Config, load_config
 from arena.data import build_dataset, dataset_signature
 from arena.objective import OBJECTIVES
 from arena.registry import ConfigError
+from arena.trainer import Stopped, shutdown
 
 from .dim_probes import LAYERS
 from .tables import GENERATOR_MEASURES, PROBE_MEASURES, Row, RunSpec, Table, get_table, parse_number, select_rows
@@ -147,7 +148,7 @@ def plan(table: Table, pairs, args) -> list[Entry]:
             e.cfg.train.steps = scaled(e.base_steps, args.scale)
             if e.trains:
                 found = ckpt.checkpoint_dirs(e.cfg.run.dir)
-                e.done = int(found[-1].name.rsplit("-", 1)[1]) if found else 0
+                e.done = ckpt.step_of(found[-1]) if found else 0
                 check_same_run(e)
                 if e.state == "resume":
                     e.cfg.run.resume = "latest"
@@ -523,7 +524,9 @@ def cell(measure: str | None, paper: str | None, measured) -> dict:
 def empty_record(table: Table, row: Row, group: str, status: str) -> dict:
     cols = table.group(group).columns
     paper = row.paper.get(group, (None,) * len(cols))
+    spec = row.runs.get(group)
     return {"row": row.name, "label": row.label, "group": group, "status": status, "note": row.note,
+            "run": spec.run_name if spec else "-",
             "cells": {c.label: cell(row.measure(c), p, None) for c, p in zip(cols, paper)}}
 
 
@@ -592,7 +595,7 @@ def markdown(table: Table, data: dict) -> str:
                                                                              else str(r.get("step", "")))
                 run = r.get("run", "")
             else:
-                step, run = "-", r.get("run", "-") if status != "not implemented" else "-"
+                step, run = "-", r.get("run", "-")
             out = [r["label"], run, step]
             for c in g.columns:
                 x = r["cells"][c.label]
@@ -737,14 +740,17 @@ def main(argv: list[str] | None = None) -> int:
             print()
             print(text, end="")
             say(f"wrote {path} and {path.parent / (path.name[:-3] + '.json')}")
-        from arena.trainer import shutdown
-
         shutdown()
         return 3 if failed else 0
     except ConfigError as err:
         if dist is None or dist.main:
             print(f"error: {err}", file=sys.stderr)
         return 2
+    except Stopped as err:  # SIGTERM / Ctrl-C in a training: its step was saved; rerun to resume
+        shutdown()
+        if dist is None or dist.main:
+            print(f"[reproduce] {err}; run the same command again to resume", file=sys.stderr)
+        return 128 + err.signum
 
 
 if __name__ == "__main__":

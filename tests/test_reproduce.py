@@ -197,7 +197,7 @@ def test_digits_table_end_to_end_resumes_skips_and_writes_results(tmp_path, caps
     md = (results / "digits-x0.01-m0.01.md").read_text()
     assert md in out  # what was printed is what was written
     assert "| Random encoder | dim_l_digits-random | 0 (random init) |" in md
-    assert "| NS-GAN-CP | - | - | not run | not run |" in md
+    assert "| NS-GAN-CP | nsgan_cp_digits | - | not run | not run |" in md
     assert "paper" not in md.split("## digits: representation")[1]  # no paper columns: the paper has no digits
 
     # Restarted: nothing is trained or measured again.
