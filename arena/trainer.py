@@ -182,8 +182,7 @@ def _ema_update(ema: nn.Module, net: nn.Module, decay: float) -> None:
 
 def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
     # -- processes, device, seeds ------------------------------------------------
-    # ACCELERATE_USE_CPU (set by `accelerate launch --cpu`, or by hand) pins the CPU where a GPU exists
-    state = PartialState(cpu=not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU"))
+    state = _process_state()
     rank, world, device, main = state.process_index, state.num_processes, state.device, state.is_main_process
     run_dir = Path(cfg.run.dir)
     amp_dtype = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.mixed_precision]
@@ -505,6 +504,30 @@ def _sync_buffers(net: nn.Module) -> None:
         for b in bufs:
             b.copy_(flat[offset : offset + b.numel()].view_as(b))
             offset += b.numel()
+
+
+def _process_state() -> PartialState:
+    # ACCELERATE_USE_CPU (set by `accelerate launch --cpu`, or by hand) pins the CPU where a GPU exists
+    return PartialState(cpu=not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
+@dataclass
+class Processes:
+    """This program's processes as the trainer sees them (one, or those of `accelerate
+    launch`), for callers that split other work the same way (eval.reproduce)."""
+
+    rank: int
+    world: int
+    device: torch.device
+    main: bool
+    barrier: Callable[[], None]
+    gather: Callable[[Tensor], Tensor] | None  # state_gather with several processes
+
+
+def processes() -> Processes:
+    state = _process_state()
+    return Processes(state.process_index, state.num_processes, state.device, state.is_main_process,
+                     state.wait_for_everyone, state_gather if state.num_processes > 1 else None)
 
 
 def state_gather(t: Tensor) -> Tensor:

@@ -50,7 +50,7 @@ from arena.config import Config, load_config
 from arena.data import build_dataset, dataset_signature
 from arena.objective import OBJECTIVES
 from arena.registry import ConfigError
-from arena.trainer import Stopped, shutdown
+from arena.trainer import Stopped, processes, shutdown
 
 from .dim_probes import LAYERS
 from .tables import GENERATOR_MEASURES, PROBE_MEASURES, Row, RunSpec, Table, get_table, parse_number, select_rows
@@ -445,54 +445,31 @@ def measure(e: Entry, table: Table, args, dist) -> tuple[dict, int, dict] | None
 # ---------------------------------------------------------------------------- processes
 
 
-class Dist:
-    """The process layout; single-process unless launched by accelerate with several."""
-
-    def __init__(self):
-        self.rank, self.world, self.main = 0, 1, True
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.gather = None
-        self._state = None
-        import os
-
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            from accelerate import PartialState
-
-            from arena.trainer import state_gather
-
-            self._state = PartialState(cpu=not torch.cuda.is_available())
-            self.rank, self.world = self._state.process_index, self._state.num_processes
-            self.main, self.device, self.gather = self._state.is_main_process, self._state.device, state_gather
-
-    def barrier(self) -> None:
-        if self._state is not None:
-            self._state.wait_for_everyone()
-
-    def main_then_all(self, fn, marker: Path):
-        """Run fn on every process (it may use collectives), then let the other processes
-        wait for the main one by polling a file rather than in a collective: the main
-        process's part (probes, torch-fidelity) may outlast a collective's timeout."""
-        if self.world == 1:
-            return fn()
-        if self.main:
-            marker.unlink(missing_ok=True)
-        self.barrier()
-        error, out = None, None
-        try:
-            out = fn()
-        except (ConfigError, RuntimeError) as err:
-            error = f"{type(err).__name__}: {err}"
-        if self.main:
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.write_text(json.dumps({"error": error}))
-        else:
-            while not marker.is_file():
-                time.sleep(2.0)
-            error = error or json.loads(marker.read_text())["error"]
-        self.barrier()
-        if error:
-            raise RuntimeError(error)
-        return out
+def main_then_all(dist, fn, marker: Path):
+    """Run fn on every process (it may use collectives), then let the other processes
+    wait for the main one by polling a file rather than in a collective: the main
+    process's part (probes, torch-fidelity) may outlast a collective's timeout."""
+    if dist.world == 1:
+        return fn()
+    if dist.main:
+        marker.unlink(missing_ok=True)
+    dist.barrier()
+    error, out = None, None
+    try:
+        out = fn()
+    except (ConfigError, RuntimeError) as err:
+        error = f"{type(err).__name__}: {err}"
+    if dist.main:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"error": error}))
+    else:
+        while not marker.is_file():
+            time.sleep(2.0)
+        error = error or json.loads(marker.read_text())["error"]
+    dist.barrier()
+    if error:
+        raise RuntimeError(error)
+    return out
 
 
 # ---------------------------------------------------------------------------- results
@@ -631,7 +608,7 @@ def write_results(table: Table, records: dict, args, command: str) -> tuple[Path
 # ---------------------------------------------------------------------------- the run
 
 
-def run_entry(e: Entry, table: Table, args, dist: Dist, records: dict) -> str:
+def run_entry(e: Entry, table: Table, args, dist, records: dict) -> str:
     """Train (or skip / resume) and measure one entry; returns its status."""
     from arena.trainer import NonFiniteLoss, train
 
@@ -666,7 +643,7 @@ def run_entry(e: Entry, table: Table, args, dist: Dist, records: dict) -> str:
     if dist.main:
         say(f"{e.key}: measuring {', '.join(dict.fromkeys(e.measures.values()))}")
     t1 = time.perf_counter()
-    out = dist.main_then_all(lambda: measure(e, table, args, dist),
+    out = main_then_all(dist, lambda: measure(e, table, args, dist),
                              Path(args.runs) / ".reproduce" / f"{e.spec.run_name}.done")
     if dist.main:
         values, step, settings = out
@@ -697,7 +674,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", default="runs/reproduce", help="where the runs go (default runs/reproduce)")
     p.add_argument("--out", default="results", help="where TABLE.md / TABLE.json go (default results)")
     p.add_argument("--inception-weights", default="", help="local copy of torch-fidelity's Inception weights")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="for the probes")
+    p.add_argument("--device", default="", help="for the probes (default: the main process's device)")
     p.add_argument("--no-progress", action="store_true", help="no training progress bars")
     return p
 
@@ -711,7 +688,8 @@ def main(argv: list[str] | None = None) -> int:
         table = get_table(args.table)
         entries = plan(table, select_rows(table, args.rows), args)
         problems = preflight(entries)
-        dist = Dist()
+        dist = processes()
+        args.device = args.device or str(dist.device)
         if args.dry_run:
             if dist.main:
                 dry_run(table, entries, args, dist.world, problems)
