@@ -729,6 +729,9 @@ def main(argv: list[str] | None = None) -> int:
         if dist is None or dist.main:
             print(f"[reproduce] {err}; run the same command again to resume", file=sys.stderr)
         return 128 + err.signum
+    except KeyboardInterrupt:  # Ctrl-C outside a training step (probes, metrics, or a second one)
+        print("[reproduce] interrupted; finished rows are in the results file, rerun to continue", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
