@@ -12,7 +12,7 @@ import sys
 import arena.prior_match  # noqa: F401  (registers the core's objective)
 import dim  # noqa: F401  (registers DIM objectives)
 import implicit_gen  # noqa: F401  (registers the generator objectives)
-from arena.config import load_config
+from arena.config import annotated_yaml, load_config
 from arena.registry import ConfigError
 from arena.trainer import NonFiniteLoss, Stopped, shutdown, train
 
@@ -29,14 +29,14 @@ def hooks_for(cfg):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="configs/NAME.yaml by name, or a path to a YAML file")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config (each value with the file that set it) and exit")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=200 data.root=/data")
     args = parser.parse_args(argv)
     try:
-        cfg = load_config(args.config, args.overrides)
         if args.print_config:
-            print(cfg.to_yaml(), end="")
+            print(annotated_yaml(args.config, args.overrides), end="")
             return 0
+        cfg = load_config(args.config, args.overrides)
         train(cfg, hooks_for(cfg))
         shutdown()
     except ConfigError as err:

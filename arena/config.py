@@ -3,7 +3,9 @@
 A config has fixed sections (run, data, train, optim, eval) and two sections whose
 fields belong to the chosen objective (model, objective): the objective registered
 under `objective.name` declares their dataclasses, so `model.widht: 4` fails with
-"did you mean 'width'" just like a typo in `train`.
+"did you mean 'width'" just like a typo in `train`. A file may name others under
+`base:` (a name or a list); bases apply in order, then the file's own keys (see
+`resolve`).
 
     cfg = load_config("ie_digits", ["train.steps=200"])
 """
@@ -190,20 +192,115 @@ def build_dataclass(cls: type, values: dict | None, key: str) -> Any:
     return cls(**kwargs)
 
 
-def resolve_config_path(name: str) -> Path:
-    """A path to a YAML file, or a name looked up in configs/ (with or without .yaml)."""
+def _stem(path: Path) -> str:
+    return path.name[:-5] if path.name.endswith(".yaml") else path.name
+
+
+def resolve_config_path(name: str, near: Path | None = None) -> Path:
+    """A path to a YAML file, or a name looked up in configs/ (with or without .yaml).
+
+    `near` is the folder of a file that names `name` as its base: a file there wins
+    over configs/, so a config and its bases can live together anywhere.
+    """
     path = Path(name)
-    if path.is_file():
-        return path
-    stem = path.name[:-5] if path.name.endswith(".yaml") else path.name
-    candidate = CONFIG_DIR / f"{stem}.yaml"
-    if candidate.is_file():
-        return candidate
+    stem = _stem(path)
+    folders = [near] if near is not None else [Path()]  # a base is relative to its file, --config to the cwd
+    candidates = [c for f in folders for c in (f / path, f / path.parent / f"{stem}.yaml")]
+    candidates += [CONFIG_DIR / path.parent / f"{stem}.yaml", CONFIG_DIR / f"{stem}.yaml"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
     known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-    raise ConfigError(
-        f"--config: no file '{name}' and no configs/{stem}.yaml{suggest(stem, known)}; "
-        f"known configs: {', '.join(known)}"
-    )
+    tried = f"--config: no file '{name}'" if near is None else f"no {_label(near / path.parent / stem)}.yaml"
+    raise ConfigError(f"{tried} and no configs/{stem}.yaml{suggest(stem, known)}; known configs: {', '.join(known)}")
+
+
+def _label(path: Path) -> str:
+    """How a file is named in messages and in --print-config: relative to the repo if inside."""
+    try:
+        return str(path.resolve().relative_to(CONFIG_DIR.parent))
+    except ValueError:
+        return str(path)
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{_label(path)}: not valid YAML: {err}") from None
+    except OSError as err:
+        raise ConfigError(f"{_label(path)}: cannot read: {err.strerror}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{_label(path)}: expected a mapping of sections (run:, data:, ...) at the top level, "
+                          f"got a {type(raw).__name__}")
+    return raw
+
+
+def _linearize(path: Path, chain: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
+    """The files `path` inherits from, each once, every file after all of its bases.
+
+    Depth-first, bases in the order listed, keeping each file's first appearance: with
+    `base: [a, b]` where a and b share a base c, the order is c, a, b, file, so c's
+    values cannot undo a's (a naive merge of the two resolved bases would).
+    """
+    path = path.resolve()
+    if path in chain:
+        loop = " -> ".join(_label(p) for p in (*chain[chain.index(path):], path))
+        raise ConfigError(f"base: cycle {loop}")
+    raw = _read_yaml(path)
+    bases = raw.pop("base", [])
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) and b for b in bases):
+        raise ConfigError(f"{_label(path)}: base: expected a config name or a list of names, got {bases!r}")
+    order: list[tuple[Path, dict]] = []
+    for name in bases:
+        try:
+            base_path = resolve_config_path(name, near=path.parent)
+        except ConfigError as err:
+            raise ConfigError(f"{_label(path)}: base '{name}': {err}") from None
+        for item in _linearize(base_path, (*chain, path)):
+            if all(item[0] != seen for seen, _ in order):
+                order.append(item)
+    return [*order, (path, raw)]
+
+
+def _leaves(tree: dict, prefix: tuple = ()):
+    """(key path, value) of every non-mapping value; an empty mapping is a value."""
+    for k, v in tree.items():
+        if isinstance(v, dict) and v:
+            yield from _leaves(v, (*prefix, k))
+        else:
+            yield (*prefix, k), v
+
+
+@dataclass
+class Resolved:
+    """A config file with its bases and overrides applied, before typing."""
+
+    raw: dict
+    name: str  # the file's stem
+    chain: list[str]  # the files applied, first to last
+    origins: dict[tuple, str]  # key path -> the file (or "command line") that set it
+
+
+def resolve(name: str, overrides: list[str] | None = None) -> Resolved:
+    """Apply a config's bases (deep merge of mappings; lists and scalars replaced) and
+    the command-line overrides, remembering which file set each value."""
+    path = resolve_config_path(name)
+    layers = [(_label(p), raw) for p, raw in _linearize(path)]
+    layers.append(("command line", parse_overrides(overrides or [])))
+    raw: dict = {}
+    origins: dict[tuple, str] = {}
+    for label, layer in layers:
+        raw = merge(raw, layer)
+        for key, _ in _leaves(layer):
+            # a value replaces whatever its key held before, mapping or not
+            origins = {k: v for k, v in origins.items() if k[:len(key)] != key}
+            origins[key] = label
+    return Resolved(raw, path.stem, [label for label, _ in layers[:-1]], origins)
 
 
 def parse_overrides(overrides: list[str]) -> dict:
@@ -226,6 +323,7 @@ def parse_overrides(overrides: list[str]) -> dict:
 
 
 def merge(base: dict, extra: dict) -> dict:
+    """`extra` over `base`: mappings merge key by key, anything else is replaced whole."""
     out = dict(base)
     for k, v in extra.items():
         out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
@@ -259,14 +357,33 @@ def config_from_dict(raw: dict, name: str = "config") -> Config:
 
 
 def load_config(name: str, overrides: list[str] | None = None) -> Config:
-    path = resolve_config_path(name)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    raw = merge(raw, parse_overrides(overrides or []))
-    stem = path.name[:-5] if path.name.endswith(".yaml") else path.stem
-    return config_from_dict(raw, name=stem)
+    resolved = resolve(name, overrides)
+    return config_from_dict(resolved.raw, name=resolved.name)
+
+
+def annotated_yaml(name: str, overrides: list[str] | None = None) -> str:
+    """The resolved config as YAML, each value that a file or override set followed by
+    `# <file>`, headed by the chain of files (what --print-config shows)."""
+    resolved = resolve(name, overrides)
+    cfg = config_from_dict(resolved.raw, name=resolved.name)
+    lines = [f"# {resolved.name}: {' -> '.join(resolved.chain)} (later files override earlier ones)",
+             "# values without a comment are the defaults of the code"]
+
+    def emit(tree: dict, prefix: tuple, indent: str) -> None:
+        for k, v in tree.items():
+            key = (*prefix, k)
+            source = resolved.origins.get(key)
+            note = f"  # {source}" if source else ""
+            if isinstance(v, dict) and v:
+                lines.append(f"{indent}{k}:{note}")
+                emit(v, key, indent + "  ")
+            else:
+                text = yaml.safe_dump(v, default_flow_style=True, width=10**9).strip()
+                text = text[:-3].rstrip() if text.endswith("\n...") or text.endswith("...") else text
+                lines.append(f"{indent}{k}: {text}{note}")
+
+    emit(cfg.to_dict(), (), "")
+    return "\n".join(lines) + "\n"
 
 
 def validate(cfg: Config) -> None:

@@ -18,9 +18,8 @@ import torch
 
 import arena.prior_match  # noqa: F401
 import implicit_gen  # noqa: F401
-import yaml
 
-from arena.config import config_from_dict, merge, parse_overrides, resolve_config_path
+from arena.config import config_from_dict, merge, parse_overrides, resolve
 from arena.data import build_dataset
 from arena.trainer import train
 
@@ -39,7 +38,7 @@ def run_one(base: str, objective: str, extra: list[str], phases, ratio: int, ste
     overrides = [*extra, f"run.dir={run_dir}", f"train.steps={steps}",
                  f"train.phases={json.dumps(phases)}", "train.progress=false", f"train.checkpoint_every={steps}",
                  f"train.sample_every={steps}", f"train.log_every={max(1, steps // 4)}"]
-    raw = yaml.safe_load(resolve_config_path(base).read_text())
+    raw = resolve(base).raw  # the base config with its own bases applied
     if raw.get("objective", {}).get("name") != objective:
         raw["objective"] = {"name": objective}  # the base's data, nets and optimizer; this loss's defaults
     cfg = config_from_dict(merge(raw, parse_overrides(overrides)), name=f"figure14-{objective}")
