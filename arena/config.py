@@ -5,13 +5,15 @@ fields belong to the chosen objective (model, objective): the objective register
 under `objective.name` declares their dataclasses, so `model.widht: 4` fails with
 "did you mean 'width'" just like a typo in `train`. A file may name others under
 `base:` (a name or a list); bases apply in order, then the file's own keys (see
-`resolve`).
+`resolve`). Plain YAML scalars and command-line values stay text until the field's
+type reads them (`Text`, `Arg`).
 
     cfg = load_config("ie_digits", ["train.steps=200"])
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -126,64 +128,141 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+class Text(str):
+    """A plain (unquoted) YAML scalar as written. The schema, not YAML 1.1's guess,
+    decides what it is: `no` stays a string in a string field and `1e-3` is a number
+    in a float field (YAML 1.1 reads them as false and as a string)."""
+
+
+class Arg(Text):
+    """A command-line value: the text itself for a string field (`run.dir=/tmp/x #1`
+    keeps `#1`: a shell argument is not YAML), YAML flow syntax for a list, mapping or
+    section (`optim.betas=[0.5, 0.9]`)."""
+
+
+class _Loader(yaml.SafeLoader):
+    """safe_load, except that plain scalars stay Text for the schema to type."""
+
+    def construct_object(self, node, deep=False):
+        if (isinstance(node, yaml.ScalarNode) and node.style is None
+                and node.tag == self.resolve(yaml.ScalarNode, node.value, (True, False))):
+            return Text(node.value)  # an implicit tag: YAML guessed; an explicit !!tag is kept
+        return super().construct_object(node, deep)
+
+
+NULLS = ("", "~", "null", "Null", "NULL")
+TRUE = ("true", "True", "TRUE", "yes", "Yes", "YES", "on", "On", "ON")
+FALSE = ("false", "False", "FALSE", "no", "No", "NO", "off", "Off", "OFF")
+
+
+def _parse_arg(value: Any, key: str) -> Any:
+    """A command-line value read as YAML (flow syntax); anything else as it is."""
+    if not isinstance(value, Arg):
+        return value
+    try:
+        return yaml.load(value, Loader=_Loader)
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{key}: cannot read {str(value)!r}: {problem}") from None
+
+
+def _guess(value: Any) -> Any:
+    """YAML's own reading of Text, for fields typed Any (the counts in train.phases)."""
+    if isinstance(value, Text):
+        return yaml.safe_load(value)
+    if isinstance(value, dict):
+        return {str(k): _guess(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_guess(v) for v in value]
+    return value
+
+
+def _number(value: Any, kind: type, key: str) -> Any:
+    """An int, or a float (an int is a float too); Text is read by Python, then YAML (0x1F, .inf)."""
+    number = None
+    if isinstance(value, Text):
+        try:
+            number = kind(value)
+        except ValueError:
+            try:
+                guessed = yaml.safe_load(value)
+            except yaml.YAMLError:
+                guessed = None
+            if isinstance(guessed, (int, float) if kind is float else int) and not isinstance(guessed, bool):
+                number = kind(guessed)
+    elif isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool):
+        number = kind(value)
+    if number is None:
+        raise ConfigError(f"{key}: expected {'an integer' if kind is int else 'a number'}, got {_show(value)}")
+    if kind is float and not math.isfinite(number):
+        raise ConfigError(f"{key}: expected a finite number, got {_show(value)}")
+    return number
+
+
+def _show(value: Any) -> str:
+    return repr(str(value)) if isinstance(value, Text) else repr(value)
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check `value` against the annotation `tp`; return it converted (int -> float only)."""
+    """Check `value` against the annotation `tp`; return it converted to that type."""
     origin = typing.get_origin(tp)
     if tp is Any:
-        return value
+        return _guess(_parse_arg(value, key))
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
-        if value is None and type(None) in args:
+        if type(None) in args and (value is None or (isinstance(value, Text) and value in NULLS)):
             return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
+        options = [arg for arg in args if arg is not type(None)]
+        if len(options) == 1:  # X | None: X's own message says more
+            return _coerce(value, options[0], key)
+        for arg in options:
             try:
                 return _coerce(value, arg, key)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {_show(value)}")
     if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
         return build_dataclass(tp, value, key)
     if origin is list:
         (item,) = typing.get_args(tp) or (Any,)
+        value = _parse_arg(value, key)
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {_show(value)}")
         return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         ktp, vtp = typing.get_args(tp) or (str, Any)
+        value = _parse_arg(value, key)
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{key}: expected a mapping, got {_show(value)}")
         return {str(k): _coerce(v, vtp, f"{key}.{k}") for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if isinstance(value, Text) and value in TRUE + FALSE:
+            return value in TRUE
+        raise ConfigError(f"{key}: expected true or false, got {_show(value)}")
+    if tp in (int, float):
+        return _number(value, tp, key)
     if tp is str:
         if isinstance(value, str):
-            return value
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {_show(value)}")
     raise TypeError(f"{key}: unsupported annotation {tp!r}")
 
 
-def build_dataclass(cls: type, values: dict | None, key: str) -> Any:
+def build_dataclass(cls: type, values: Any, key: str) -> Any:
     """Instantiate `cls` from a mapping; unknown keys and wrong types raise ConfigError."""
-    values = values or {}
+    values = _parse_arg(values, key)
+    if values is None or (isinstance(values, Text) and values in NULLS):
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{key}: expected a mapping of {cls.__name__} fields (on the command line "
+                          f"{key}.field=value), got {_show(values)}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for k, v in values.items():
+        k = str(k)
         if k not in names:
             raise ConfigError(
                 f"{key}.{k}: unknown key{suggest(k, names)}; valid keys: {', '.join(names)}"
@@ -225,7 +304,7 @@ def _label(path: Path) -> str:
 
 def _read_yaml(path: Path) -> dict:
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_Loader)
     except yaml.YAMLError as err:
         raise ConfigError(f"{_label(path)}: not valid YAML: {err}") from None
     except OSError as err:
@@ -233,8 +312,9 @@ def _read_yaml(path: Path) -> dict:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
+        got = "a list" if isinstance(raw, list) else _show(raw)
         raise ConfigError(f"{_label(path)}: expected a mapping of sections (run:, data:, ...) at the top level, "
-                          f"got a {type(raw).__name__}")
+                          f"got {got}")
     return raw
 
 
@@ -304,7 +384,8 @@ def resolve(name: str, overrides: list[str] | None = None) -> Resolved:
 
 
 def parse_overrides(overrides: list[str]) -> dict:
-    """['train.steps=200', 'data.name=cifar10'] -> nested dict; values are YAML scalars."""
+    """['train.steps=200', 'data.name=cifar10'] -> nested dict of Arg texts, typed later
+    by the schema (build_dataclass)."""
     tree: dict = {}
     for item in overrides:
         if "=" not in item:
@@ -318,7 +399,7 @@ def parse_overrides(overrides: list[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override '{item}': '{part}' is set twice")
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        node[parts[-1]] = Arg(raw)
     return tree
 
 
@@ -339,12 +420,17 @@ def config_from_dict(raw: dict, name: str = "config") -> Config:
     for k in raw:
         if k not in valid:
             raise ConfigError(f"{k}: unknown section{suggest(k, valid)}; valid sections: {', '.join(valid)}")
-    header = raw.get("objective") or {}
-    if not isinstance(header, dict) or "name" not in header:
+    header = _parse_arg(raw.get("objective"), "objective")
+    if header is None or (isinstance(header, Text) and header in NULLS):
+        header = {}
+    if not isinstance(header, dict):
+        raise ConfigError(f"objective: expected a mapping of the objective's fields (on the command line "
+                          f"objective.field=value), got {_show(header)}")
+    if "name" not in header:
         raise ConfigError(
             f"objective.name: missing; choose one of {', '.join(OBJECTIVES.names())}"
         )
-    objective_cls = OBJECTIVES.get(header["name"], key="objective.name")
+    objective_cls = OBJECTIVES.get(_coerce(header["name"], str, "objective.name"), key="objective.name")
     sections = {k: build_dataclass(cls, raw.get(k), k) for k, cls in SECTIONS.items()}
     cfg = Config(
         model=build_dataclass(objective_cls.Model, raw.get("model"), "model"),
@@ -372,7 +458,7 @@ def annotated_yaml(name: str, overrides: list[str] | None = None) -> str:
     def emit(tree: dict, prefix: tuple, indent: str) -> None:
         for k, v in tree.items():
             key = (*prefix, k)
-            source = resolved.origins.get(key)
+            source = resolved.origins.get(key) or ("from the config's name" if key == ("run", "dir") else None)
             note = f"  # {source}" if source else ""
             if isinstance(v, dict) and v:
                 lines.append(f"{indent}{k}:{note}")
@@ -384,6 +470,20 @@ def annotated_yaml(name: str, overrides: list[str] | None = None) -> str:
 
     emit(cfg.to_dict(), (), "")
     return "\n".join(lines) + "\n"
+
+
+def check_optim(key: str, optim: OptimConfig | PlayerOptim) -> None:
+    """The optimizer's numbers (None: a player inherits optim's own)."""
+    if optim.lr is not None and not optim.lr > 0:
+        raise ConfigError(f"{key}.lr: must be > 0, got {optim.lr}")
+    for name in ("weight_decay", "clip_norm"):
+        value = getattr(optim, name)
+        if value is not None and value < 0:
+            raise ConfigError(f"{key}.{name}: must be >= 0, got {value}")
+    betas = optim.betas
+    if betas is not None and not (len(betas) == 2 and all(0 <= b < 1 for b in betas)):
+        # Adam's (beta1, beta2); SGD takes beta1 as its momentum
+        raise ConfigError(f"{key}.betas: expected two numbers in [0, 1) (beta1, beta2), got {betas}")
 
 
 def validate(cfg: Config) -> None:
@@ -401,9 +501,20 @@ def validate(cfg: Config) -> None:
     for key, (value, valid) in choices.items():
         if value not in valid:
             raise ConfigError(f"{key}: unknown value '{value}'{suggest(value, valid)}; valid choices: {', '.join(valid)}")
-    for key in ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "sample_every", "log_every"):
+    for key in ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "sample_every", "log_every",
+                "num_samples"):
         if getattr(cfg.train, key) < 1:
             raise ConfigError(f"train.{key}: must be >= 1, got {getattr(cfg.train, key)}")
+    for player, decay in (cfg.train.ema or {}).items():
+        if not 0 <= decay < 1:
+            raise ConfigError(f"train.ema.{player}: must be a decay in [0, 1), got {decay}")
+    if cfg.eval.every < 0:
+        raise ConfigError(f"eval.every: must be >= 0 (0 = no metrics during training), got {cfg.eval.every}")
+    if cfg.eval.num_samples < 1:
+        raise ConfigError(f"eval.num_samples: must be >= 1, got {cfg.eval.num_samples}")
+    check_optim("optim", cfg.optim)
+    for player, over in cfg.optim.players.items():
+        check_optim(f"optim.players.{player}", over)
     if cfg.train.phases is not None:
         for i, item in enumerate(cfg.train.phases):
             if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)

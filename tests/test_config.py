@@ -34,12 +34,74 @@ def test_name_resolution_with_and_without_suffix_and_path(tmp_path):
         resolve_config_path("prior_match_digit")
 
 
-def test_overrides_are_typed_yaml_scalars():
+def test_overrides_are_typed_by_the_schema_not_by_yaml():
+    # the command line keeps text; the field's type reads it
     assert parse_overrides(["train.steps=7", "data.name=shapes", "optim.betas=[0.0, 0.9]"]) == {
-        "train": {"steps": 7}, "data": {"name": "shapes"}, "optim": {"betas": [0.0, 0.9]}}
-    cfg = load_config("prior_match_digits", ["train.steps=7", "optim.lr=1", "run.dir=/tmp/x"])
+        "train": {"steps": "7"}, "data": {"name": "shapes"}, "optim": {"betas": "[0.0, 0.9]"}}
+    cfg = load_config("prior_match_digits", ["train.steps=7", "optim.lr=1", "run.dir=/tmp/x",
+                                             "optim.betas=[0.0, 0.9]"])
     assert cfg.train.steps == 7 and cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)
-    assert cfg.run.dir == "/tmp/x"
+    assert cfg.run.dir == "/tmp/x" and cfg.optim.betas == [0.0, 0.9]
+
+
+@pytest.mark.parametrize("override, key, value", [
+    ("train.mixed_precision=no", "train.mixed_precision", "no"),  # YAML 1.1: false
+    ("optim.lr=1e-3", "optim.lr", 1e-3),  # YAML 1.1: the string '1e-3'
+    ("optim.lr=1_000.5", "optim.lr", 1000.5),
+    ("data.root=2024", "data.root", "2024"),  # YAML: the integer 2024
+    ("run.dir=/tmp/x #1", "run.dir", "/tmp/x #1"),  # YAML: a comment
+    ("run.dir=yes", "run.dir", "yes"),
+    ("train.progress=no", "train.progress", False),
+    ("train.progress=True", "train.progress", True),
+    ("data.augment=null", "data.augment", None),
+    ("data.augment=on", "data.augment", True),
+    ("train.ema={G: 1e-1}", "train.ema", {"G": 0.1}),
+    ("data.categories=[bedroom, 2019]", "data.categories", ["bedroom", "2019"]),
+    ("train.phases=[[discriminator, 3], [encoder, 1]]", "train.phases", [["discriminator", 3], ["encoder", 1]]),
+])
+def test_valid_values_are_read_by_their_field_type(override, key, value, tmp_path):
+    cfg = load_config("prior_match_digits", [override])
+    section, field = key.split(".")
+    got = getattr(getattr(cfg, section), field)
+    assert got == value and type(got) is type(value)
+
+
+def test_a_yaml_file_is_read_by_the_schema_too(tmp_path):
+    own = tmp_path / "mine.yaml"
+    own.write_text("base: prior_match_digits\ntrain:\n  mixed_precision: no\n  progress: no\n"
+                   "optim:\n  lr: 1e-3\ndata:\n  root: 2024\nrun:\n  dir: '/tmp/x #1'  # a comment\n")
+    cfg = load_config(str(own))
+    assert cfg.train.mixed_precision == "no" and cfg.train.progress is False
+    assert cfg.optim.lr == 1e-3 and cfg.data.root == "2024" and cfg.run.dir == "/tmp/x #1"
+    assert yaml.safe_load(cfg.to_yaml())["train"]["mixed_precision"] == "no"  # written back quoted
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train=5", "train: expected a mapping of TrainConfig fields (on the command line train.field=value), got '5'"),
+    ("objective=5", "objective: expected a mapping of the objective's fields"),
+    ("train.steps=[1", "train.steps: expected an integer, got '[1'"),
+    ("train.phases=[[encoder, 1]", "train.phases: cannot read '[[encoder, 1]'"),
+    ("optim.lr=-1", "optim.lr: must be > 0, got -1.0"),
+    ("optim.lr=0", "optim.lr: must be > 0, got 0.0"),
+    ("optim.lr=nan", "optim.lr: expected a finite number, got 'nan'"),
+    ("optim.weight_decay=-0.1", "optim.weight_decay: must be >= 0"),
+    ("optim.clip_norm=-1", "optim.clip_norm: must be >= 0"),
+    ("optim.betas=[0.5]", "optim.betas: expected two numbers in [0, 1) (beta1, beta2), got [0.5]"),
+    ("optim.betas=[0.5, 1.0]", "optim.betas: expected two numbers in [0, 1)"),
+    ("optim.betas=[0.5, x]", "optim.betas[1]: expected a number, got 'x'"),
+    ("optim.players.D.lr=-2", "optim.players.D.lr: must be > 0"),
+    ("optim.players.D.betas=[0.9, 0.99, 0.9]", "optim.players.D.betas: expected two numbers"),
+    ("train.ema.G=1.5", "train.ema.G: must be a decay in [0, 1), got 1.5"),
+    ("train.num_samples=0", "train.num_samples: must be >= 1"),
+    ("eval.every=-1", "eval.every: must be >= 0"),
+    ("eval.num_samples=0", "eval.num_samples: must be >= 1"),
+])
+def test_invalid_values_are_named_without_a_traceback(override, message, tmp_path, capsys):
+    with pytest.raises(ConfigError) as err:
+        load_config("prior_match_digits", [override])
+    assert message in str(err.value)
+    assert train_cli.main(["--config", "prior_match_digits", override, f"run.dir={tmp_path}"]) == 2
+    assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("override, message", [

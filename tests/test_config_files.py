@@ -100,9 +100,10 @@ def test_a_missing_base_names_the_file_and_the_base(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("base: 5\n", "base: expected a config name or a list of names, got 5"),
+    ("base: {a: b}\n", "base: expected a config name or a list of names, got {'a': 'b'}"),
     ("base: [ie_digits, {x: 1}]\n", "base: expected a config name or a list of names"),
     ("- ie_digits\n", "expected a mapping of sections (run:, data:, ...) at the top level, got a list"),
+    ("ie_digits\n", "expected a mapping of sections (run:, data:, ...) at the top level, got 'ie_digits'"),
 ])
 def test_a_malformed_file_is_named(tmp_path, text, message):
     mine = write(tmp_path, "mine", text)
