@@ -9,9 +9,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-import arena.prior_match  # noqa: F401  (registers the core's objective)
-import dim  # noqa: F401  (registers DIM objectives)
-import implicit_gen  # noqa: F401  (registers the generator objectives)
 from arena.config import annotated_yaml, load_config
 from arena.registry import ConfigError
 from arena.trainer import NonFiniteLoss, Stopped, shutdown, train

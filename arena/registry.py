@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import importlib
 from typing import Callable, Generic, Iterable, TypeVar
 
 T = TypeVar("T")
@@ -18,11 +19,21 @@ def suggest(name: str, choices: Iterable[str]) -> str:
 
 
 class Registry(Generic[T]):
-    """A dict of named entries; `get` names the config key and the valid choices on a miss."""
+    """A dict of named entries; `get` names the config key and the valid choices on a miss.
 
-    def __init__(self, kind: str):
+    `modules` are where the entries are defined: imported on the first lookup, so that
+    no caller has to import them for their side effect of registering.
+    """
+
+    def __init__(self, kind: str, modules: tuple[str, ...] = ()):
         self.kind = kind
         self._entries: dict[str, T] = {}
+        self._modules = modules
+
+    def _load(self) -> None:
+        modules, self._modules = self._modules, ()  # once; an entry module may look itself up
+        for module in modules:
+            importlib.import_module(module)
 
     def register(self, name: str) -> Callable[[T], T]:
         def add(entry: T) -> T:
@@ -34,6 +45,7 @@ class Registry(Generic[T]):
         return add
 
     def get(self, name: str, key: str | None = None) -> T:
+        self._load()
         if name not in self._entries:
             where = f"{key}: " if key else ""
             raise ConfigError(
@@ -43,7 +55,9 @@ class Registry(Generic[T]):
         return self._entries[name]
 
     def names(self) -> list[str]:
+        self._load()
         return sorted(self._entries)
 
     def __contains__(self, name: str) -> bool:
+        self._load()
         return name in self._entries

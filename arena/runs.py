@@ -10,7 +10,7 @@ import yaml
 
 from . import checkpoint as ckpt
 from .config import config_from_dict
-from .objective import DataInfo, Objective
+from .objective import DataInfo, Objective, build_objective
 from .registry import ConfigError
 
 
@@ -33,8 +33,6 @@ def load_run(run_dir: str | Path, checkpoint: str = "latest", device: str | torc
                           f"{ckpt.describe_nonfinite(bad)}; evaluate an earlier checkpoint (--checkpoint DIR)")
     cfg = config_from_dict(yaml.safe_load(saved["config"]), name=run_dir.name)
     cfg.run.dir = str(run_dir)
-    from .trainer import build_objective
-
     objective: Objective = build_objective(cfg, DataInfo(**saved["data_info"]))
     for name, net in objective.nets.items():
         ckpt.check_compatible(name, saved["nets"][name], net, where)

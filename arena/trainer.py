@@ -35,7 +35,7 @@ from . import checkpoint as ckpt
 from .config import Config
 from .data import build_dataset
 from .images import save_grid
-from .objective import OBJECTIVES, DataInfo, Objective, Phase
+from .objective import Objective, Phase, build_objective, data_info
 from .registry import ConfigError
 from .stream import BatchStream
 from .version import __version__
@@ -100,14 +100,6 @@ def clip_norm(cfg: Config, player: str, objective: Objective) -> float:
     if over and over.clip_norm is not None:
         return over.clip_norm
     return objective.clip_norms().get(player, cfg.optim.clip_norm)
-
-
-def data_info(ds) -> DataInfo:
-    return DataInfo(ds.channels, ds.resolution, ds.num_classes, ds.multilabel)
-
-
-def build_objective(cfg: Config, info: DataInfo) -> Objective:
-    return OBJECTIVES.get(cfg.objective.name, key="objective.name")(cfg, info)
 
 
 class _Logger:

@@ -18,13 +18,10 @@ import time
 
 import torch
 
-import arena.prior_match  # noqa: F401
-import dim  # noqa: F401
-import implicit_gen  # noqa: F401
 from arena.config import load_config
 from arena.data import build_dataset, to_float
-from arena.objective import Batch
-from arena.trainer import build_objective, data_info, make_optimizer, train
+from arena.objective import Batch, build_objective, data_info
+from arena.trainer import make_optimizer, train
 
 
 def bare_loop(cfg, steps: int, device: torch.device) -> float:

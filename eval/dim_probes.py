@@ -33,16 +33,11 @@ from pathlib import Path
 import torch
 import yaml
 
-import arena.prior_match  # noqa: F401  (registers the core's objective)
-import dim  # noqa: F401
-import dim.objective  # noqa: F401  (registers dim)
-import dim.supervised  # noqa: F401  (registers supervised)
-import implicit_gen  # noqa: F401
 from arena.config import config_from_dict
 from arena.data import ImageDataset, NamedErrors, build_dataset, make_loader_kwargs
+from arena.objective import build_objective, data_info
 from arena.registry import ConfigError, suggest
 from arena.runs import load_run
-from arena.trainer import build_objective, data_info
 
 from . import probes as P
 

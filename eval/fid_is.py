@@ -18,20 +18,11 @@ from pathlib import Path
 import torch
 
 from arena.registry import ConfigError
+from arena.runs import load_run  # a module attribute, so tests can swap it
 
 from .fidelity import check_metrics, describe_features, evaluate_generator, resolve_features
 
 DEFAULT_SAMPLES = 50000
-
-
-def load_run(run_dir: str, checkpoint: str, device: str):
-    """arena.runs.load_run with every objective registered (a module attribute, so tests can swap it)."""
-    import arena.prior_match  # noqa: F401  (the objectives register themselves on import)
-    import dim  # noqa: F401
-    import implicit_gen  # noqa: F401
-    from arena.runs import load_run as _load_run
-
-    return _load_run(run_dir, checkpoint, device=device)
 
 
 def main(argv: list[str] | None = None) -> int:

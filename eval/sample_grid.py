@@ -20,6 +20,7 @@ import torch
 
 from arena.images import save_grid
 from arena.registry import ConfigError
+from arena.runs import load_run
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -78,8 +79,6 @@ def main(argv: list[str] | None = None) -> int:
         if Path(args.out).is_dir():
             raise ConfigError(f"--out: {args.out} is a directory; give the PNG file to write, "
                               f"e.g. {Path(args.out) / 'grid.png'}")
-        from .fid_is import load_run
-
         cfg, objective, step = load_run(args.run, args.checkpoint, args.device)
         if not objective.generates:
             raise ConfigError(f"--run: objective '{cfg.objective.name}' does not generate images")

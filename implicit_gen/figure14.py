@@ -16,9 +16,6 @@ from pathlib import Path
 
 import torch
 
-import arena.prior_match  # noqa: F401
-import implicit_gen  # noqa: F401
-
 from arena.config import config_from_dict, merge, parse_overrides, resolve
 from arena.data import build_dataset
 from arena.trainer import train

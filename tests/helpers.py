@@ -9,9 +9,6 @@ from pathlib import Path
 
 import torch
 
-import arena.prior_match  # noqa: F401
-import dim  # noqa: F401
-import implicit_gen  # noqa: F401
 from arena.config import load_config
 
 

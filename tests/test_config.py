@@ -6,9 +6,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-import arena.prior_match  # noqa: F401
-import dim  # noqa: F401
-import implicit_gen  # noqa: F401
 import train as train_cli
 from arena.config import CONFIG_DIR, load_config, parse_overrides, resolve_config_path
 from arena.registry import ConfigError
@@ -124,8 +121,7 @@ def test_bad_config_is_named(override, message, tmp_path):
     with pytest.raises(ConfigError) as err:
         cfg = load_config("prior_match_digits", [override, f"run.dir={tmp_path}"])
         # phase names are checked when the objective is built
-        from arena.trainer import build_objective
-        from arena.objective import DataInfo
+        from arena.objective import DataInfo, build_objective
         build_objective(cfg, DataInfo(1, 16)).schedule()
     assert message in str(err.value)
 
@@ -150,3 +146,14 @@ def test_print_config_prints_the_resolved_config_and_exits(tmp_path):
     cfg = yaml.safe_load(out)
     assert cfg["train"]["steps"] == 3 and cfg["objective"]["name"] == "ie"
     assert cfg["run"]["dir"] == "runs/ie_digits"
+
+
+def test_objectives_register_without_imports_and_loading_a_run_skips_accelerate():
+    # A fresh interpreter: the registry imports the objective modules itself on first
+    # lookup, and loading a run for evaluation needs neither the trainer nor accelerate.
+    code = ("import sys; import arena.runs; from arena.objective import OBJECTIVES; "
+            "names = OBJECTIVES.names(); "
+            "assert 'accelerate' not in sys.modules and 'arena.trainer' not in sys.modules, sorted(sys.modules); "
+            "print(' '.join(names))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["dim", "gan", "ie", "lsgan", "nsgan_cp", "prior_match", "supervised", "wgan_gp"]

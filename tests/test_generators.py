@@ -5,8 +5,8 @@ from torch import nn
 
 from arena.config import load_config
 from arena.data import build_dataset
-from arena.objective import Batch, DataInfo
-from arena.trainer import build_objective, make_optimizer, train
+from arena.objective import Batch, DataInfo, build_objective
+from arena.trainer import make_optimizer, train
 from tests.helpers import tiny
 
 TINY = ["data.name=shapes", "data.resolution=16", "data.num_images=128", "model.width=8", "model.z_dim=8",

@@ -3,8 +3,9 @@ import torch
 from scipy.stats import ks_2samp
 
 from arena.data import build_dataset
+from arena.objective import build_objective, data_info
 from arena.prior import sample_prior
-from arena.trainer import build_objective, data_info, train
+from arena.trainer import train
 from tests.helpers import tiny
 
 

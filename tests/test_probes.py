@@ -264,7 +264,7 @@ def test_dim_probes_cli_prints_json_appends_metrics_and_table(dim_run, capsys):
 def test_dim_probes_random_init_is_the_step_zero_encoder(dim_run, capsys):
     from arena.config import load_config
     from arena.data import build_dataset
-    from arena.trainer import build_objective, data_info
+    from arena.objective import build_objective, data_info
     from eval import dim_probes
 
     cfg, objective, step = dim_probes.load_encoder_run(dim_run, random_init=True)
