@@ -29,6 +29,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import yaml
@@ -36,12 +37,11 @@ import yaml
 from arena.config import config_from_dict
 from arena.data import ImageDataset, NamedErrors, build_dataset, make_loader_kwargs
 from arena.objective import build_objective, data_info
-from arena.registry import ConfigError, suggest
+from arena.registry import ConfigError, Registry
 from arena.runs import load_run
 
 from . import probes as P
 
-PROBES = ("svm", "mlp", "semi", "msssim", "mine", "ndm")
 LAYERS = ("conv", "fc", "y")
 DEFAULT_PROBES = ("svm", "mlp", "msssim", "mine", "ndm")  # semi fine-tunes the encoder: ask for it
 
@@ -169,11 +169,9 @@ class ProbeSettings:
     def check(self) -> None:
         """ConfigError naming the flag of the first bad setting (before any model is loaded)."""
         if not self.probes:
-            raise ConfigError(f"--probes: empty; choose from {', '.join(PROBES)}")
+            raise ConfigError(f"--probes: empty; choose from {', '.join(PROBES.names())}")
         for p in self.probes:
-            if p not in PROBES:
-                raise ConfigError(f"--probes: unknown probe '{p}'{suggest(p, PROBES)}; "
-                                  f"valid choices: {', '.join(PROBES)}")
+            PROBES.get(p, key="--probes")
         if not self.layers:
             raise ConfigError(f"--layers: empty; choose from {', '.join(LAYERS)}")
         for k in (*self.layers, self.rep_layer):
@@ -190,20 +188,110 @@ class ProbeSettings:
             raise ConfigError(f"--svm-c must be > 0, got {self.svm_c}")
 
 
+@dataclasses.dataclass
+class ProbeInputs:
+    """What a probe gets: the run, the settings, and the features ({layer: [N, D]}), labels and
+    (when a probe asked for them) uint8 images of the train and test subsets."""
+
+    cfg: object
+    objective: object
+    s: ProbeSettings
+    train_ds: ImageDataset
+    test_ds: ImageDataset
+    tr_idx: torch.Tensor
+    te_idx: torch.Tensor
+    f_tr: dict
+    y_tr: torch.Tensor
+    x_tr: torch.Tensor | None
+    f_te: dict
+    y_te: torch.Tensor
+    x_te: torch.Tensor | None
+    timed: Callable[[str, Callable], object]  # runs and logs one measurement
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    run: Callable[[ProbeInputs], dict]  # -> {layer: value}
+    unit: str
+    needs_labels: bool = False  # skipped (with a note) on unlabeled data
+    on_code: bool = False  # measures the --rep-layer code
+    needs_images: bool = False  # also reads the images
+
+
+PROBES: Registry[Probe] = Registry("probe")
+
+
+def probe(name: str, unit: str, **facts):
+    def add(fn: Callable[[ProbeInputs], dict]) -> Callable[[ProbeInputs], dict]:
+        PROBES.register(name)(Probe(fn, unit, **facts))
+        return fn
+
+    return add
+
+
+@probe("svm", "% test accuracy", needs_labels=True)
+def _svm(c: ProbeInputs) -> dict:
+    s = c.s
+    return {k: c.timed(f"svm/{k}", lambda k=k: P.svm_probe(
+        c.f_tr[k], c.y_tr, c.f_te[k], c.y_te, runs=s.runs, seed=s.seed, solver=s.svm_solver, C=s.svm_c))
+        for k in s.layers}
+
+
+@probe("mlp", "% test accuracy", needs_labels=True)
+def _mlp(c: ProbeInputs) -> dict:
+    s = c.s
+    return {k: c.timed(f"mlp/{k}", lambda k=k: P.mlp_probe(
+        c.f_tr[k], c.y_tr, c.f_te[k], c.y_te, num_classes=c.train_ds.num_classes, epochs=s.mlp_epochs,
+        seed=s.seed, device=s.device)) for k in s.layers}
+
+
+@probe("semi", "% test accuracy", needs_labels=True)
+def _semi(c: ProbeInputs) -> dict:
+    s, data = c.s, c.cfg.data
+    aug_train = build_dataset(data, "train")  # the dataset's own training augmentation
+    return {"conv": c.timed("semi/conv", lambda: P.semi_probe(
+        conv_encoder(c.objective), image_batches(aug_train, c.tr_idx, 64, shuffle=True, seed=s.seed, data_cfg=data),
+        image_batches(c.test_ds, c.te_idx, s.batch_size, data_cfg=data),
+        num_outputs=c.train_ds.num_classes, multilabel=c.train_ds.multilabel, epochs=s.semi_epochs,
+        seed=s.seed, device=s.device, log=log))}
+
+
+@probe("msssim", "MS-SSIM in [0, 1]", on_code=True, needs_images=True)
+def _msssim(c: ProbeInputs) -> dict:
+    k, s = c.s.rep_layer, c.s
+    return {k: c.timed(f"msssim/{k}", lambda: P.msssim_probe(
+        c.f_tr[k], c.x_tr, c.f_te[k], c.x_te, epochs=s.msssim_epochs, seed=s.seed, device=s.device))}
+
+
+@probe("mine", "nats", on_code=True, needs_images=True)
+def _mine(c: ProbeInputs) -> dict:
+    k, s = c.s.rep_layer, c.s
+    return {k: c.timed(f"mine/{k}", lambda: P.mine_estimate(
+        c.x_tr, c.f_tr[k], c.x_te, c.f_te[k], steps=s.mine_steps, seed=s.seed, device=s.device))}
+
+
+@probe("ndm", "nats", on_code=True)
+def _ndm(c: ProbeInputs) -> dict:
+    k, s = c.s.rep_layer, c.s
+    return {name: c.timed(f"ndm/{name}", lambda sigmoid=sigmoid: P.ndm(
+        c.f_tr[k], c.f_te[k], sigmoid=sigmoid, steps=s.ndm_steps, seed=s.seed, device=s.device))
+        for name, sigmoid in ((f"sigmoid({k})", True), (k, False))}
+
+
 def run_probes(cfg, objective, s: ProbeSettings) -> tuple[dict, dict]:
     """All requested probes on one encoder -> (results {probe: {layer: value}}, settings)."""
     s.check()
     train_ds, test_ds = probe_datasets(cfg)
     labeled = train_ds.num_classes > 0
-    needs_labels = {"svm", "mlp", "semi"} & set(s.probes)
+    needs_labels = [p for p in s.probes if PROBES.get(p).needs_labels]
     if needs_labels and not labeled:
-        log(f"{cfg.data.name} has no labels: skipping {', '.join(sorted(needs_labels))}")
+        log(f"{cfg.data.name} has no labels: skipping {', '.join(sorted(set(needs_labels)))}")
     probes = [p for p in s.probes if labeled or p not in needs_labels]
     tr_idx = subset(labeled_indices(train_ds), s.max_train, s.seed)
     te_idx = subset(labeled_indices(test_ds), s.max_test, s.seed + 1)
-    uses_code = bool({"msssim", "mine", "ndm"} & set(probes))
+    uses_code = any(PROBES.get(p).on_code for p in probes)
     layers = sorted(set(s.layers) | ({s.rep_layer} if uses_code else set()), key=LAYERS.index)
-    keep_images = bool({"msssim", "mine"} & set(probes))
+    keep_images = any(PROBES.get(p).needs_images for p in probes)
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
@@ -213,8 +301,6 @@ def run_probes(cfg, objective, s: ProbeSettings) -> tuple[dict, dict]:
     f_te, y_te, x_te = extract(objective, image_batches(test_ds, te_idx, s.batch_size, data_cfg=cfg.data),
                                layers, keep_images, s.ema)
     timings["features"] = time.perf_counter() - t0
-    results: dict[str, dict] = {}
-    dev = s.device
 
     def timed(name, fn):
         t = time.perf_counter()
@@ -223,45 +309,14 @@ def run_probes(cfg, objective, s: ProbeSettings) -> tuple[dict, dict]:
         log(f"{name}: {json.dumps(out)[:200]} ({timings[name]:.1f}s)")
         return out
 
-    for probe in probes:
-        if probe == "svm":
-            results["svm"] = {k: timed(f"svm/{k}", lambda k=k: P.svm_probe(
-                f_tr[k], y_tr, f_te[k], y_te, runs=s.runs, seed=s.seed, solver=s.svm_solver, C=s.svm_c))
-                for k in s.layers}
-        elif probe == "mlp":
-            results["mlp"] = {k: timed(f"mlp/{k}", lambda k=k: P.mlp_probe(
-                f_tr[k], y_tr, f_te[k], y_te, num_classes=train_ds.num_classes, epochs=s.mlp_epochs,
-                seed=s.seed, device=dev)) for k in s.layers}
-        elif probe == "semi":
-            aug_train = build_dataset(cfg.data, "train")  # the dataset's own training augmentation
-            enc = conv_encoder(objective)
-            results["semi"] = {"conv": timed("semi/conv", lambda: P.semi_probe(
-                enc, image_batches(aug_train, tr_idx, 64, shuffle=True, seed=s.seed, data_cfg=cfg.data),
-                image_batches(test_ds, te_idx, s.batch_size, data_cfg=cfg.data),
-                num_outputs=train_ds.num_classes, multilabel=train_ds.multilabel, epochs=s.semi_epochs,
-                seed=s.seed, device=dev, log=log))}
-        elif probe == "msssim":
-            k = s.rep_layer
-            results["msssim"] = {k: timed(f"msssim/{k}", lambda: P.msssim_probe(
-                f_tr[k], x_tr, f_te[k], x_te, epochs=s.msssim_epochs, seed=s.seed, device=dev))}
-        elif probe == "mine":
-            k = s.rep_layer
-            results["mine"] = {k: timed(f"mine/{k}", lambda: P.mine_estimate(
-                x_tr, f_tr[k], x_te, f_te[k], steps=s.mine_steps, seed=s.seed, device=dev))}
-        elif probe == "ndm":
-            k = s.rep_layer
-            results["ndm"] = {
-                f"sigmoid({k})": timed(f"ndm/sigmoid({k})", lambda: P.ndm(
-                    f_tr[k], f_te[k], sigmoid=True, steps=s.ndm_steps, seed=s.seed, device=dev)),
-                k: timed(f"ndm/{k}", lambda: P.ndm(
-                    f_tr[k], f_te[k], sigmoid=False, steps=s.ndm_steps, seed=s.seed, device=dev)),
-            }
+    inputs = ProbeInputs(cfg, objective, s, train_ds, test_ds, tr_idx, te_idx, f_tr, y_tr, x_tr, f_te, y_te, x_te,
+                         timed)
+    results = {p: PROBES.get(p).run(inputs) for p in probes}
     settings = {
         **{f.name: getattr(s, f.name) for f in dataclasses.fields(s)},
         "probes": list(probes), "layers": list(s.layers),
         "dataset": cfg.data.name, "resolution": cfg.data.resolution, "n_train": len(tr_idx), "n_test": len(te_idx),
-        "units": {"svm": "% test accuracy", "mlp": "% test accuracy", "semi": "% test accuracy",
-                  "msssim": "MS-SSIM in [0, 1]", "mine": "nats", "ndm": "nats"},
+        "units": {p: PROBES.get(p).unit for p in PROBES.names()},
         "seconds": {k: round(v, 2) for k, v in timings.items()},
     }
     if "msssim" in probes:
@@ -302,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="latest", help="'latest' or a checkpoint directory")
     p.add_argument("--random-init", action="store_true",
                    help="probe the run's encoder at step 0 (built from its config.yaml, no weights loaded)")
-    p.add_argument("--probes", default=",".join(d.probes), help=f"comma list of {', '.join(PROBES)}")
+    p.add_argument("--probes", default=",".join(d.probes), help=f"comma list of {', '.join(PROBES.names())}")
     p.add_argument("--layers", default=",".join(d.layers), help="svm / mlp probe points: conv,fc,y")
     p.add_argument("--rep-layer", default=d.rep_layer, help="code for msssim, mine and ndm (default y)")
     p.add_argument("--runs", type=int, default=d.runs, help="svm seeds (mean and std)")

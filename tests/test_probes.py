@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from dim.heads import MLPHead
 from eval import probes as P
 from tests.helpers import tiny
 
@@ -77,7 +78,7 @@ def test_mlp_probe_separates_label_features_and_is_at_chance_on_noise():
 
 
 def test_mlp_head_is_the_official_probe():
-    head = P.MLPHead(32, 10)
+    head = MLPHead(32, 10)
     kinds = [type(m) for m in head.net]
     assert kinds == [nn.Linear, nn.BatchNorm1d, nn.Dropout, nn.ReLU, nn.Linear]
     assert head.net[0].out_features == 200 and head.net[2].p == 0.1
