@@ -488,10 +488,9 @@ def check_optim(key: str, optim: OptimConfig | PlayerOptim) -> None:
 
 def validate(cfg: Config) -> None:
     """Cross-field checks that a dataclass type alone cannot express."""
-    from .data import DATASETS, check_config
+    from .data import check_config
     from .objective import OBJECTIVES
 
-    DATASETS.get(cfg.data.name, key="data.name")
     check_config(cfg.data)
     choices = {
         "train.mixed_precision": (cfg.train.mixed_precision, ["no", "bf16", "fp16"]),

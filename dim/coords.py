@@ -24,6 +24,15 @@ from arena.registry import ConfigError
 from .encoders import scaled
 
 MODES = ("absolute", "relative")
+# objective.coord -> the predictors it trains
+COORD_OPTIONS = {"none": (), "absolute": ("absolute",), "relative": ("relative",), "both": MODES}
+
+
+def coord_modes(option: str) -> tuple[str, ...]:
+    """The coordinate modes trained for objective.coord = `option`."""
+    if option not in COORD_OPTIONS:
+        raise ConfigError(f"objective.coord: unknown mode '{option}'; valid choices: {', '.join(COORD_OPTIONS)}")
+    return COORD_OPTIONS[option]
 
 
 class CoordinatePredictor(nn.Module):

@@ -58,6 +58,10 @@ class ArchSpec:
     resolutions: tuple[int, ...]
     default_local: str
 
+    @property
+    def layers(self) -> list[str]:
+        return [f"conv{k}" for k in range(1, len(self.convs) + 1)]
+
 
 ENCODERS: Registry[ArchSpec] = Registry("encoder architecture")
 
@@ -140,14 +144,8 @@ class ConvEncoder(nn.Module):
         self.fc = nn.Sequential(*fc)
         self.out = nn.Linear(n_in, y_dim)  # Y: no activation (prior matching adds its own sigmoid)
 
-        local_layer = spec.default_local if local_layer is None else local_layer
-        if local_layer not in self.layer_shapes:
-            raise ConfigError(
-                f"model.local_layer: unknown layer '{local_layer}'; "
-                f"valid choices: {', '.join(self.layer_shapes)}"
-            )
-        self.local_layer = local_layer
-        self.local_shape = self.layer_shapes[local_layer]
+        self.local_layer = spec.default_local if local_layer is None else local_layer  # checked by encoder_spec
+        self.local_shape = self.layer_shapes[self.local_layer]
         self.local_channels = self.local_shape[0]
         self.feature_dims = {
             "conv": self.conv_shape[0] * self.conv_shape[1] * self.conv_shape[2],
@@ -171,17 +169,30 @@ class ConvEncoder(nn.Module):
         return out
 
 
+def encoder_spec(arch: str, *, resolution: int, local_layer: str | None = None, width: float = 1.0,
+                 y_dim: int = 1) -> ArchSpec:
+    """The spec of `arch` once it is known to build as asked: the one check of the
+    architecture, resolution, local layer and sizes (the config check and build_encoder
+    both call it), naming the config key at fault."""
+    spec = ENCODERS.get(arch, key="model.encoder")
+    if resolution not in spec.resolutions:
+        raise ConfigError(f"data.resolution: encoder '{arch}' supports resolutions "
+                          f"{', '.join(map(str, sorted(spec.resolutions)))}, got {resolution}")
+    if local_layer is not None and local_layer not in spec.layers:
+        raise ConfigError(f"model.local_layer: unknown layer '{local_layer}' for '{arch}'; valid choices: "
+                          f"{', '.join(spec.layers)} (or null for the default {spec.default_local})")
+    if not width > 0:
+        raise ConfigError(f"model.width: must be > 0, got {width}")
+    if y_dim < 1:
+        raise ConfigError(f"model.y_dim: must be >= 1, got {y_dim}")
+    return spec
+
+
 def build_encoder(arch: str, *, channels: int, resolution: int, y_dim: int = 64,
                   width: float = 1.0, local_layer: str | None = None) -> ConvEncoder:
     """The DIM encoder `arch` for [B, channels, resolution, resolution] inputs in [-1, 1]."""
-    spec = ENCODERS.get(arch, key="model.encoder")
-    if resolution not in spec.resolutions:
-        raise ConfigError(
-            f"data.resolution: encoder '{arch}' supports resolutions "
-            f"{', '.join(map(str, sorted(spec.resolutions)))}, got {resolution}"
-        )
-    if channels < 1 or y_dim < 1 or width <= 0:
-        raise ConfigError(f"encoder needs channels >= 1, y_dim >= 1, width > 0; "
-                          f"got channels={channels}, y_dim={y_dim}, width={width}")
+    spec = encoder_spec(arch, resolution=resolution, local_layer=local_layer, width=width, y_dim=y_dim)
+    if channels < 1:
+        raise ConfigError(f"encoder needs channels >= 1, got {channels}")
     return ConvEncoder(spec, channels=channels, resolution=resolution, y_dim=y_dim,
                        width=width, local_layer=local_layer)

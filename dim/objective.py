@@ -45,14 +45,11 @@ from arena.objective import OBJECTIVES, Batch, DataInfo, Objective, Phase
 from arena.prior import PriorConfig, PriorDiscriminator, check_prior, discriminator_loss, encoder_loss
 from arena.registry import ConfigError
 
-from .coords import CoordinatePredictor, coordinate_loss
+from .coords import CoordinatePredictor, coord_modes, coordinate_loss
 from .critics import LOCAL_CRITICS, GlobalCritic, build_local_critic
-from .encoders import ENCODERS, ConvEncoder, build_encoder
+from .encoders import ConvEncoder, build_encoder, encoder_spec
 from .estimators import ESTIMATORS, nce_mi
-from .occlusion import occlusion_mask
-
-COORD_MODES = ("none", "absolute", "relative", "both")
-
+from .occlusion import check_block, occlusion_mask
 
 @dataclass
 class DIMModel:
@@ -139,21 +136,10 @@ class EncoderObjective(Objective):
 
 
 def check_encoder_config(cfg) -> None:
-    """Encoder arch, resolution, local layer and sizes, with the offending key named."""
+    """The encoder the config asks for can be built (dim.encoders.encoder_spec decides)."""
     m = cfg.model
-    spec = ENCODERS.get(m.encoder, key="model.encoder")
-    r = cfg.data.resolution
-    if r not in spec.resolutions:
-        raise ConfigError(f"data.resolution: encoder '{m.encoder}' supports resolutions "
-                          f"{', '.join(map(str, sorted(spec.resolutions)))}, got {r}")
-    layers = [f"conv{k}" for k in range(1, len(spec.convs) + 1)]
-    if getattr(m, "local_layer", None) is not None and m.local_layer not in layers:
-        raise ConfigError(f"model.local_layer: unknown layer '{m.local_layer}' for '{m.encoder}'; "
-                          f"valid choices: {', '.join(layers)} (or null for the default {spec.default_local})")
-    if not m.width > 0:
-        raise ConfigError(f"model.width: must be > 0, got {m.width}")
-    if m.y_dim < 1:
-        raise ConfigError(f"model.y_dim: must be >= 1, got {m.y_dim}")
+    encoder_spec(m.encoder, resolution=cfg.data.resolution, local_layer=getattr(m, "local_layer", None),
+                 width=m.width, y_dim=m.y_dim)
 
 
 @OBJECTIVES.register("dim")
@@ -173,7 +159,7 @@ class DIM(EncoderObjective):
             player["local_critic"] = build_local_critic(m.local_critic, global_dim=m.y_dim,
                                                         local_channels=enc.local_channels, units=units,
                                                         width=m.width)
-        for mode in self._coord_modes():
+        for mode in coord_modes(o.coord):
             player[f"coord_{mode}"] = CoordinatePredictor(m.y_dim, enc.local_channels, enc.local_shape[1:],
                                                           mode, m.coord_hidden, m.width)
         self.nets["encoder"] = player
@@ -181,10 +167,6 @@ class DIM(EncoderObjective):
             self.nets["prior_D"] = PriorDiscriminator(m.y_dim, o.prior.hidden)
         self._estimator = ESTIMATORS.get(o.estimator, key="objective.estimator")
         self._batch: Batch | None = None  # the prior phase's batch, reused by the encoder phase
-
-    def _coord_modes(self) -> tuple[str, ...]:
-        c = self.opts.coord
-        return () if c == "none" else ("absolute", "relative") if c == "both" else (c,)
 
     # -- config -------------------------------------------------------------------
     @classmethod
@@ -211,14 +193,9 @@ class DIM(EncoderObjective):
         if cfg.train.batch_size < 2:
             raise ConfigError(f"train.batch_size: DIM needs >= 2 images per batch (negatives are the "
                               f"other images), got {cfg.train.batch_size}")
-        if o.coord not in COORD_MODES:
-            raise ConfigError(f"objective.coord: unknown mode '{o.coord}'; valid choices: {', '.join(COORD_MODES)}")
+        coord_modes(o.coord)
         if o.occlude:
-            r, block = cfg.data.resolution, o.occlusion_block
-            if block < 1 or (r // block) ** 2 < 2:
-                raise ConfigError(
-                    f"objective.occlusion_block: {block} leaves fewer than two whole {block}x{block} cells "
-                    f"in a {r}x{r} image (one must stay visible, one occluded); use a block <= {max(1, r // 2)}")
+            check_block(o.occlusion_block, cfg.data.resolution)
         if o.gamma > 0:
             check_prior(o.prior, "objective.prior")
             if cfg.train.phases is not None:
@@ -266,7 +243,7 @@ class DIM(EncoderObjective):
             terms["local_mi"] = self.mi(player["local_critic"](y_global, out["local"]))
         if o.gamma > 0:
             terms["prior"] = encoder_loss(self.nets["prior_D"], o.prior, self.prior_input(out["y"]))
-        modes = self._coord_modes()
+        modes = coord_modes(o.coord)
         if modes:
             terms["coord"] = sum(coordinate_loss(player[f"coord_{mode}"], y_global, out["local"]) for mode in modes)
         return terms

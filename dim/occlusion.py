@@ -20,16 +20,21 @@ import torch
 from arena.registry import ConfigError
 
 
+def check_block(block: int, resolution: int) -> None:
+    """A mask needs two whole block x block cells: one kept visible, one occluded."""
+    if block < 1 or (resolution // block) ** 2 < 2:
+        raise ConfigError(
+            f"objective.occlusion_block: {block} leaves fewer than two whole {block}x{block} cells in a "
+            f"{resolution}x{resolution} image (data.resolution={resolution}): one must stay visible, "
+            f"one occluded; use a block <= {max(1, resolution // 2)}"
+        )
+
+
 def occlusion_mask(batch: int, resolution: int, block: int = 10, generator: torch.Generator | None = None,
                    keep_prob: float = 0.5, device: torch.device | str | None = None) -> torch.Tensor:
     """A {0, 1} float mask [batch, 1, resolution, resolution]; multiply it into the image."""
+    check_block(block, resolution)
     whole = resolution // block  # whole cells per side
-    if block < 1 or whole * whole < 2:
-        raise ConfigError(
-            f"occlusion block {block} leaves fewer than two whole {block}x{block} cells in a "
-            f"{resolution}x{resolution} image (data.resolution={resolution}); "
-            f"use a block <= {max(1, resolution // 2)}"
-        )
     if not 0.0 <= keep_prob <= 1.0:
         raise ConfigError(f"occlusion keep_prob must be in [0, 1], got {keep_prob}")
     cells = -(-resolution // block)  # ceil: cells per side, edge cells may be cropped

@@ -35,7 +35,7 @@ import torch
 import yaml
 
 from arena.config import config_from_dict
-from arena.data import ImageDataset, NamedErrors, build_dataset, make_loader_kwargs
+from arena.data import ImageDataset, NamedErrors, build_dataset, make_loader_kwargs, to_uint8
 from arena.objective import build_objective, data_info
 from arena.registry import ConfigError, Registry
 from arena.runs import load_run
@@ -122,11 +122,6 @@ def image_batches(ds: ImageDataset, idx: torch.Tensor, batch_size: int, shuffle:
     return NamedErrors(loader)  # a worker's unreadable image: its message, not the worker's traceback
 
 
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] float -> uint8 (the inverse of arena.data.to_float on 8-bit images)."""
-    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-
-
 @torch.no_grad()
 def extract(objective, batches, layers=LAYERS, keep_images: bool = False, ema: bool = False):
     """Frozen features of every batch -> ({layer: [N, D] CPU float}, labels, uint8 images or None)."""
@@ -138,7 +133,7 @@ def extract(objective, batches, layers=LAYERS, keep_images: bool = False, ema: b
             feats[k].append(out[k].float().cpu())
         labels.append(y)
         if keep_images:
-            images.append(x if x.dtype == torch.uint8 else to_uint8(x))
+            images.append(to_uint8(x))
     return ({k: torch.cat(v) for k, v in feats.items()}, torch.cat(labels),
             torch.cat(images) if keep_images else None)
 

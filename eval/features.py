@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
+from arena.data import to_float
 from arena.registry import ConfigError
 
 EXTRACTOR_NAME = "domain-classifier"
@@ -82,7 +83,7 @@ class DomainClassifier(nn.Module):
         classifier sees the mean of R, G, B, which is the original gray value for
         gray images repeated to 3 channels.
         """
-        x = x.float() / 127.5 - 1.0
+        x = to_float(x)
         if x.shape[-2:] != (self.resolution, self.resolution):
             x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear",
                               align_corners=False, antialias=True)

@@ -40,6 +40,7 @@ from torch.utils.data import Dataset
 import torch_fidelity
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 
+from arena.data import to_uint8
 from arena.registry import ConfigError, suggest
 
 from .features import EXTRACTOR_NAME, file_digest, load_classifier, shipped_extractors
@@ -63,14 +64,6 @@ _KEYS = {
 
 
 # ---------------------------------------------------------------------------- images
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """float [-1, 1] -> uint8 [0, 255] by round((x + 1) * 127.5), the inverse of the
-    datasets' x = u / 127.5 - 1 (so real images round-trip exactly); uint8 passes through."""
-    if x.dtype == torch.uint8:
-        return x
-    return ((x.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
 def _rgb(x: torch.Tensor) -> torch.Tensor:

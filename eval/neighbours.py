@@ -31,12 +31,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from arena.data import to_float
 from arena.registry import ConfigError
 from dim.occlusion import occlusion_mask
 
 from . import probes as P
 from .dim_probes import conv_encoder, extract, image_batches, load_encoder_run, log, probe_datasets
-from .probes.fit import as_input
 
 
 def _rgb(x: torch.Tensor) -> torch.Tensor:
@@ -76,7 +76,7 @@ def neighbour_grid(run: str, checkpoint: str, k: int, n: int, device: str, scale
                                     keep_images=True)
     q = query_indices(labels, test_ds.num_classes, test_ds.multilabel, n)
     nn_idx = P.nearest_neighbours(feats["y"][q], feats["y"], k, exclude=q)  # [Q, k]
-    x = _rgb(as_input(images))
+    x = _rgb(to_float(images))
     rows = []
     for qi, row in zip(q.tolist(), nn_idx):
         rows.append(torch.cat([_frame(_upscale(x[qi:qi + 1], scale), width=max(1, scale)),

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from arena.config import build_dataclass, parse_overrides
-from arena.data import DataConfig, NamedErrors, build_dataset, dataset_signature, make_loader_kwargs
+from arena.data import DataConfig, NamedErrors, build_dataset, dataset_signature, make_loader_kwargs, to_float
 from arena.registry import ConfigError
 
 from .features import WEIGHTS_DIR, DomainClassifier, save_classifier
@@ -40,7 +40,7 @@ def _batches(ds, indices: torch.Tensor, batch_size: int, data_cfg: DataConfig, s
     if ds.in_memory:
         for i in range(0, len(order), batch_size):
             idx = order[i:i + batch_size]
-            yield ds.images[idx].float() / 127.5 - 1, ds.labels[idx]
+            yield to_float(ds.images[idx]), ds.labels[idx]
     else:
         subset = torch.utils.data.Subset(ds, order.tolist())
         yield from NamedErrors(torch.utils.data.DataLoader(subset, batch_size=batch_size,

@@ -9,7 +9,7 @@ from torch import Tensor
 from arena.objective import Objective
 from arena.registry import ConfigError
 
-from .nets import ARCHS, build_discriminator, build_generator
+from .nets import ARCHS, NORMS, build_discriminator, build_generator
 
 
 @dataclass
@@ -42,8 +42,7 @@ class GeneratorObjective(Objective):
     @classmethod
     def check_config(cls, cfg) -> None:
         ARCHS.get(cfg.model.arch, key="model.arch")
-        if cfg.model.d_norm not in ("none", "layer"):
-            raise ConfigError(f"model.d_norm: '{cfg.model.d_norm}' is not one of none, layer")
+        NORMS.get(cfg.model.d_norm, key="model.d_norm")
         if cfg.model.z_dim < 1 or cfg.model.out_dim < 1:
             raise ConfigError("model.z_dim and model.out_dim must be >= 1")
 

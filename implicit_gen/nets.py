@@ -45,10 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arena.registry import ConfigError, Registry, suggest
-
-NORMS = ("none", "layer")
-
+from arena.registry import ConfigError, Registry
 
 # ---------------------------------------------------------------- layers
 
@@ -101,14 +98,10 @@ class LayerNormCHW(nn.Module):
         return x * self.scale[:, None, None] + self.shift[:, None, None]
 
 
-def _norm_factory(norm: str) -> Callable[[int], nn.Module]:
-    if norm == "none":
-        return lambda c: nn.Identity()
-    if norm == "layer":
-        return LayerNormCHW
-    raise ConfigError(
-        f"unknown discriminator norm '{norm}'{suggest(norm, NORMS)}; valid choices: {', '.join(sorted(NORMS))}"
-    )
+# The discriminator's normalization inside its residual blocks (model.d_norm): channels -> layer.
+NORMS: Registry[Callable[[int], nn.Module]] = Registry("discriminator norm")
+NORMS.register("none")(lambda c: nn.Identity())
+NORMS.register("layer")(LayerNormCHW)
 
 
 class ResidualBlock(nn.Module):
@@ -207,7 +200,7 @@ class ResNet32Discriminator(nn.Module):
 
     def __init__(self, *, channels: int, resolution: int, width: int, out_dim: int, norm: str):
         super().__init__()
-        make_norm = _norm_factory(norm)
+        make_norm = NORMS.get(norm, key="model.d_norm")
         blocks: list[nn.Module] = [OptimizedDiscBlock(channels, width)]
         side = resolution // 2
         while side > 8:
@@ -231,7 +224,7 @@ class ResNet64Discriminator(nn.Module):
 
     def __init__(self, *, channels: int, widths: list[int], out_dim: int, norm: str):
         super().__init__()
-        make_norm = _norm_factory(norm)
+        make_norm = NORMS.get(norm, key="model.d_norm")
         self.input = conv(channels, widths[0], 3, init="glorot")
         self.blocks = nn.Sequential(*[
             ResidualBlock(a, b, "down", make_norm, conv1_bias=False, pool_first=True)
@@ -330,5 +323,5 @@ def build_discriminator(
     spec = ARCHS.get(arch)
     k = _doublings(arch, resolution)
     _check_positive(channels=channels, width=width, out_dim=out_dim)
-    _norm_factory(norm)  # fails early on an unknown norm, listing the valid ones
+    NORMS.get(norm, key="model.d_norm")  # fails early on an unknown norm, listing the valid ones
     return spec.discriminator(channels=channels, k=k, width=width or spec.default_width, out_dim=out_dim, norm=norm)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from arena.config import EvalConfig
-from arena.data import DataConfig, build_dataset, dataset_signature
+from arena.data import DataConfig, build_dataset, dataset_signature, to_uint8
 from arena.registry import ConfigError
 from eval import fid_is, train_features
 from eval.features import DomainFeatureExtractor, load_classifier, save_classifier, shipped_extractors
@@ -24,7 +24,6 @@ from eval.fidelity import (
     generate_samples,
     reference_cache_key,
     resolve_features,
-    to_uint8,
 )
 from arena.images import save_grid
 from eval.sample_grid import grid_latents

@@ -10,7 +10,8 @@ downloaded, through torchvision). A missing root fails with the path and what th
 loader expected there.
 """
 from . import celeba, cifar, folders, lsun, stl10, synthetic  # each registers its datasets
-from .base import DecodedDataset, FileDataset, ImageDataset, InMemoryDataset, pil_to_uint8, resize_uint8, to_float
+from .base import (DecodedDataset, FileDataset, ImageDataset, InMemoryDataset, pil_to_uint8, resize_uint8, to_float,
+                   to_uint8)
 from .folders import IMAGE_EXTENSIONS
 from .loader import NamedErrors, dataset_signature, make_loader_kwargs
 from .lsun import LSUN_CATEGORIES, LSUNDataset
@@ -22,5 +23,5 @@ __all__ = [
     "DATASETS", "DOWNLOADABLE", "IMAGE_EXTENSIONS", "LSUN_CATEGORIES", "SHAPE_KINDS", "SPLITS",
     "DataConfig", "DecodedDataset", "FileDataset", "ImageDataset", "InMemoryDataset", "LSUNDataset",
     "NamedErrors", "STL10Dataset", "build_dataset", "check_config", "dataset_signature", "make_loader_kwargs",
-    "make_shapes", "pil_to_uint8", "resize_uint8", "to_float",
+    "make_shapes", "pil_to_uint8", "resize_uint8", "to_float", "to_uint8",
 ]

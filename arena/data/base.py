@@ -22,8 +22,17 @@ from arena.registry import ConfigError
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] -> float32 [-1, 1]: x / 127.5 - 1 (0 -> -1, 255 -> 1)."""
-    return images.float() / 127.5 - 1
+    """uint8 [0, 255] -> float32 [-1, 1]: x / 127.5 - 1 (0 -> -1, 255 -> 1); float images
+    are taken to be in [-1, 1] already and pass through as float32."""
+    return images.float() / 127.5 - 1 if images.dtype == torch.uint8 else images.float()
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """float [-1, 1] -> uint8 [0, 255] by round((x + 1) * 127.5), clamped: the inverse of
+    to_float, so 8-bit images round-trip exactly; uint8 passes through."""
+    if images.dtype == torch.uint8:
+        return images
+    return ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
 def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:

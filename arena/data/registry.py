@@ -56,7 +56,10 @@ DOWNLOADABLE = ("cifar10", "cifar100", "stl10")  # torchvision fetches these; th
 
 
 def check_config(cfg: DataConfig) -> None:
-    """Option checks that do not touch the disk."""
+    """Every data.* check that does not touch the disk (the config validation and
+    build_dataset both ask here)."""
+    DATASETS.get(cfg.name, key="data.name")
+
     def is_int(v: object) -> bool:
         return isinstance(v, int) and not isinstance(v, bool)
 
@@ -84,9 +87,8 @@ def build_dataset(cfg: DataConfig, split: str) -> ImageDataset:
     """The dataset `cfg.name` for split 'train' or 'test'."""
     if split not in SPLITS:
         raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    builder = DATASETS.get(cfg.name, key="data.name")
-    check_config(cfg)
-    return builder(cfg, split)
+    check_config(cfg)  # again: a DataConfig may be built by hand (eval CLIs, tests)
+    return DATASETS.get(cfg.name)(cfg, split)
 
 
 def augment_flag(cfg: DataConfig, split: str, default: bool = False) -> bool:

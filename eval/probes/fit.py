@@ -16,11 +16,6 @@ def seeded(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def as_input(x: Tensor) -> Tensor:
-    """Images as the nets take them: uint8 -> float [-1, 1]; float images pass as float."""
-    return to_float(x) if x.dtype == torch.uint8 else x.float()
-
-
 def standardizer(train: Tensor) -> Callable[[Tensor], Tensor]:
     """x -> (x - mean) / std with the TRAIN statistics, per dimension (std floored at 1e-6)."""
     mu, sd = train.mean(0), train.std(0).clamp_min(1e-6)
@@ -76,4 +71,4 @@ class ImageBatches:
             idx = order[s:s + self.batch_size]
             if self.drop_last and len(idx) < self.batch_size:
                 break
-            yield as_input(self.images[idx]), self.labels[idx]
+            yield to_float(self.images[idx]), self.labels[idx]

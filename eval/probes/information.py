@@ -10,7 +10,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .fit import as_input, fit, seeded, standardizer
+from arena.data import to_float
+
+from .fit import fit, seeded, standardizer
 
 
 def dv_bound(t_joint: Tensor, t_marginal: Tensor) -> Tensor:
@@ -103,7 +105,7 @@ def mine_estimate(x: Tensor, y: Tensor, x_test: Tensor | None = None, y_test: Te
 
     def batch_bound() -> Tensor:
         idx = torch.randint(0, n, (batch_size,), generator=g)
-        xb, yb = as_input(x[idx]).to(device), yn[idx].to(device)
+        xb, yb = to_float(x[idx]).to(device), yn[idx].to(device)
         ex, ey = T.a(xb), T.b(yb)
         perm = torch.randperm(batch_size, generator=g).to(device)
         return dv_bound(T.pairs(ex, ey), T.pairs(ex, ey[perm]))
@@ -112,7 +114,7 @@ def mine_estimate(x: Tensor, y: Tensor, x_test: Tensor | None = None, y_test: Te
     if x_test is None:
         return float(np.mean(tail))
     yt = standardize(y_test.float().flatten(1))
-    return _dv_on_heldout(lambda xb: T.a(as_input(xb).to(device)), lambda yb: T.b(yb.to(device)), T.pairs,
+    return _dv_on_heldout(lambda xb: T.a(to_float(xb).to(device)), lambda yb: T.b(yb.to(device)), T.pairs,
                           x_test, yt, eval_shuffles, g)
 
 

@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .fit import as_input, fit, minibatches, seeded, standardizer
+from arena.data import to_float
+
+from .fit import fit, minibatches, seeded, standardizer
 
 # The torchmetrics defaults (5 scales, 11x11 Gaussian with sigma 1.5) need images of at
 # least 176 px. We keep the algorithm and scale it down: a 3x3 Gaussian (sigma 0.4; it
@@ -101,12 +103,12 @@ def msssim_probe(train_codes: Tensor, train_images: Tensor, test_codes: Tensor, 
     def batches():
         dec.train()
         for idx in minibatches(len(ctr), batch_size, g):
-            yield ctr[idx.to(device)], as_input(train_images[idx]).to(device)
+            yield ctr[idx.to(device)], to_float(train_images[idx]).to(device)
 
     fit(opt, sched, epochs, batches, lambda b: F.mse_loss(dec(b[0]), b[1]))  # the L2 reconstruction loss
     dec.eval()
     metric = msssim_metric(r).to(device)
     with torch.no_grad():
         for s in range(0, len(cte), 256):
-            metric.update(dec(cte[s:s + 256]), as_input(test_images[s:s + 256]).to(device))
+            metric.update(dec(cte[s:s + 256]), to_float(test_images[s:s + 256]).to(device))
     return float(metric.compute())
