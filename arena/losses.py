@@ -14,8 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .registry import Registry
-
 
 def jsd_bound(real: Tensor, fake: Tensor) -> Tensor:
     """f-GAN JSD lower bound (paper eq. 4 with T = logits), to be maximized by T:
@@ -55,14 +53,6 @@ def d_loss_least_squares(real: Tensor, fake: Tensor) -> Tensor:
 def g_loss_least_squares(fake: Tensor) -> Tensor:
     # 1/2 E (D(f) - c)^2 with c = 1
     return 0.5 * (fake - 1).pow(2).mean()
-
-
-# name -> (discriminator loss, generator loss)
-GAN_LOSSES: Registry = Registry("gan loss")
-GAN_LOSSES.register("gan")((d_loss_jsd, g_loss_saturating))
-GAN_LOSSES.register("nsgan")((d_loss_jsd, g_loss_nonsaturating))
-GAN_LOSSES.register("wgan")((d_loss_wasserstein, g_loss_wasserstein))
-GAN_LOSSES.register("lsgan")((d_loss_least_squares, g_loss_least_squares))
 
 
 def _fp32(x: Tensor):

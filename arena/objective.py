@@ -80,14 +80,7 @@ class Objective(ABC):
         """Per-player gradient-clipping defaults from objective options (optim.players overrides)."""
         return {}
 
-    # -- shared helpers ---------------------------------------------------------
-    @property
-    def device(self) -> torch.device:
-        return next(self.nets.parameters()).device
-
-    def net(self, name: str, ema: bool = False) -> nn.Module:
-        return self.ema.get(name, self.nets[name]) if ema else self.nets[name]
-
+    # -- settings resolved against the config: the trainer asks here, nowhere else ----
     def schedule(self) -> list[Phase]:
         """The default phases with repeats overridden by `train.phases`."""
         phases = {p.name: p for p in self.phases()}
@@ -106,6 +99,32 @@ class Objective(ABC):
         if missing:
             raise ConfigError(f"train.phases: phase(s) {', '.join(sorted(missing))} missing")
         return out
+
+    def clip_norm(self, player: str) -> float:
+        """Max gradient norm of `player` (0 = no clipping): optim.players.<player>.clip_norm,
+        else this objective's default (clip_norms), else optim.clip_norm."""
+        over = self.cfg.optim.players.get(player)
+        if over is not None and over.clip_norm is not None:
+            return over.clip_norm
+        return self.clip_norms().get(player, self.cfg.optim.clip_norm)
+
+    def ema_decays(self) -> dict[str, float]:
+        """Player -> EMA decay: train.ema, else this objective's default_ema ({} = no EMA)."""
+        decays = dict(self.default_ema) if self.cfg.train.ema is None else dict(self.cfg.train.ema)
+        for name, decay in decays.items():
+            if name not in self.nets:
+                raise ConfigError(f"train.ema: unknown player '{name}'; players: {', '.join(self.nets)}")
+            if not 0.0 <= decay < 1.0:
+                raise ConfigError(f"train.ema.{name}: decay must be in [0, 1), got {decay}")
+        return decays
+
+    # -- shared helpers ---------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.nets.parameters()).device
+
+    def net(self, name: str, ema: bool = False) -> nn.Module:
+        return self.ema.get(name, self.nets[name]) if ema else self.nets[name]
 
     def latent(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         raise ConfigError(f"objective '{self.opts.name}' does not generate images")

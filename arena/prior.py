@@ -28,25 +28,30 @@ class PriorConfig:
 PRIORS: Registry = Registry("prior")
 
 
-@PRIORS.register("uniform")
-def _uniform(cfg: PriorConfig, n: int, dim: int, generator=None) -> Tensor:
-    return cfg.low + (cfg.high - cfg.low) * torch.rand(n, dim, generator=generator)
+def gaussian(n: int, dim: int, mean: float = 0.0, std: float = 1.0, device=None, generator=None) -> Tensor:
+    """n samples of N(mean, std^2 I) in R^dim; drawn on the CPU so results do not depend on the device."""
+    return (mean + std * torch.randn(n, dim, generator=generator)).to(device)
 
 
-@PRIORS.register("gaussian")
-def _gaussian(cfg: PriorConfig, n: int, dim: int, generator=None) -> Tensor:
-    return cfg.mean + cfg.std * torch.randn(n, dim, generator=generator)
+def uniform(n: int, dim: int, low: float = 0.0, high: float = 1.0, device=None, generator=None) -> Tensor:
+    """n samples of U[low, high]^dim, drawn on the CPU."""
+    return (low + (high - low) * torch.rand(n, dim, generator=generator)).to(device)
+
+
+PRIORS.register("uniform")(lambda cfg, n, dim, device, generator: uniform(n, dim, cfg.low, cfg.high, device, generator))
+PRIORS.register("gaussian")(lambda cfg, n, dim, device, generator: gaussian(n, dim, cfg.mean, cfg.std, device,
+                                                                           generator))
 
 
 def sample_prior(cfg: PriorConfig, n: int, dim: int, device=None, generator=None) -> Tensor:
-    """n samples of the target; drawn on the CPU so results do not depend on the device."""
-    return PRIORS.get(cfg.name, key="prior.name")(cfg, n, dim, generator).to(device)
+    """n samples of the configured target, drawn on the CPU."""
+    return PRIORS.get(cfg.name, key="prior.name")(cfg, n, dim, device, generator)
 
 
 def check_prior(cfg: PriorConfig, key: str) -> None:
     PRIORS.get(cfg.name, key=f"{key}.name")
-    if cfg.encoder_loss not in ("nonsaturating", "saturating"):
-        raise ConfigError(f"{key}.encoder_loss: '{cfg.encoder_loss}' is not one of nonsaturating, saturating")
+    if cfg.encoder_loss not in ENCODER_LOSSES:
+        raise ConfigError(f"{key}.encoder_loss: '{cfg.encoder_loss}' is not one of {', '.join(ENCODER_LOSSES)}")
     if cfg.name == "uniform" and not cfg.high > cfg.low:
         raise ConfigError(f"{key}: need high > low, got [{cfg.low}, {cfg.high}]")
     if cfg.name == "gaussian" and not cfg.std > 0:
@@ -69,15 +74,14 @@ class PriorDiscriminator(nn.Module):
         return self.net(y)
 
 
-def discriminator_loss(D: nn.Module, cfg: PriorConfig, y: Tensor, generator=None) -> dict[str, Tensor]:
+def discriminator_loss(D: nn.Module, v: Tensor, y: Tensor, penalty_weight: float = 0.0) -> dict[str, Tensor]:
     """D's side: maximize E_V[log D(v)] + E_U[log(1 - D(y))] (eq. 7) between prior
-    samples (real) and encoder outputs y (fake, detached here).
+    samples v (real) and encoder outputs y (fake, detached here).
 
-    With cfg.penalty > 0, adds penalty * (R(v) + R(y)) / 2, R(x) = E ||dD/dx||^2 on both
-    sides, as the official DIM code regularizes its prior discriminator."""
-    v = sample_prior(cfg, y.shape[0], y.shape[1], y.device, generator)
+    With penalty_weight > 0, adds penalty_weight * (R(v) + R(y)) / 2, R(x) = E ||dD/dx||^2
+    on both sides, as the official DIM code regularizes its prior discriminator."""
     y = y.detach()
-    if cfg.penalty > 0:
+    if penalty_weight > 0:
         r_v, real = contractive_penalty(D, v)
         r_y, fake = contractive_penalty(D, y)
         penalty = 0.5 * (r_v + r_y)
@@ -85,7 +89,7 @@ def discriminator_loss(D: nn.Module, cfg: PriorConfig, y: Tensor, generator=None
         real, fake, penalty = D(v), D(y), y.new_zeros(())
     d_loss = d_loss_jsd(real, fake)  # E sp(-D(v)) + E sp(D(y))
     return {
-        "loss": d_loss + cfg.penalty * penalty,
+        "loss": d_loss + penalty_weight * penalty,
         "d_prior": -d_loss.detach(),  # the JSD bound, 2 JSD - log 4: -> 0 as D separates
         "penalty": penalty.detach(),
         "d_real": real.detach().mean(),  # mean logits; > 0 means "prior"
@@ -93,9 +97,13 @@ def discriminator_loss(D: nn.Module, cfg: PriorConfig, y: Tensor, generator=None
     }
 
 
-def encoder_loss(D: nn.Module, cfg: PriorConfig, y: Tensor) -> Tensor:
-    """The encoder's side: make its outputs look like prior samples to D."""
+ENCODER_LOSSES = ("nonsaturating", "saturating")
+
+
+def encoder_loss(D: nn.Module, y: Tensor, kind: str = "nonsaturating") -> Tensor:
+    """The encoder's side: make its outputs look like prior samples to D; `kind` is one of
+    ENCODER_LOSSES (-log D, or log(1 - D) as eq. 7 is written)."""
     fake = D(y)
-    if cfg.encoder_loss == "saturating":
+    if kind == "saturating":
         return g_loss_saturating(fake)
     return g_loss_nonsaturating(fake)

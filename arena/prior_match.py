@@ -8,7 +8,7 @@ import torch
 
 from .nets import ConvEncoder
 from .objective import OBJECTIVES, Batch, DataInfo, Objective, Phase
-from .prior import PriorConfig, PriorDiscriminator, check_prior, discriminator_loss, encoder_loss
+from .prior import PriorConfig, PriorDiscriminator, check_prior, discriminator_loss, encoder_loss, sample_prior
 from .registry import ConfigError
 
 
@@ -52,8 +52,9 @@ class PriorMatch(Objective):
         return torch.sigmoid(y) if self.opts.sigmoid else y
 
     def loss(self, phase: str, batch: Batch | None) -> dict[str, torch.Tensor]:
-        y = self.encode(batch.x)
+        y, prior = self.encode(batch.x), self.opts.prior
         if phase == "discriminator":
-            return discriminator_loss(self.nets["D"], self.opts.prior, y)
-        loss = encoder_loss(self.nets["D"], self.opts.prior, y)
+            v = sample_prior(prior, len(y), y.shape[1], y.device)
+            return discriminator_loss(self.nets["D"], v, y, prior.penalty)
+        loss = encoder_loss(self.nets["D"], y, prior.encoder_loss)
         return {"loss": loss, "y_mean": y.detach().mean(), "y_std": y.detach().std()}

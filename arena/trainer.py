@@ -95,13 +95,6 @@ def make_optimizer(cfg: Config, player: str, net: nn.Module) -> torch.optim.Opti
     return torch.optim.SGD(params, lr=lr, momentum=betas[0], weight_decay=wd)
 
 
-def clip_norm(cfg: Config, player: str, objective: Objective) -> float:
-    over = cfg.optim.players.get(player)
-    if over and over.clip_norm is not None:
-        return over.clip_norm
-    return objective.clip_norms().get(player, cfg.optim.clip_norm)
-
-
 class _Logger:
     """metrics.jsonl (+ TensorBoard when installed) on the main process."""
 
@@ -190,12 +183,8 @@ def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
     optimizers = {name: make_optimizer(cfg, name, net) for name, net in objective.nets.items()}
     base_lrs = {name: [g["lr"] for g in opt.param_groups] for name, opt in optimizers.items()}
     scalers = {p.name: torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16) for p in schedule}
-    ema_decay = dict(objective.default_ema) if cfg.train.ema is None else cfg.train.ema
-    for name, decay in ema_decay.items():
-        if name not in objective.nets:
-            raise ConfigError(f"train.ema: unknown player '{name}'; players: {', '.join(objective.nets)}")
-        if not 0.0 <= decay < 1.0:
-            raise ConfigError(f"train.ema.{name}: decay must be in [0, 1), got {decay}")
+    ema_decay = objective.ema_decays()
+    clip = {name: objective.clip_norm(name) for name in objective.nets}
     objective.ema = {name: copy.deepcopy(objective.nets[name]).requires_grad_(False).eval() for name in ema_decay}
     # Per-process noise from here on (different z, prior samples, ... on each process).
     torch.manual_seed(cfg.run.seed * 7919 + 1 + rank)
@@ -271,10 +260,9 @@ def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
             net, opt = objective.nets[name], optimizers[name]
             if world > 1:
                 _average_gradients(net)
-            limit = clip_norm(cfg, name, objective)
-            if limit > 0:
+            if clip[name] > 0:
                 scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(net.parameters(), limit)
+                torch.nn.utils.clip_grad_norm_(net.parameters(), clip[name])
             scaler.step(opt)
             if world > 1:
                 _sync_buffers(net)

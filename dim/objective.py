@@ -42,7 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from arena.objective import OBJECTIVES, Batch, DataInfo, Objective, Phase
-from arena.prior import PriorConfig, PriorDiscriminator, check_prior, discriminator_loss, encoder_loss
+from arena.prior import PriorConfig, PriorDiscriminator, check_prior, discriminator_loss, encoder_loss, sample_prior
 from arena.registry import ConfigError
 
 from .coords import CoordinatePredictor, coord_modes, coordinate_loss
@@ -222,7 +222,9 @@ class DIM(EncoderObjective):
     def prior_discriminator_loss(self, y: Tensor) -> dict[str, Tensor]:
         """prior_D maximizes the JSD bound between prior samples and codes (eq. 7), with
         the core's penalty on both sides as in the official code."""
-        return discriminator_loss(self.nets["prior_D"], self.opts.prior, y)
+        prior = self.opts.prior
+        v = sample_prior(prior, len(y), y.shape[1], y.device)
+        return discriminator_loss(self.nets["prior_D"], v, y, prior.penalty)
 
     def encoder_terms(self, x: Tensor) -> dict[str, Tensor]:
         """Each active term of the encoder's objective, before weighting: global_mi and
@@ -242,7 +244,7 @@ class DIM(EncoderObjective):
         if o.beta > 0:
             terms["local_mi"] = self.mi(player["local_critic"](y_global, out["local"]))
         if o.gamma > 0:
-            terms["prior"] = encoder_loss(self.nets["prior_D"], o.prior, self.prior_input(out["y"]))
+            terms["prior"] = encoder_loss(self.nets["prior_D"], self.prior_input(out["y"]), o.prior.encoder_loss)
         modes = coord_modes(o.coord)
         if modes:
             terms["coord"] = sum(coordinate_loss(player[f"coord_{mode}"], y_global, out["local"]) for mode in modes)

@@ -5,7 +5,7 @@
     gan       the original minimax GAN (saturating log(1 - D) for G)
     lsgan     least-squares GAN (Mao et al. 2017)
 
-They differ only in the loss pair from arena.losses.GAN_LOSSES, the penalty and the
+They differ only in the loss pair from GAN_LOSSES, the penalty and the
 default critic:generator ratio, so Figure 14 and Table 10 compare like with like.
 """
 from __future__ import annotations
@@ -15,10 +15,20 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from arena.losses import GAN_LOSSES, contractive_penalty, gradient_penalty
+from arena.losses import (contractive_penalty, d_loss_jsd, d_loss_least_squares, d_loss_wasserstein,
+                          g_loss_least_squares, g_loss_nonsaturating, g_loss_saturating, g_loss_wasserstein,
+                          gradient_penalty)
 from arena.objective import OBJECTIVES, Batch, Phase
+from arena.registry import Registry
 
 from .base import GeneratorObjective
+
+# name -> (discriminator loss, generator loss)
+GAN_LOSSES: Registry = Registry("gan loss")
+GAN_LOSSES.register("gan")((d_loss_jsd, g_loss_saturating))
+GAN_LOSSES.register("nsgan")((d_loss_jsd, g_loss_nonsaturating))
+GAN_LOSSES.register("wgan")((d_loss_wasserstein, g_loss_wasserstein))
+GAN_LOSSES.register("lsgan")((d_loss_least_squares, g_loss_least_squares))
 
 
 class GAN(GeneratorObjective):

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from arena.losses import contractive_penalty
 from arena.objective import OBJECTIVES, Batch, Phase
-from arena.prior import PriorConfig, PriorDiscriminator, discriminator_loss, encoder_loss
+from arena.prior import PriorDiscriminator, discriminator_loss, encoder_loss, gaussian
 
 from .base import GeneratorObjective
 
@@ -41,8 +41,6 @@ class ImplicitEncoder(GeneratorObjective):
     def __init__(self, cfg, info):
         super().__init__(cfg, info)
         o, dim = self.opts, cfg.model.out_dim
-        self.prior_p = PriorConfig(name="gaussian", mean=o.mu_p, std=1.0, encoder_loss=o.encoder_loss)
-        self.prior_q = PriorConfig(name="gaussian", mean=o.mu_q, std=1.0, encoder_loss=o.encoder_loss)
         self.nets["T"] = nn.ModuleDict({"P": PriorDiscriminator(dim, o.t_hidden),
                                         "Q": PriorDiscriminator(dim, o.t_hidden)})
 
@@ -64,12 +62,14 @@ class ImplicitEncoder(GeneratorObjective):
         if phase == "discriminators":
             with torch.no_grad():
                 y_real, y_fake = E(batch.x), E(x_fake)
-            p = discriminator_loss(T["P"], self.prior_p, y_real)
-            q = discriminator_loss(T["Q"], self.prior_q, y_fake)
+            o, d = self.opts, y_real.shape[1]
+            p = discriminator_loss(T["P"], gaussian(len(y_real), d, o.mu_p, device=y_real.device), y_real)
+            q = discriminator_loss(T["Q"], gaussian(len(y_fake), d, o.mu_q, device=y_fake.device), y_fake)
             return {"loss": p["loss"] + q["loss"], "jsd_P": p["d_prior"], "jsd_Q": q["d_prior"]}
         # encoder: fool T_P on real data and T_Q on generated data, contractive on real inputs
         penalty, y_real = contractive_penalty(E, batch.x)
         y_fake = E(x_fake)
-        fool = encoder_loss(T["P"], self.prior_p, y_real) + encoder_loss(T["Q"], self.prior_q, y_fake)
+        kind = self.opts.encoder_loss
+        fool = encoder_loss(T["P"], y_real, kind) + encoder_loss(T["Q"], y_fake, kind)
         return {"loss": fool + self.opts.contractive * penalty, "penalty": penalty.detach(),
                 "E_real": y_real.detach().mean(), "E_fake": y_fake.detach().mean()}

@@ -45,10 +45,12 @@ def test_softplus_form_is_stable_for_huge_logits():
 
 
 def test_registry_pairs_and_unknown_name():
-    d, g = L.GAN_LOSSES.get("nsgan")
+    from implicit_gen.gans import GAN_LOSSES
+
+    d, g = GAN_LOSSES.get("nsgan")
     assert d is L.d_loss_jsd and g is L.g_loss_nonsaturating
     with pytest.raises(ValueError, match="did you mean 'lsgan'"):
-        L.GAN_LOSSES.get("lsgn", key="objective.loss")
+        GAN_LOSSES.get("lsgn", key="objective.loss")
 
 
 def linear_net(dim=6, out=1, seed=0):
