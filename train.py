@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from arena.config import annotated_yaml, load_config
-from arena.registry import ConfigError
+from arena.registry import ConfigError, cli_error
 from arena.trainer import NonFiniteLoss, Stopped, shutdown, train
 
 
@@ -37,11 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         train(cfg, hooks_for(cfg))
         shutdown()
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return cli_error(err)
     except NonFiniteLoss as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 3
+        return cli_error(err, code=3)
     except Stopped as err:  # SIGTERM / Ctrl-C: the step was finished and saved
         shutdown()
         print(f"[arena] {err}", file=sys.stderr)

@@ -13,13 +13,14 @@ newest one that loads, and says which it skipped.
 """
 from __future__ import annotations
 
+import copy
 import os
 import random
 import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -260,6 +261,22 @@ def describe_nonfinite(bad: dict[str, list[str]], limit: int = 4) -> str:
 def weight_groups(state: dict) -> dict[str, dict]:
     """The weights of a saved state (nets and EMA copies), grouped for nonfinite_tensors."""
     return {**state["nets"], **{f"ema {n}": s for n, s in state.get("ema", {}).items()}}
+
+
+def restore(objective, saved: dict, where: Path, ema_players: Iterable[str] | None = None) -> None:
+    """Load a saved state's weights into an objective: every net (a missing or reshaped one
+    is an error naming it), then the EMA copies of `ema_players` (None: those the checkpoint
+    has), made where the objective has none yet; a copy the checkpoint lacks starts from
+    its net. The trainer's resume and arena.runs.load_run both restore through here."""
+    for name, net in objective.nets.items():
+        if name not in saved["nets"]:
+            raise ConfigError(f"checkpoint {where} has no player '{name}' (it has {', '.join(saved['nets'])})")
+        check_compatible(name, saved["nets"][name], net, where)
+        net.load_state_dict(saved["nets"][name])
+    for name in saved["ema"] if ema_players is None else ema_players:
+        if name not in objective.ema:
+            objective.ema[name] = copy.deepcopy(objective.nets[name]).requires_grad_(False)
+        objective.ema[name].load_state_dict(saved["ema"].get(name, objective.nets[name].state_dict()))
 
 
 def check_compatible(name: str, saved: dict, net: torch.nn.Module, where: Path) -> None:

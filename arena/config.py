@@ -82,11 +82,6 @@ class EvalConfig:
 
 
 @dataclass
-class ObjectiveHeader:
-    name: str = "prior_match"
-
-
-@dataclass
 class Config:
     run: RunConfig
     data: DataConfig

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import sys
 from typing import Callable, Generic, Iterable, TypeVar
 
 T = TypeVar("T")
@@ -10,6 +11,13 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """Bad input from the user: a config key, a registry name, a path, a shape."""
+
+
+def cli_error(err: Exception, code: int = 2) -> int:
+    """A command line's answer to bad input: 'error: ...' on stderr, and the exit status to
+    return (2 for a ConfigError, the argparse convention)."""
+    print(f"error: {err}", file=sys.stderr)
+    return code
 
 
 def suggest(name: str, choices: Iterable[str]) -> str:

@@ -1,7 +1,6 @@
 """Loading a trained run for evaluation: config, objective, weights (and EMA) from a checkpoint."""
 from __future__ import annotations
 
-import copy
 import sys
 from pathlib import Path
 
@@ -34,13 +33,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "latest", device: str | torc
     cfg = config_from_dict(yaml.safe_load(saved["config"]), name=run_dir.name)
     cfg.run.dir = str(run_dir)
     objective: Objective = build_objective(cfg, DataInfo(**saved["data_info"]))
-    for name, net in objective.nets.items():
-        ckpt.check_compatible(name, saved["nets"][name], net, where)
-        net.load_state_dict(saved["nets"][name])
-    for name, state in saved["ema"].items():
-        ema = copy.deepcopy(objective.nets[name])
-        ema.load_state_dict(state)
-        objective.ema[name] = ema.requires_grad_(False)
+    ckpt.restore(objective, saved, where)
     objective.nets.to(device).eval()
     for ema in objective.ema.values():
         ema.to(device).eval()

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Sampler
 from .data import NamedErrors, make_loader_kwargs, to_float
 from .objective import Batch
 from .registry import ConfigError
+from .seeds import derive_seed
 
 
 def _outlive_stop_signals(worker_id: int) -> None:
@@ -63,7 +64,7 @@ class BatchStream:
         self._perm, self._perm_epoch = None, -1
 
     def permutation(self, epoch: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        g = torch.Generator().manual_seed(derive_seed(self.seed, "data_order", epoch))
         return torch.randperm(len(self.dataset), generator=g)
 
     def _epoch_permutation(self) -> torch.Tensor:

@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -37,6 +37,7 @@ from .data import build_dataset
 from .images import save_grid
 from .objective import Objective, Phase, build_objective, data_info
 from .registry import ConfigError
+from .seeds import derive_seed
 from .stream import BatchStream
 from .version import __version__
 
@@ -77,8 +78,6 @@ class Run:
     rank: int
     world: int
     gather: Callable[[Tensor], Tensor]
-    dir: Path
-    log: Callable[[int, dict], None] = field(repr=False, default=None)
 
 
 def make_optimizer(cfg: Config, player: str, net: nn.Module) -> torch.optim.Optimizer:
@@ -187,7 +186,7 @@ def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
     clip = {name: objective.clip_norm(name) for name in objective.nets}
     objective.ema = {name: copy.deepcopy(objective.nets[name]).requires_grad_(False).eval() for name in ema_decay}
     # Per-process noise from here on (different z, prior samples, ... on each process).
-    torch.manual_seed(cfg.run.seed * 7919 + 1 + rank)
+    torch.manual_seed(derive_seed(cfg.run.seed, "process_noise", rank))
     stream = BatchStream(train_set, cfg.train.batch_size, seed=cfg.run.seed, rank=rank, world=world,
                          device=device, data_cfg=cfg.data)
     objective.local_batch = stream.batch_size
@@ -198,17 +197,12 @@ def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
         loaded = ckpt.load_checkpoint(run_dir, cfg.run.resume, rank, warn=_warn if main else None)
         where, saved, rng, unreadable = loaded.where, loaded.state, loaded.rng, loaded.skipped
         _check_resume_point(cfg, run_dir, loaded)
-        for name, net in objective.nets.items():
-            if name not in saved["nets"]:
-                raise ConfigError(f"checkpoint {where} has no player '{name}' (it has {', '.join(saved['nets'])})")
-            ckpt.check_compatible(name, saved["nets"][name], net, where)
-            net.load_state_dict(saved["nets"][name])
+        ckpt.restore(objective, saved, where, ema_players=ema_decay)
+        for name in objective.nets:
             changed = ckpt.load_optimizer(optimizers[name], saved, name, where)
             if main and changed:  # e.g. a lower lr to continue with
                 print(f"[arena] {name}: optimizer state from the checkpoint, settings from the config: "
                       f"{', '.join(changed)}")
-        for name, ema in objective.ema.items():
-            ema.load_state_dict(saved["ema"].get(name, objective.nets[name].state_dict()))
         for name, scaler in scalers.items():
             if name in saved["scalers"]:
                 scaler.load_state_dict(saved["scalers"][name])
@@ -237,7 +231,7 @@ def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
     if main and log.dropped:
         print(f"[arena] metrics.jsonl: dropped {log.dropped} rows after step {step} (steps this run does again)")
     gather = state_gather if world > 1 else (lambda t: t)
-    run = Run(cfg, objective, rank, world, gather, run_dir, log)
+    run = Run(cfg, objective, rank, world, gather)
 
     # -- one phase: forward, backward, average over processes, clip, step, EMA ----------
     sums: dict[str, Tensor] = {}  # running sums since the last log, on the device

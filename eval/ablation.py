@@ -28,7 +28,7 @@ import torch
 
 from arena import checkpoint as ckpt
 from arena.config import load_config
-from arena.registry import ConfigError
+from arena.registry import ConfigError, cli_error
 from arena.trainer import NonFiniteLoss, train
 
 from .dim_probes import ProbeSettings, load_encoder_run, log, run_probes
@@ -180,8 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                         cells.append({"alpha": a, "beta": b, "gamma": g, "skipped": f"diverged: {err}"})
                     log(json.dumps(cells[-1]))
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return cli_error(err)
     record = {
         "config": args.config, "overrides": args.overrides, "steps": args.steps, "alpha": args.alpha,
         "beta": args.beta, "gamma": gammas, "cells": cells,

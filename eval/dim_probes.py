@@ -37,7 +37,7 @@ import yaml
 from arena.config import config_from_dict
 from arena.data import ImageDataset, NamedErrors, build_dataset, make_loader_kwargs, to_uint8
 from arena.objective import build_objective, data_info
-from arena.registry import ConfigError, Registry
+from arena.registry import ConfigError, Registry, cli_error
 from arena.runs import load_run
 
 from . import probes as P
@@ -395,8 +395,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("--ema: this run keeps no EMA copy of the encoder")
         results, settings = run_probes(cfg, objective, s)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return cli_error(err)
     settings.update(run=str(args.run), checkpoint="random-init" if args.random_init else args.checkpoint,
                     random_init=args.random_init, step=step, objective=cfg.objective.name,
                     wall_seconds=round(time.perf_counter() - t0, 1))

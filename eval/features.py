@@ -69,10 +69,6 @@ class DomainClassifier(nn.Module):
         """x float [B, in_channels, resolution, resolution] in [-1, 1] -> [B, feature_dim] (unscaled)."""
         return self.body(x)
 
-    def metric_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The "feat" layer of the extractor: features(x) * feat_scale."""
-        return self.body(x) * self.feat_scale
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 

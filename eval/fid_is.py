@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from arena.registry import ConfigError
+from arena.registry import ConfigError, cli_error
 from arena.runs import load_run  # a module attribute, so tests can swap it
 
 from .fidelity import check_metrics, describe_features, evaluate_generator, resolve_features
@@ -58,8 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                                     features=features, inception_weights=weights, seed=args.seed,
                                     batch_size=args.batch_size, ema=args.ema, verbose=args.verbose)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return cli_error(e)
     record = {
         "step": step,
         **values,

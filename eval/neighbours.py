@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from arena.data import to_float
-from arena.registry import ConfigError
+from arena.registry import ConfigError, cli_error
 from dim.occlusion import occlusion_mask
 
 from . import probes as P
@@ -231,8 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             save_panels(panels, out)
             log(f"wrote {out}")
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return cli_error(err)
     return 0
 
 

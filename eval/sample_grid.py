@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from arena.images import save_grid
-from arena.registry import ConfigError
+from arena.registry import ConfigError, cli_error
 from arena.runs import load_run
 
 
@@ -89,8 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as e:  # unwritable folder, full disk, a file where a folder should be
             raise ConfigError(f"--out: cannot write {args.out}: {e.strerror or e}") from None
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return cli_error(e)
     print(f"wrote {out} ({len(images)} images, step {step}, seed {args.seed})")
     return 0
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from arena.config import build_dataclass, parse_overrides
 from arena.data import DataConfig, NamedErrors, build_dataset, dataset_signature, make_loader_kwargs, to_float
-from arena.registry import ConfigError
+from arena.registry import ConfigError, cli_error
 
 from .features import WEIGHTS_DIR, DomainClassifier, save_classifier
 
@@ -149,8 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         model, meta = train(data_cfg, epochs=args.epochs, seed=args.seed, batch_size=args.batch_size,
                             lr=args.lr, device=args.device, log=lambda s: print(s, file=sys.stderr))
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return cli_error(e)
     meta["command"] = command
     save_classifier(model, out, meta)
     print(json.dumps({"test_accuracy": meta["test_accuracy"], "out": str(out)}))

@@ -124,7 +124,7 @@ def test_param_counts_resnet64_reference():
 
 
 def test_param_counts_script_matches():
-    from implicit_gen.param_counts import rows
+    from eval.param_counts import rows
 
     assert all(row[-1] for row in rows())
 

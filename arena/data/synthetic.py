@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from arena.seeds import derive_seed
+
 from .base import ImageDataset, InMemoryDataset, resize_uint8
 from .registry import DATASETS, DataConfig, no_augment
 
@@ -69,5 +71,5 @@ def _shapes(cfg: DataConfig, split: str) -> ImageDataset:
     no_augment(cfg)
     n_train = cfg.num_images or 4096
     n = n_train if split == "train" else max(1, n_train // 4)
-    images, labels = make_shapes(n, cfg.resolution, seed=2 * cfg.split_seed + (split == "test"))
+    images, labels = make_shapes(n, cfg.resolution, seed=derive_seed(cfg.split_seed, "shapes_split", int(split == "test")))
     return InMemoryDataset("shapes", split, images, labels, len(SHAPE_KINDS), list(SHAPE_KINDS))

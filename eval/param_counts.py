@@ -1,6 +1,6 @@
 """Parameter counts of our G and D against the reference nets, at reference width.
 
-    python -m implicit_gen.param_counts
+    python -m eval.param_counts
 
 The reference side lists the trainable variables the TensorFlow code creates
 (igul222/improved_wgan_training, `gan_cifar_resnet.py` unconditional and `gan_64x64.py`

@@ -4,8 +4,8 @@ generator update), one panel per loss. For the implicit encoder the "discriminat
 is the encoder E, whose outputs should stay two overlapping Gaussians around mu_Q and
 mu_P; for the GANs the real and fake modes drift apart.
 
-    python -m implicit_gen.figure14 --out docs/img/figure14_digits.png
-    python -m implicit_gen.figure14 --base ie_celeba --steps 200 --out fig14.png   (a GPU)
+    python -m eval.figure14 --out docs/img/figure14_digits.png
+    python -m eval.figure14 --base ie_celeba --steps 200 --out fig14.png   (a GPU)
 """
 from __future__ import annotations
 
