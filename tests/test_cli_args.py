@@ -18,6 +18,7 @@ def fake_run(tmp_path, monkeypatch):
         return tf.fake_cfg(), tf.LinearGenerator(), 7
 
     monkeypatch.setattr(fid_is, "load_run", load_run)
+    monkeypatch.setattr(sample_grid, "load_run", load_run)
     monkeypatch.setenv("DIM_FIDELITY_CACHE", str(tmp_path / "cache"))
     return tmp_path, loads
 
@@ -68,7 +69,7 @@ def test_sample_grid_unwritable_out_is_named(fake_run, capsys):
     (["--mine-steps", "0"], "--mine-steps must be >= 1"),
     (["--mlp-epochs", "-1"], "--mlp-epochs must be >= 1"),
     (["--svm-c", "0"], "--svm-c must be > 0"),
-    (["--probes", ""], "--probes: empty; choose from svm"),
+    (["--probes", ""], "--probes: empty; choose from mine, mlp, msssim, ndm, semi, svm"),
     (["--probes", "svn"], "--probes: unknown probe 'svn' (did you mean 'svm'?)"),
     (["--layers", ","], "--layers: empty"),
 ])
