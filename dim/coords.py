@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from arena.registry import ConfigError
@@ -76,7 +77,7 @@ def coordinate_loss(predictor: CoordinatePredictor, y: torch.Tensor, local: torc
     n, c, h, w = local.shape
     if (h, w) != predictor.grid:
         raise ValueError(f"predictor built for a {predictor.grid} grid, local map is {(h, w)}")
-    feats = local.flatten(2).transpose(1, 2)  # [N, L, C], l = row * w + col
+    feats = rearrange(local, "n c h w -> n (h w) c")  # l = row * w + col
     dev = local.device
     if predictor.mode == "absolute":
         if locations is None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from einops import einsum, rearrange
 from torch import nn
 
 from arena.registry import Registry
@@ -32,7 +33,7 @@ LOCAL_CRITICS: Registry = Registry("local MI critic")
 
 def _locations(c: torch.Tensor) -> torch.Tensor:
     """[N, C, h, w] -> [N, L, C] with l = row * w + col."""
-    return c.flatten(2).transpose(1, 2)
+    return rearrange(c, "n c h w -> n (h w) c")
 
 
 class GlobalCritic(nn.Module):
@@ -54,7 +55,7 @@ class GlobalCritic(nn.Module):
         w_c, w_g = self.l1.weight.split([self.conv_features, g.shape[1]], dim=1)
         a_c = F.linear(c, w_c, self.l1.bias)  # [N, U]   (image j)
         a_g = F.linear(g, w_g)  # [N, U]                  (image i)
-        h = F.relu(a_g[:, None, :] + a_c[None, :, :])  # [N_i, N_j, U] = relu(W [c_j; g_i] + b)
+        h = F.relu(rearrange(a_g, "i u -> i 1 u") + rearrange(a_c, "j u -> 1 j u"))  # relu(W [c_j; g_i] + b)
         h = F.relu(self.l2(h))
         return self.l3(h)  # [N, N, 1]
 
@@ -86,7 +87,7 @@ class ConcatConvolveCritic(nn.Module):
         w_c, w_g = w1.split([self.local_channels, g.shape[1]], dim=1)
         a_c = F.linear(_locations(c), w_c, self.c1.bias)  # [N_j, L, U]
         a_g = F.linear(g, w_g)  # [N_i, U]
-        h = F.relu(a_g[:, None, None, :] + a_c[None])  # [N_i, N_j, L, U]
+        h = F.relu(rearrange(a_g, "i u -> i 1 1 u") + rearrange(a_c, "j l u -> 1 j l u"))
         h = F.relu(F.linear(h, self._as_linear(self.c2), self.c2.bias))
         return F.linear(h, self._as_linear(self.c3), self.c3.bias).squeeze(-1)  # [N, N, L]
 
@@ -138,10 +139,10 @@ class EncodeDotCritic(nn.Module):
         self.local_net = _EmbedBlock(local_channels, u)
 
     def forward(self, g: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        n, l = c.shape[0], c.shape[2] * c.shape[3]
         e_g = self.global_net(g)  # [N, U]
-        e_c = self.local_net(_locations(c).reshape(n * l, -1)).reshape(n, l, -1)  # [N, L, U]
-        return torch.einsum("iu,jlu->ijl", e_g, e_c)
+        e_c = self.local_net(rearrange(c, "n c h w -> (n h w) c"))  # every location of every image
+        e_c = rearrange(e_c, "(n l) u -> n l u", n=c.shape[0])
+        return einsum(e_g, e_c, "i u, j l u -> i j l")
 
 
 def build_local_critic(name: str, *, global_dim: int, local_channels: int,

@@ -21,6 +21,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 
 from arena.registry import Registry
 
@@ -123,7 +124,7 @@ def nce_mi(scores: torch.Tensor, max_negatives: int | None = None,
     else:
         neg = torch.gather(s, 1, idx.unsqueeze(-1).expand(-1, -1, l))  # [N, m, L]
         m = idx.shape[1]
-    neg_lse = torch.logsumexp(neg.reshape(n, -1), dim=1, keepdim=True)  # [N, 1]
+    neg_lse = torch.logsumexp(rearrange(neg, "i j l -> i (j l)"), dim=1, keepdim=True)  # [N, 1]
     log_softmax_pos = pos - torch.logaddexp(pos, neg_lse)  # [N, L]
     return math.log(1 + m * l) + log_softmax_pos.mean()
 
