@@ -1,36 +1,11 @@
 """DIM encoders E = f o C (paper sec. 3, App. A.1): a conv stack C, fc layers f, a linear Y.
 
-Two architectures, found by name in `ENCODERS`:
-
-- ``dcgan32``: the paper's CIFAR encoder (a DCGAN discriminator body; the official
-  ``basic32x32``): conv 64, 128, 256 (4x4, stride 2, pad 1), fc 1024, linear -> y_dim.
-  At 32x32 the maps are conv1 64x16x16, conv2 128x8x8, conv3 256x4x4.
-- ``alexnet64``: the paper's encoder for Tiny ImageNet / STL-10 (64x64), "an AlexNet
-  similar to Donahue et al. (2016)". We use the layers of the official DIM code's
-  ``alex64x64`` because they are the ones the paper's numbers came from; the BiGAN
-  AlexNet itself is an ImageNet-size net (11x11 stride-4 first conv) that would leave
-  a 64x64 image with almost no spatial map:
-      conv1  96, 3x3 s1 p1, BN, ReLU, max-pool 3/2   ->  96 x 31 x 31
-      conv2 192, 3x3 s1 p1, BN, ReLU, max-pool 3/2   -> 192 x 15 x 15
-      conv3 384, 3x3 s1 p1, BN, ReLU                 -> 384 x 15 x 15
-      conv4 384, 3x3 s1 p1, BN, ReLU                 -> 384 x 15 x 15
-      conv5 192, 3x3 s1 p1, BN, ReLU, max-pool 3/2   -> 192 x  7 x  7
-      fc 4096 BN ReLU, fc 4096 BN ReLU, linear -> y_dim
-  (AlexNet's 5-conv / 3-pool / two-4096-fc shape with 3x3 kernels sized for 64x64.)
-
-Every hidden layer has batch norm and ReLU (A.1); Y has no activation. A named conv
-layer's output is the whole block (conv, BN, ReLU and its pool), so the maps handed to
-the MI critics "include the final batch normalization and ReLU activation" (A.1).
-
-Supported resolutions are a per-architecture list, checked when the net is built:
-dcgan32 takes 32 (the paper) and 16 (CPU demos on digits: maps 8, 4, 2); alexnet64
-takes 64. The fc layer's input size depends on the resolution, so there is no
-resolution-free variant; anything else fails with a ConfigError naming data.resolution.
-
-Default local layer (A.1): "the next-to-last [conv] layer worked best for CIFAR10 and
-CIFAR100, while for the other larger datasets it was the previous layer": conv2 of
-dcgan32's three (128 x 8 x 8 at 32x32) and conv3 of alexnet64's five (384 x 15 x 15),
-as in the official code (local_idx 1 and 2).
+Two architectures by name in `ENCODERS`: ``dcgan32`` (the paper's CIFAR encoder, 32 or
+16 px) and ``alexnet64`` (Tiny ImageNet / STL-10, 64 px; the official code's
+``alex64x64`` layers). Every hidden layer has batch norm and ReLU; a named conv layer's
+output is the whole block, so the maps the MI critics see include them (A.1). Which
+resolutions and local layers an architecture takes is decided by `encoder_spec` alone.
+Layer tables and the choice of default local layer: docs/dim.md, "Encoders".
 """
 from __future__ import annotations
 

@@ -4,34 +4,10 @@
     minimize   gamma * D_phi(V || U_psi,P)  against a prior discriminator    (eq. 7)
     minimize   coord_weight * CE(coordinates | y, local features)          (sec. 4.3)
 
-Players (one optimizer each):
-
-- ``encoder``: a ModuleDict of the encoder and everything that *maximizes* MI with it,
-  the global critic (Table 5, if alpha > 0), the local critic (Tables 6-8, if beta > 0) and
-  the coordinate predictors (A.6, if coord != none). Encoder and critics climb the same
-  bound (eq. 8: argmax over omega_1, omega_2 and psi together), so they are one player.
-- ``prior_D``: the prior discriminator (Table 9, if gamma > 0), which *maximizes* the JSD
-  bound between prior samples (real) and sigmoid(Y) (fake) while the encoder *minimizes*
-  it (the encoder is trained to make its codes look like prior samples).
-
-Schedule: ``prior`` (prior_D steps on a fresh batch) then ``encoder`` (the encoder steps
-on the *same* batch: its phase draws no data and reuses the prior phase's). One batch per
-training step, as in the official code, where every loss of a step comes from one batch;
-so an epoch is len(train set) // batch_size steps. Without a prior (gamma = 0) the
-encoder phase draws its own batch.
-
-Y is the encoder's raw linear output. The sigmoid is applied only in the prior branch
-(`prior_sigmoid`, official code), so MI critics and probes see Y itself.
-
-Occlusion (sec. 4.3, A.6): the global vector used by the MI terms and the coordinate
-tasks is computed from the occluded image x * mask (occluded pixels = 0, the middle of
-[-1, 1]); the local map and the last conv map (global critic) come from the full image,
-and the prior matches Y of the full image (the representation the probes use). The
-occluded forward uses batch statistics but leaves the batch norm running statistics
-alone, so they describe clean images only.
-
-Probes (eval/) read ``objective.features(x)``: the flattened last conv map, the fc
-layer and Y, in eval mode without gradients (``supervised`` has the same method).
+Players: ``encoder`` (the encoder with every critic and predictor that maximizes MI with
+it, eq. 8) and ``prior_D`` (if gamma > 0). Schedule: ``prior`` on a fresh batch, then
+``encoder`` on the same batch. Players, schedule, occlusion and where the sigmoid goes
+are explained in docs/dim.md, "The dim objective".
 """
 from __future__ import annotations
 

@@ -1,39 +1,11 @@
 """ResNet generators and discriminators of WGAN-GP, shared by the IE, NS-GAN-CP and WGAN-GP.
 
 Structure follows Gulrajani et al. 2017, "Improved Training of Wasserstein GANs",
-github.com/igul222/improved_wgan_training (written anew here, not copied):
-
-- "resnet32" = `gan_cifar_resnet.py` (DIM_G = DIM_D = 128): constant width W.
-    G: linear z -> 4x4xW, up-blocks to the resolution, BN, ReLU, conv3x3, tanh.
-    D: optimized first block (halves), down-blocks to 8x8, two plain blocks, ReLU,
-       mean over H, W, linear. No normalization (norm="layer" = its NORMALIZATION_D).
-- "resnet64" = `gan_64x64.py` GoodGenerator / GoodDiscriminator (DIM = 64).
-    G: linear z -> 4x4x8d, up-blocks 8d-8d-4d-2d-d, BN, ReLU, conv3x3, tanh.
-    D: conv3x3 -> d, down-blocks d-2d-4d-8d-8d, flatten 4x4x8d, linear.
-       norm="layer" is the WGAN-GP critic's layer norm over (C, H, W).
-
-Other resolutions (the tiny CPU demos), any R = 4 * 2^k:
-- resnet32 G: k up-blocks from 4x4 (16 -> 2, 32 -> 3, 64 -> 4).
-  resnet32 D: the optimized block halves R, then down-blocks while the map is larger
-  than 8x8, then the two plain blocks (16 -> 0 down-blocks, 32 -> 1, 64 -> 2).
-- resnet64: the map at side r has d * min(8, R / r) channels, so the full-resolution
-  end always has d channels and widths double toward 4x4, capped at 8d. Smaller R
-  drops the widest blocks (32: G 8d-4d-2d-d, D d-2d-4d-8d; 16: G 4d-2d-d, D d-2d-4d),
-  larger R adds 8d -> 8d blocks next to 4x4.
-
-Upsampling: the reference's UpsampleConv tiles channels 4x and applies depth-to-space,
-which puts x[h, w] at all four of (2h + i, 2w + j): nearest-neighbour 2x, then conv.
-Mean-pooling is the mean of each 2x2 window = avg_pool2d(2). Convs are 'SAME', stride 1.
-
-Init is the reference's (tflib): weights uniform, biases zero, with std
-  he:     sqrt(4 / (fan_in + fan_out))  = xavier_uniform_ with gain sqrt(2)
-  glorot: sqrt(2 / (fan_in + fan_out))  = xavier_uniform_ with gain 1
-(fan = channels * k * k). Residual-branch convs are "he"; shortcuts, linears and the
-other layers are "glorot", except GoodGenerator's output conv, which is "he" there.
-BatchNorm and layer norm start at scale 1, shift 0.
-
-BatchNorm note: the reference normalizes with batch statistics always (also when
-sampling); in PyTorch that is G.train(); G.eval() uses running averages instead.
+github.com/igul222/improved_wgan_training (written anew here, not copied): "resnet32" is
+`gan_cifar_resnet.py`, "resnet64" is `gan_64x64.py`'s Good nets; any resolution 4 * 2^k
+works. Block layouts, other resolutions, upsampling and the reference's initialization
+(tflib "he" / "glorot" = xavier_uniform_ with gain sqrt(2) / 1): docs/generators.md,
+"The ResNets".
 """
 from __future__ import annotations
 
