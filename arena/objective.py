@@ -4,7 +4,9 @@ An objective builds its players (one nn.Module and one optimizer each) from the 
 and, for each named phase, returns a dict of scalar losses. It never calls backward
 or steps an optimizer; the trainer does. Phases are data: the default schedule comes
 from `phases()`, and `train.phases: [[critic, 5], [generator, 1]]` overrides the
-repeats (one round of the schedule is one training step).
+repeats (one round of the schedule is one training step). Each phase declares the data
+it takes, and the trainer hands it over: a fresh batch, the batch of the last phase
+that drew one, or none; every phase is told the per-process batch size.
 """
 from __future__ import annotations
 
@@ -22,12 +24,52 @@ OBJECTIVES: Registry = Registry("objective", modules=(
     "arena.prior_match", "dim.objective", "dim.supervised", "implicit_gen.ie", "implicit_gen.gans"))
 
 
+# What a phase takes: a fresh batch of real data, the batch the last data-drawing phase
+# of the step drew (e.g. DIM's encoder phase after its prior phase), or none (noise only).
+PHASE_DATA = ("fresh", "previous", "none")
+
+
 @dataclass(frozen=True)
 class Phase:
     name: str
     players: tuple[str, ...]  # players whose optimizers step in this phase
     repeats: int = 1
-    uses_data: bool = True  # draws a fresh batch of real data
+    data: str = "fresh"  # one of PHASE_DATA
+
+    def __post_init__(self):
+        if self.data not in PHASE_DATA:
+            raise ValueError(f"phase '{self.name}': data must be one of {', '.join(PHASE_DATA)}, got {self.data!r}")
+
+
+def resolve_schedule(phases: list[Phase], override: list | None, objective: str) -> list[Phase]:
+    """An objective's phases with the repeats of `train.phases` (None: the defaults), checked:
+    every phase named once, and data reused only after a phase drew it."""
+    by_name = {p.name: p for p in phases}
+    if override is None:
+        return check_data_order(list(by_name.values()))
+    out = []
+    for name, repeats in override:
+        if name not in by_name:
+            raise ConfigError(f"train.phases: unknown phase '{name}' for objective '{objective}'; "
+                              f"valid phases: {', '.join(by_name)}")
+        out.append(Phase(name, by_name[name].players, repeats, by_name[name].data))
+    missing = set(by_name) - {p.name for p in out}
+    if missing:
+        raise ConfigError(f"train.phases: phase(s) {', '.join(sorted(missing))} missing")
+    return check_data_order(out)
+
+
+def check_data_order(schedule: list[Phase]) -> list[Phase]:
+    """A phase that reuses the previous batch needs a phase before it in the step that drew one."""
+    drawn = None
+    for p in schedule:
+        if p.data == "previous" and drawn is None:
+            raise ConfigError(f"train.phases: '{p.name}' reuses the batch of an earlier phase, but no phase "
+                              f"before it draws one; put it after "
+                              f"{' or '.join(repr(q.name) for q in schedule if q.data == 'fresh')}")
+        if p.data == "fresh":
+            drawn = p.name
+    return schedule
 
 
 @dataclass
@@ -59,9 +101,6 @@ class Objective(ABC):
         self.info = info
         self.nets = nn.ModuleDict()  # players, filled by subclasses
         self.ema: dict[str, nn.Module] = {}  # EMA copies, kept by the trainer
-        # Per-process batch size (train.batch_size / processes), set by the trainer;
-        # phases that draw no data use it for their noise batches.
-        self.local_batch = cfg.train.batch_size
 
     # -- declared by subclasses -------------------------------------------------
     @classmethod
@@ -73,8 +112,10 @@ class Objective(ABC):
         """The default schedule: phases in order, each with the players it updates."""
 
     @abstractmethod
-    def loss(self, phase: str, batch: Batch | None) -> dict[str, Tensor]:
-        """{'loss': scalar to minimize, other names: values to log}."""
+    def loss(self, phase: str, batch: Batch | None, batch_size: int) -> dict[str, Tensor]:
+        """{'loss': scalar to minimize, other names: values to log}. `batch` is what the
+        phase declared (None for data "none"); `batch_size` is the per-process batch size,
+        the number of samples a phase without data draws."""
 
     def clip_norms(self) -> dict[str, float]:
         """Per-player gradient-clipping defaults from objective options (optim.players overrides)."""
@@ -83,22 +124,7 @@ class Objective(ABC):
     # -- settings resolved against the config: the trainer asks here, nowhere else ----
     def schedule(self) -> list[Phase]:
         """The default phases with repeats overridden by `train.phases`."""
-        phases = {p.name: p for p in self.phases()}
-        override = self.cfg.train.phases
-        if override is None:
-            return list(phases.values())
-        out = []
-        for name, repeats in override:
-            if name not in phases:
-                raise ConfigError(
-                    f"train.phases: unknown phase '{name}' for objective '{self.opts.name}'; "
-                    f"valid phases: {', '.join(phases)}"
-                )
-            out.append(Phase(name, phases[name].players, repeats, phases[name].uses_data))
-        missing = set(phases) - {p.name for p in out}
-        if missing:
-            raise ConfigError(f"train.phases: phase(s) {', '.join(sorted(missing))} missing")
-        return out
+        return resolve_schedule(self.phases(), self.cfg.train.phases, self.opts.name)
 
     def clip_norm(self, player: str) -> float:
         """Max gradient norm of `player` (0 = no clipping): optim.players.<player>.clip_norm,

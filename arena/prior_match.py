@@ -51,7 +51,7 @@ class PriorMatch(Objective):
         y = self.nets["E"](x)
         return torch.sigmoid(y) if self.opts.sigmoid else y
 
-    def loss(self, phase: str, batch: Batch | None) -> dict[str, torch.Tensor]:
+    def loss(self, phase: str, batch: Batch | None, batch_size: int) -> dict[str, torch.Tensor]:
         y, prior = self.encode(batch.x), self.opts.prior
         if phase == "discriminator":
             v = sample_prior(prior, len(y), y.shape[1], y.device)

@@ -189,7 +189,6 @@ def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
     torch.manual_seed(derive_seed(cfg.run.seed, "process_noise", rank))
     stream = BatchStream(train_set, cfg.train.batch_size, seed=cfg.run.seed, rank=rank, world=world,
                          device=device, data_cfg=cfg.data)
-    objective.local_batch = stream.batch_size
 
     # -- resume --------------------------------------------------------------------
     step, unreadable = 0, []
@@ -239,12 +238,17 @@ def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
     first_bad: dict[str, Tensor] = {}
     step_t = torch.zeros((), device=device, dtype=torch.long)
 
+    last_batch = None  # the batch the last "fresh" phase drew, for "previous" phases
+
     def run_phase(phase: Phase) -> None:
+        nonlocal last_batch
         _set_requires_grad(objective, phase.players)
-        batch = next(stream) if phase.uses_data else None
+        if phase.data == "fresh":
+            last_batch = next(stream)
+        batch = None if phase.data == "none" else last_batch
         ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
         with ctx:
-            out = objective.loss(phase.name, batch)
+            out = objective.loss(phase.name, batch, stream.batch_size)
         loss = out["loss"].float()
         scaler = scalers[phase.name]
         for name in phase.players:

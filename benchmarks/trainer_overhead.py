@@ -30,7 +30,6 @@ def bare_loop(cfg, steps: int, device: torch.device) -> float:
     torch.manual_seed(cfg.run.seed)
     objective = build_objective(cfg, data_info(ds))
     objective.nets.to(device).train()
-    objective.local_batch = cfg.train.batch_size
     opts = {n: make_optimizer(cfg, n, net) for n, net in objective.nets.items()}
     images = ds.images.to(device)
     labels = ds.labels.to(device)
@@ -41,7 +40,8 @@ def bare_loop(cfg, steps: int, device: torch.device) -> float:
             for _ in range(phase.repeats):
                 idx = torch.randint(len(images), (cfg.train.batch_size,), device=device)
                 batch = Batch(to_float(images[idx]), labels[idx])
-                loss = objective.loss(phase.name, batch)["loss"]
+                loss = objective.loss(phase.name, None if phase.data == "none" else batch,
+                                      cfg.train.batch_size)["loss"]
                 for n in phase.players:
                     opts[n].zero_grad(set_to_none=True)
                 loss.backward()

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from arena.objective import OBJECTIVES, Batch, DataInfo, Objective, Phase
+from arena.objective import OBJECTIVES, Batch, DataInfo, Objective, Phase, resolve_schedule
 from arena.prior import PriorConfig, PriorDiscriminator, check_prior, discriminator_loss, encoder_loss, sample_prior
 from arena.registry import ConfigError
 
@@ -142,7 +142,6 @@ class DIM(EncoderObjective):
         if o.gamma > 0:
             self.nets["prior_D"] = PriorDiscriminator(m.y_dim, o.prior.hidden)
         self._estimator = ESTIMATORS.get(o.estimator, key="objective.estimator")
-        self._batch: Batch | None = None  # the prior phase's batch, reused by the encoder phase
 
     # -- config -------------------------------------------------------------------
     @classmethod
@@ -174,16 +173,16 @@ class DIM(EncoderObjective):
             check_block(o.occlusion_block, cfg.data.resolution)
         if o.gamma > 0:
             check_prior(o.prior, "objective.prior")
-            if cfg.train.phases is not None:
-                order = [name for name, _ in cfg.train.phases]
-                if "prior" in order and "encoder" in order and order.index("encoder") < order.index("prior"):
-                    raise ConfigError("train.phases: 'prior' must come before 'encoder' "
-                                      "(the encoder phase reuses the prior phase's batch)")
+        resolve_schedule(cls.declared_phases(o), cfg.train.phases, o.name)  # train.phases before any work
+
+    @staticmethod
+    def declared_phases(o: DIMOptions) -> list[Phase]:
+        if o.gamma > 0:  # one batch per step: the encoder phase takes the prior phase's batch
+            return [Phase("prior", ("prior_D",)), Phase("encoder", ("encoder",), data="previous")]
+        return [Phase("encoder", ("encoder",))]
 
     def phases(self) -> list[Phase]:
-        if self.opts.gamma > 0:
-            return [Phase("prior", ("prior_D",)), Phase("encoder", ("encoder",), uses_data=False)]
-        return [Phase("encoder", ("encoder",))]
+        return self.declared_phases(self.opts)
 
     # -- losses -------------------------------------------------------------------
     def mi(self, scores: Tensor) -> Tensor:
@@ -226,22 +225,16 @@ class DIM(EncoderObjective):
             terms["coord"] = sum(coordinate_loss(player[f"coord_{mode}"], y_global, out["local"]) for mode in modes)
         return terms
 
-    def loss(self, phase: str, batch: Batch | None) -> dict[str, Tensor]:
+    def loss(self, phase: str, batch: Batch | None, batch_size: int) -> dict[str, Tensor]:
         o = self.opts
         if phase == "prior":
-            self._batch = batch
             enc = self.encoder
             with torch.no_grad(), frozen_bn_stats(enc):  # the encoder phase updates them, once
                 y = enc(batch.x)["y"]
             return self.prior_discriminator_loss(self.prior_input(y))
         if phase != "encoder":
             raise ValueError(f"dim has phases prior and encoder, got '{phase}'")
-        if batch is None:
-            if self._batch is None:
-                raise RuntimeError("dim: the encoder phase reuses the prior phase's batch; run 'prior' first")
-            batch = self._batch
-        self._batch = None
-        terms = self.encoder_terms(batch.x)
+        terms = self.encoder_terms(batch.x)  # with a prior: the prior phase's batch (declared "previous")
         zero = batch.x.new_zeros(())
         loss = (-(o.alpha * terms.get("global_mi", zero) + o.beta * terms.get("local_mi", zero))
                 + o.gamma * terms.get("prior", zero) + o.coord_weight * terms.get("coord", zero))

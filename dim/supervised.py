@@ -75,7 +75,7 @@ class Supervised(EncoderObjective):
         h = out[self.cfg.model.head_input]
         return self.nets["encoder"]["head"](h.flatten(1))
 
-    def loss(self, phase: str, batch: Batch | None) -> dict[str, Tensor]:
+    def loss(self, phase: str, batch: Batch | None, batch_size: int) -> dict[str, Tensor]:
         logits = self.logits(batch.x).float()
         y = batch.y
         labeled = y >= 0  # [B] or [B, K]

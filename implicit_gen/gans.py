@@ -37,13 +37,13 @@ class GAN(GeneratorObjective):
     n_critic: int = 1
 
     def phases(self) -> list[Phase]:
-        return [Phase("critic", ("D",), self.n_critic), Phase("generator", ("G",), uses_data=False)]
+        return [Phase("critic", ("D",), self.n_critic), Phase("generator", ("G",), data="none")]
 
-    def loss(self, phase: str, batch: Batch | None) -> dict[str, Tensor]:
+    def loss(self, phase: str, batch: Batch | None, batch_size: int) -> dict[str, Tensor]:
         d_loss, g_loss = GAN_LOSSES.get(self.loss_name)
         D, G = self.nets["D"], self.nets["G"]
         if phase == "generator":
-            return {"loss": g_loss(D(G(self.noise(self.local_batch))))}
+            return {"loss": g_loss(D(G(self.noise(batch_size))))}
         with torch.no_grad():
             x_fake = G(self.noise(batch.x.shape[0]))
         weight = self.opts.penalty_weight

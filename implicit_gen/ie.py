@@ -46,15 +46,15 @@ class ImplicitEncoder(GeneratorObjective):
 
     def phases(self) -> list[Phase]:
         return [Phase("discriminators", ("T",)), Phase("encoder", ("E",)),
-                Phase("generator", ("G",), uses_data=False)]
+                Phase("generator", ("G",), data="none")]
 
     def clip_norms(self) -> dict[str, float]:
         return {"T": self.opts.t_clip_norm}
 
-    def loss(self, phase: str, batch: Batch | None) -> dict[str, Tensor]:
+    def loss(self, phase: str, batch: Batch | None, batch_size: int) -> dict[str, Tensor]:
         E, T = self.nets["E"], self.nets["T"]
         if phase == "generator":
-            y_fake = E(self.nets["G"](self.noise(self.local_batch)))
+            y_fake = E(self.nets["G"](self.noise(batch_size)))
             mean = y_fake.mean(0)
             return {"loss": (mean - self.opts.mu_p).pow(2).sum(), "E_fake": mean.detach().mean()}
         with torch.no_grad():

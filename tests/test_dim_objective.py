@@ -45,7 +45,7 @@ def step(objective, phase_name: str, batch: Batch | None, optimizers: dict) -> d
     phase = next(p for p in objective.phases() if p.name == phase_name)
     for name, net in objective.nets.items():
         net.requires_grad_(name in phase.players)
-    out = objective.loss(phase_name, batch)
+    out = objective.loss(phase_name, batch, len(batch.x))
     for name in phase.players:
         optimizers[name].zero_grad(set_to_none=True)
     out["loss"].backward()
@@ -96,8 +96,9 @@ def test_one_training_step(estimator, critic, extra):
     assert [p.name for p in objective.phases()] == ["prior", "encoder"]
     opts = optimizers_for(objective)
     before = objective.encoder.convs["conv1"][0].weight.detach().clone()
-    d_out = step(objective, "prior", shapes_batch(), opts)
-    e_out = step(objective, "encoder", None, opts)  # reuses the prior phase's batch
+    batch = shapes_batch()
+    d_out = step(objective, "prior", batch, opts)
+    e_out = step(objective, "encoder", batch, opts)  # the encoder phase takes the prior phase's batch
     for out in (d_out, e_out):
         assert all(torch.isfinite(v).all() for v in out.values()), out
     assert {"global_mi", "local_mi", "prior"} <= set(e_out)
@@ -132,7 +133,7 @@ def test_each_term_reaches_the_encoder():
             grads = torch.autograd.grad(value, head, retain_graph=True, allow_unused=True)
             assert any(g is not None and g.abs().sum() > 0 for g in grads), f"{name} does not train {owner[name]}"
     # the weighted sum is the encoder loss
-    out = objective.loss("encoder", shapes_batch())
+    out = objective.loss("encoder", shapes_batch(), 8)
     assert torch.isfinite(out["loss"])
 
 
@@ -141,13 +142,13 @@ def test_weights_decide_the_nets_and_phases():
     assert set(objective.nets) == {"encoder"}
     assert set(objective.nets["encoder"]) == {"encoder", "local_critic"}
     (phase,) = objective.phases()
-    assert phase.name == "encoder" and phase.uses_data
+    assert phase.name == "encoder" and phase.data == "fresh"
     objective = build("objective.alpha=1", "objective.beta=0", "objective.gamma=1")
     assert set(objective.nets) == {"encoder", "prior_D"}
     assert set(objective.nets["encoder"]) == {"encoder", "global_critic"}
     prior, enc = objective.phases()
-    assert prior.players == ("prior_D",) and prior.uses_data and not enc.uses_data
-    out = objective.loss("encoder", shapes_batch())
+    assert prior.players == ("prior_D",) and prior.data == "fresh" and enc.data == "previous"
+    out = objective.loss("encoder", shapes_batch(), 8)
     assert set(out) == {"loss", "global_mi", "prior"}
 
 
@@ -192,7 +193,7 @@ def test_prior_discriminator_separates_and_the_encoder_moves_toward_the_prior():
 
 def test_prior_penalty_follows_the_official_code():
     objective = build("objective.gamma=1")
-    out = objective.loss("prior", shapes_batch())
+    out = objective.loss("prior", shapes_batch(), 8)
     assert objective.opts.prior.penalty == 1.0 and out["penalty"] > 0
     assert torch.allclose(out["loss"], -out["d_prior"] + out["penalty"])
 
@@ -213,8 +214,8 @@ def test_occlusion_feeds_the_occluded_image_to_the_global_vector_only(monkeypatc
     occ = build("objective.occlude=true", "objective.occlusion_block=4", "objective.gamma=0")
     plain = build("objective.gamma=0")  # same seed: same encoder weights
     occ.encoder.register_forward_hook(lambda m, inp, out: seen.append(inp[0].detach()))
-    occ.loss("encoder", batch)
-    plain.loss("encoder", batch)
+    occ.loss("encoder", batch, 8)
+    plain.loss("encoder", batch, 8)
     assert len(seen) == 2 and torch.equal(seen[0], batch.x)
     assert torch.equal(seen[1], batch.x * masks[0])
     assert (masks[0] == 0).any() and (masks[0] == 1).any()
@@ -226,7 +227,7 @@ def test_occlusion_feeds_the_occluded_image_to_the_global_vector_only(monkeypatc
 def test_prior_phase_does_not_touch_batch_norm_statistics():
     objective = build("objective.gamma=1")
     before = {k: v.clone() for k, v in objective.encoder.state_dict().items()}
-    objective.loss("prior", shapes_batch())
+    objective.loss("prior", shapes_batch(), 8)
     for k, v in objective.encoder.state_dict().items():
         assert torch.equal(v, before[k]), k
 
@@ -288,20 +289,20 @@ def test_supervised_ignores_unlabeled_and_handles_multilabel():
     batch = shapes_batch()
     half = batch.y.clone()
     half[4:] = -1
-    out = objective.loss("classifier", Batch(batch.x, half))
+    out = objective.loss("classifier", Batch(batch.x, half), 8)
     objective.nets.eval()  # no dropout / batch-stat noise: compare with the labeled half alone
-    a = objective.loss("classifier", Batch(batch.x, half))
+    a = objective.loss("classifier", Batch(batch.x, half), 8)
     logits = objective.logits(batch.x)
     ref = torch.nn.functional.cross_entropy(logits[:4], batch.y[:4])
     assert torch.allclose(a["loss"], ref, atol=1e-5) and out["labeled"] == 0.5
-    none = objective.loss("classifier", Batch(batch.x, torch.full_like(batch.y, -1)))
+    none = objective.loss("classifier", Batch(batch.x, torch.full_like(batch.y, -1)), 8)
     assert none["loss"] == 0
     objective.nets.train()
 
     multi = build(config="supervised_digits", info=DataInfo(3, RES, 5, multilabel=True))
     y = torch.randint(0, 2, (8, 5))
     y[0] = -1
-    out = multi.loss("classifier", Batch(batch.x, y))
+    out = multi.loss("classifier", Batch(batch.x, y), 8)
     assert torch.isfinite(out["loss"]) and 0 <= out["accuracy"] <= 1
     out["loss"].backward()
     assert multi.encoder.convs["conv1"][0].weight.grad.abs().sum() > 0

@@ -18,10 +18,10 @@ def one_step(cfg, objective, phase_name):
     ds = build_dataset(cfg.data, "train")
     x, y = ds.images[:8].float() / 127.5 - 1, ds.labels[:8]
     phase = next(p for p in objective.schedule() if p.name == phase_name)
-    batch = Batch(x, y) if phase.uses_data else None
+    batch = None if phase.data == "none" else Batch(x, y)
     before = {n: [p.detach().clone() for p in objective.nets[n].parameters()] for n in phase.players}
     opts = {n: make_optimizer(cfg, n, objective.nets[n]) for n in phase.players}
-    out = objective.loss(phase_name, batch)
+    out = objective.loss(phase_name, batch, 8)
     out["loss"].backward()
     for o in opts.values():
         o.step()
@@ -35,7 +35,6 @@ def test_one_step_of_every_phase_moves_its_players(name, tmp_path):
     else:
         cfg = tiny("nsgan_cp_digits", tmp_path, *TINY, f"objective.name={name}", "objective.penalty_weight=0")
     objective = build_objective(cfg, DataInfo(3, 16))
-    objective.local_batch = 8
     for phase in objective.schedule():
         out, before = one_step(cfg, objective, phase.name)
         assert all(torch.isfinite(v).all() for v in out.values()), (phase.name, out)
@@ -74,11 +73,10 @@ def test_generator_gradient_is_eq_13(tmp_path):
     G.A, G.c = A, c
     objective.nets["G"] = G
     objective.nets["E"] = Linear(lambda x: (x.flatten(1) @ w + b)[:, None])
-    objective.local_batch = 16
     torch.manual_seed(1)
     z = torch.randn(16, 8)
     torch.manual_seed(1)  # the objective draws the same z
-    out = objective.loss("generator", None)
+    out = objective.loss("generator", None, 16)
     out["loss"].backward()
     m = ((z @ A.T + c) @ w + b).mean().detach()
     assert out["loss"].item() == pytest.approx((m - 1.5).item() ** 2, rel=1e-5)
@@ -96,7 +94,6 @@ def test_ie_encoder_maps_real_and_fake_to_mu_p_and_mu_q_on_a_2d_toy(tmp_path):
     objective = build_objective(cfg, DataInfo(1, 4))  # nets replaced below
     objective.nets["E"] = nn.Sequential(nn.Flatten(), nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 1))
     objective.nets["G"] = Linear(lambda z: (z[:, :2] + torch.tensor([-2.0, 0.0])).view(-1, 2, 1, 1))
-    objective.local_batch = 128
     opts = {"T": torch.optim.Adam(objective.nets["T"].parameters(), lr=1e-2, betas=(0.5, 0.999)),
             "E": torch.optim.Adam(objective.nets["E"].parameters(), lr=1e-3, betas=(0.5, 0.999))}
     means = []
@@ -104,7 +101,7 @@ def test_ie_encoder_maps_real_and_fake_to_mu_p_and_mu_q_on_a_2d_toy(tmp_path):
         x = (torch.randn(128, 2) + 2.0).view(-1, 2, 1, 1)
         for phase, player in (("discriminators", "T"), ("encoder", "E")):
             opts[player].zero_grad()
-            out = objective.loss(phase, Batch(x, torch.zeros(128)))
+            out = objective.loss(phase, Batch(x, torch.zeros(128)), 128)
             out["loss"].backward()
             opts[player].step()
         if i >= 300:
@@ -117,10 +114,9 @@ def test_full_64x64_nets_take_one_step_at_batch_2(tmp_path):
     cfg = load_config("ie_lsun", [f"run.dir={tmp_path}", "data.name=shapes", "train.batch_size=2"])
     assert cfg.model.arch == "resnet64" and cfg.data.resolution == 64
     objective = build_objective(cfg, DataInfo(3, 64))
-    objective.local_batch = 2
     x = torch.rand(2, 3, 64, 64) * 2 - 1
     for phase in objective.schedule():
-        out = objective.loss(phase.name, Batch(x, torch.zeros(2)) if phase.uses_data else None)
+        out = objective.loss(phase.name, None if phase.data == "none" else Batch(x, torch.zeros(2)), 2)
         out["loss"].backward()
         assert torch.isfinite(out["loss"])
 
