@@ -42,14 +42,11 @@ from pathlib import Path
 import torch
 import yaml
 
-import arena.prior_match  # noqa: F401  (the objectives register themselves on import)
-import dim  # noqa: F401
-import implicit_gen  # noqa: F401
 from arena import checkpoint as ckpt
 from arena.config import Config, load_config
 from arena.data import build_dataset, dataset_signature
 from arena.objective import OBJECTIVES
-from arena.registry import ConfigError
+from arena.registry import ConfigError, cli_error
 from arena.trainer import Stopped, processes, shutdown
 
 from .dim_probes import LAYERS
@@ -721,9 +718,7 @@ def main(argv: list[str] | None = None) -> int:
         shutdown()
         return 3 if failed else 0
     except ConfigError as err:
-        if dist is None or dist.main:
-            print(f"error: {err}", file=sys.stderr)
-        return 2
+        return cli_error(err) if dist is None or dist.main else 2
     except Stopped as err:  # SIGTERM / Ctrl-C in a training: its step was saved; rerun to resume
         shutdown()
         if dist is None or dist.main:
