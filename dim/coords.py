@@ -63,16 +63,14 @@ class CoordinatePredictor(nn.Module):
 
 
 def coordinate_loss(predictor: CoordinatePredictor, y: torch.Tensor, local: torch.Tensor,
-                    generator: torch.Generator | None = None, locations: int | None = None) -> torch.Tensor:
+                    generator: torch.Generator | None = None) -> torch.Tensor:
     """Mean (over rows) of CE(row) + CE(col) for a batch: y [N, D], local map [N, C, h, w].
 
-    absolute: locations=None uses every location of every image (A.6: "we marginalize this
-      objective over all local features associated with a given global feature"), which is
-      the exact expectation over a uniformly sampled location; locations=k samples k
-      locations per image uniformly (with replacement) from `generator`.
+    absolute: every location of every image (A.6: "we marginalize this objective over all
+      local features associated with a given global feature"), which is the exact
+      expectation over a uniformly sampled location.
     relative: per image one source location is sampled uniformly from `generator`, and the
-      targets are all h*w locations (A.6: one source, marginalized over all targets);
-      `locations` is not used.
+      targets are all h*w locations (A.6: one source, marginalized over all targets).
     """
     n, c, h, w = local.shape
     if (h, w) != predictor.grid:
@@ -80,10 +78,7 @@ def coordinate_loss(predictor: CoordinatePredictor, y: torch.Tensor, local: torc
     feats = rearrange(local, "n c h w -> n (h w) c")  # l = row * w + col
     dev = local.device
     if predictor.mode == "absolute":
-        if locations is None:
-            loc = torch.arange(h * w, device=dev).expand(n, -1)  # [N, L]
-        else:
-            loc = torch.randint(0, h * w, (n, locations), generator=generator).to(dev)
+        loc = torch.arange(h * w, device=dev).expand(n, -1)  # [N, L]
         k = loc.shape[1]
         c_sel = torch.gather(feats, 1, loc.unsqueeze(-1).expand(-1, -1, c)).reshape(n * k, c)
         y_rep = y.unsqueeze(1).expand(-1, k, -1).reshape(n * k, -1)

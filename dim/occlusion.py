@@ -6,7 +6,7 @@ vector must carry information shared with patches it never saw.
 Sampling (A.6 calls its own distribution "ad-hoc"; the constraint is what matters):
 the image is cut into a grid of block x block cells anchored at the top-left corner
 (cells on the right / bottom edge are cropped when block does not divide the
-resolution). Each cell is kept (visible, 1) independently with probability keep_prob,
+resolution). Each cell is kept (visible, 1) independently with probability KEEP_PROB (1/2),
 else occluded (0). Then two distinct *whole* cells are drawn uniformly and one is forced
 visible, the other forced occluded, so every mask has at least one fully visible and at
 least one fully occluded block x block region (A.6's constraint). This needs at least two
@@ -30,15 +30,16 @@ def check_block(block: int, resolution: int) -> None:
         )
 
 
+KEEP_PROB = 0.5  # each cell is visible with this probability (then one forced visible, one occluded)
+
+
 def occlusion_mask(batch: int, resolution: int, block: int = 10, generator: torch.Generator | None = None,
-                   keep_prob: float = 0.5, device: torch.device | str | None = None) -> torch.Tensor:
+                   device: torch.device | str | None = None) -> torch.Tensor:
     """A {0, 1} float mask [batch, 1, resolution, resolution]; multiply it into the image."""
     check_block(block, resolution)
     whole = resolution // block  # whole cells per side
-    if not 0.0 <= keep_prob <= 1.0:
-        raise ConfigError(f"occlusion keep_prob must be in [0, 1], got {keep_prob}")
     cells = -(-resolution // block)  # ceil: cells per side, edge cells may be cropped
-    keep = (torch.rand(batch, cells, cells, generator=generator) < keep_prob).float()
+    keep = (torch.rand(batch, cells, cells, generator=generator) < KEEP_PROB).float()
 
     # Two distinct whole cells per image: v uniform, o = v + uniform offset in 1..F-1 (mod F).
     n_whole = whole * whole
