@@ -7,9 +7,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-import arena.prior_match  # noqa: F401
-import dim  # noqa: F401
-import implicit_gen  # noqa: F401
 from arena.config import CONFIG_DIR, annotated_yaml, config_from_dict, load_config, resolve
 from arena.registry import ConfigError
 
