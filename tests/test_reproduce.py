@@ -40,7 +40,7 @@ def test_paper_numbers_are_the_printed_ones():
     assert t1.row("supervised").paper == {"CIFAR10": ("75.39", None, None), "CIFAR100": ("42.27", None, None)}
     t2 = get_table("Table 2")  # names are forgiving about case and spaces
     assert t2.row("nat").paper["Tiny ImageNet"] == ("13.70", "11.62", "1.20")
-    assert t2.row("dim_l_jsd").paper["STL-10"] == ("72.86", "70.85", "65.93", "76.96")
+    assert t2.row("dim_l_jsd").paper["STL-10 (random crop pretraining)"] == ("72.86", "70.85", "65.93", "76.96")
     t3 = get_table("table3")
     assert t3.row("dim_lg").paper["CIFAR10"] == ("57.55 ± 1.442", "45.56 ± 4.18", "18.63 ± 4.79", "0.53",
                                                  "101.65", "0.5", "22.89")
@@ -79,6 +79,18 @@ def test_rows_are_picked_by_row_or_run_name():
     assert [(r.name, g) for r, g in select_rows(t, "dim_g")] == [("dim_g", "CIFAR10"), ("dim_g", "CIFAR100")]
     assert [(r.name, g) for r, g in select_rows(t, "dim_l_nce_cifar100")] == [("dim_l_nce", "CIFAR100")]
     assert len(select_rows(t, None)) == 2 * len(t.rows)
+
+
+def test_probe_calls_ask_each_probe_only_at_its_own_layers(tmp_path):
+    args = reproduce.build_parser().parse_args(["digits", "--measure-scale", "0.1", *_args(tmp_path)])
+    digits = get_table("digits")
+    calls = reproduce.probe_settings(digits, {c.label: c.measure for c in digits.groups[0].columns}, args)
+    # the MLP at conv, fc, Y (+ NDM on Y), the SVM at Y only: two calls, not an SVM at conv and fc
+    assert [(s.probes, s.layers) for s in calls] == [(("mlp", "ndm"), ("conv", "fc", "y")), (("svm",), ("y",))]
+    assert calls[0].mlp_epochs == 5 and calls[0].ndm_steps == 100 and calls[1].runs == 1  # x 0.1, at least 1
+    t3 = get_table("table3")
+    (call,) = reproduce.probe_settings(t3, {c.label: c.measure for c in t3.groups[0].columns}, args)
+    assert call.probes == ("svm", "msssim", "mine", "ndm") and call.layers == ("conv", "fc", "y")
 
 
 # ---------------------------------------------------------------------------- errors before training
