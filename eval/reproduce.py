@@ -345,7 +345,9 @@ def probe_settings(table: Table, measures: dict[str, str], args) -> list:
         by_layers[next(iter(by_layers))] += others
     out = []
     for layers, probes in by_layers.items():
-        s = ProbeSettings(**{**table.probe, "probes": tuple(probes), "layers": layers, "device": args.device})
+        # only code probes (msssim / mine / ndm / semi): the layers are just where features are read
+        s = ProbeSettings(**{**table.probe, "probes": tuple(probes), "layers": layers or ("y",),
+                             "device": args.device})
         for f in ("runs", "mlp_epochs", "semi_epochs", "msssim_epochs", "mine_steps", "ndm_steps"):
             setattr(s, f, scaled(getattr(s, f), args.measure_scale))
         out.append(s)
