@@ -259,8 +259,9 @@ def measure_command(e: Entry, table: Table, args) -> str:
                      f"the train split, features {e.cfg.eval.features})")
     elif set(wanted) & set(GENERATOR_MEASURES):
         metrics = ",".join(m for m in wanted if m in GENERATOR_MEASURES)
+        weights = f" --inception-weights {e.cfg.eval.inception_weights}" if e.cfg.eval.inception_weights else ""
         parts.append(f"python -m eval.fid_is --run {run} --num-samples {num_samples(table, args)} "
-                     f"--metrics {metrics}")
+                     f"--metrics {metrics}{weights}")
     from .dim_probes import ProbeSettings
 
     d = ProbeSettings()

@@ -163,6 +163,10 @@ def test_dry_run_says_unknown_without_a_measured_speed_and_lists_data_problems(t
     out = capsys.readouterr().out
     assert code == 2  # the data is missing: said, and the exit status says so
     assert "781000 steps x unknown steps/s" in out and "PROBLEM" in out and "cifar-10-batches-py" in out
+    reproduce.main(["table10", "--dry-run", "--rows", "ie", "--inception-weights", str(tmp_path / "w.pth"),
+                    *_args(tmp_path)])
+    out = capsys.readouterr().out
+    assert f"--metrics isc,fid --inception-weights {tmp_path / 'w.pth'}" in out  # the command as it must be run
 
 
 # ---------------------------------------------------------------------------- end to end
