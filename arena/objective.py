@@ -143,6 +143,16 @@ class Objective(ABC):
                 raise ConfigError(f"train.ema: unknown player '{name}'; players: {', '.join(self.nets)}")
         return decays
 
+    def clip_groups(self, player: str) -> list[nn.Module]:
+        """The parts of a player whose gradients are clipped each to the norm on their
+        own (default: the whole net as one; the IE clips T_P and T_Q separately)."""
+        return [self.nets[player]]
+
+    def data_batches_per_step(self) -> int:
+        """Batches of real data one training step draws: budgets in steps hide that
+        (the IE draws 2, NS-GAN-CP 1, WGAN-GP 5), so the trainer states it."""
+        return sum(p.repeats for p in self.schedule() if p.data == "fresh")
+
     # -- shared helpers ---------------------------------------------------------
     @property
     def device(self) -> torch.device:

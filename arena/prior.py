@@ -58,14 +58,19 @@ def check_prior(cfg: PriorConfig, key: str) -> None:
         raise ConfigError(f"{key}.std: must be > 0, got {cfg.std}")
 
 
-class PriorDiscriminator(nn.Module):
-    """MLP dim -> hidden... -> 1 with ReLU (the paper's Table 9: 1000-200-1)."""
+ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": lambda: nn.LeakyReLU(0.2)}
 
-    def __init__(self, dim: int, hidden: list[int]):
+
+class PriorDiscriminator(nn.Module):
+    """MLP dim -> hidden... -> 1 with ReLU (the paper's Table 9: 1000-200-1) or
+    LeakyReLU(0.2)."""
+
+    def __init__(self, dim: int, hidden: list[int], activation: str = "relu"):
         super().__init__()
+        act = ACTIVATIONS[activation]
         layers: list[nn.Module] = []
         for width in hidden:
-            layers += [nn.Linear(dim, width), nn.ReLU()]
+            layers += [nn.Linear(dim, width), act()]
             dim = width
         layers.append(nn.Linear(dim, 1))
         self.net = nn.Sequential(*layers)

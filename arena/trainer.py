@@ -94,6 +94,12 @@ def make_optimizer(cfg: Config, player: str, net: nn.Module) -> torch.optim.Opti
     return torch.optim.SGD(params, lr=lr, momentum=betas[0], weight_decay=wd)
 
 
+def clip_gradients(objective: Objective, player: str, limit: float) -> None:
+    """Rescale the gradient of each of the player's clip groups to norm <= limit."""
+    for part in objective.clip_groups(player):
+        torch.nn.utils.clip_grad_norm_(part.parameters(), limit)
+
+
 class _Logger:
     """metrics.jsonl (+ TensorBoard when installed) on the main process."""
 
@@ -226,6 +232,10 @@ def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
         print(f"[arena] {cfg.objective.name} on {train_set.describe()}; {world} process(es) on {device}; "
               f"run dir {run_dir}")
+        per_step = objective.data_batches_per_step()
+        print(f"[arena] {per_step} data batch(es) of {cfg.train.batch_size} per step: {cfg.train.steps} steps read "
+              f"{per_step * cfg.train.steps * cfg.train.batch_size / len(train_set):.1f} passes over the "
+              f"{len(train_set)} training images")
     log = _Logger(run_dir, main, start=step)
     if main and log.dropped:
         print(f"[arena] metrics.jsonl: dropped {log.dropped} rows after step {step} (steps this run does again)")
@@ -260,7 +270,7 @@ def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
                 _average_gradients(net)
             if clip[name] > 0:
                 scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(net.parameters(), clip[name])
+                clip_gradients(objective, name, clip[name])
             scaler.step(opt)
             if world > 1:
                 _sync_buffers(net)

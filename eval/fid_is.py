@@ -35,7 +35,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="inception | a shipped extractor (e.g. digits-32) | a weights path | auto "
                         "(default: eval.features of the run)")
     p.add_argument("--inception-weights", default=None, help="local copy of torch-fidelity's Inception weights")
-    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="use the EMA generator")
+    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
+                   help="use the EMA generator (--no-ema: the raw G, with its own running BatchNorm statistics)")
+    p.add_argument("--ema-bn-batches", type=int, default=None,
+                   help="forward passes that re-estimate the EMA G's BatchNorm statistics before sampling "
+                        "(default: the run's objective.ema_bn_batches; 0 = the statistics saved with the EMA copy)")
     p.add_argument("--seed", type=int, default=0, help="seed of the latents")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -46,10 +50,16 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--num-samples must be >= 2, got {args.num_samples}")
         if args.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+        if args.ema_bn_batches is not None and args.ema_bn_batches < 0:
+            raise ConfigError(f"--ema-bn-batches must be >= 0, got {args.ema_bn_batches}")
         # --metrics "" is a mistake, not a request for the defaults: only a missing flag means eval.metrics
         asked = None if args.metrics is None else check_metrics(
             [m.strip() for m in args.metrics.split(",") if m.strip()], key="--metrics")
         cfg, objective, step = load_run(args.run, args.checkpoint, args.device)
+        opts = getattr(objective, "opts", None)
+        bn_batches = getattr(opts, "ema_bn_batches", 0)
+        if args.ema_bn_batches is not None and hasattr(opts, "ema_bn_batches"):
+            opts.ema_bn_batches = bn_batches = args.ema_bn_batches
         metrics = asked or check_metrics(cfg.eval.metrics)
         features = args.features or cfg.eval.features
         weights = args.inception_weights or cfg.eval.inception_weights or None
@@ -67,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         "checkpoint": args.checkpoint,
         "seed": args.seed,
         "ema": args.ema,
+        "ema_bn_batches": bn_batches if args.ema else None,
     }
     line = json.dumps(record)
     print(line)

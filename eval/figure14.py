@@ -2,9 +2,12 @@
 on real and generated data when the discriminator is over-trained (50 updates per
 generator update), one panel per loss. For the implicit encoder the "discriminator"
 is the encoder E, whose outputs should stay two overlapping Gaussians around mu_Q and
-mu_P; for the GANs the real and fake modes drift apart.
+mu_P; for the GANs the real and fake modes drift apart. Beside each histogram (and in
+a table on stdout and the .json) the separability of the two: the ROC AUC of the output
+as a real/fake score and the overlap of the two histograms.
 
     python -m eval.figure14 --out docs/img/figure14_digits.png
+    python -m eval.figure14 --out fig14.png model.width=16      (overrides for every panel)
     python -m eval.figure14 --base ie_celeba --steps 200 --out fig14.png   (a GPU)
 """
 from __future__ import annotations
@@ -30,9 +33,10 @@ LOSSES = {
 }
 
 
-def run_one(base: str, objective: str, extra: list[str], phases, ratio: int, steps: int, run_dir: Path):
+def run_one(base: str, objective: str, extra: list[str], phases, ratio: int, steps: int, run_dir: Path,
+            common: list[str] = ()):
     phases = [[name, ratio if n == "R" else n] for name, n in phases]
-    overrides = [*extra, f"run.dir={run_dir}", f"train.steps={steps}",
+    overrides = [*common, *extra, f"run.dir={run_dir}", f"train.steps={steps}",
                  f"train.phases={json.dumps(phases)}", "train.progress=false", f"train.checkpoint_every={steps}",
                  f"train.sample_every={steps}", f"train.log_every={max(1, steps // 4)}"]
     raw = resolve(base).raw  # the base config with its own bases applied
@@ -40,6 +44,28 @@ def run_one(base: str, objective: str, extra: list[str], phases, ratio: int, ste
         raw["objective"] = {"name": objective}  # the base's data, nets and optimizer; this loss's defaults
     cfg = config_from_dict(merge(raw, parse_overrides(overrides)), name=f"figure14-{objective}")
     return cfg, train(cfg)
+
+
+def separability(real: torch.Tensor, fake: torch.Tensor, bins: int = 40) -> dict[str, float]:
+    """How well a net's scalar output tells real from generated data.
+
+    auc: ROC AUC of the output as a "real" score, P(s_real > s_fake) + P(tie) / 2 (the
+    Mann-Whitney statistic; 0.5 = no better than chance, 1 = every real above every fake,
+    0 = the reverse). overlap: sum_i min(p_i, q_i) of the two histograms on `bins` equal
+    bins over the joint range (1 = the same histogram, 0 = disjoint)."""
+    real, fake = real.double().flatten(), fake.double().flatten()
+    if real.numel() == 0 or fake.numel() == 0:
+        raise ValueError("separability needs at least one real and one generated output")
+    greater = (real[:, None] > fake[None, :]).double().mean()
+    ties = (real[:, None] == fake[None, :]).double().mean()
+    lo, hi = float(torch.minimum(real.min(), fake.min())), float(torch.maximum(real.max(), fake.max()))
+    if hi == lo:
+        overlap = 1.0
+    else:
+        p = torch.histc(real, bins, lo, hi) / real.numel()
+        q = torch.histc(fake, bins, lo, hi) / fake.numel()
+        overlap = float(torch.minimum(p, q).sum())
+    return {"auc": float(greater + 0.5 * ties), "overlap": overlap}
 
 
 @torch.no_grad()
@@ -60,6 +86,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=360)
     parser.add_argument("--runs", default="runs/figure14")
     parser.add_argument("--out", default="figure14.png")
+    parser.add_argument("overrides", nargs="*", help="overrides for every panel, e.g. model.width=16")
     args = parser.parse_args()
     import matplotlib
 
@@ -70,7 +97,8 @@ def main() -> None:
     summary = {}
     for ax, (title, (name, extra, phases, net)) in zip(axes, LOSSES.items()):
         t = time.perf_counter()
-        cfg, objective = run_one(args.base, name, extra, phases, args.ratio, args.steps, Path(args.runs) / name)
+        cfg, objective = run_one(args.base, name, extra, phases, args.ratio, args.steps, Path(args.runs) / name,
+                              args.overrides)
         real, fake = outputs(objective, net, cfg, args.samples)
         lo, hi = float(torch.minimum(real.min(), fake.min())), float(torch.maximum(real.max(), fake.max()))
         bins = torch.linspace(lo, hi + 1e-6, 41).numpy()
@@ -78,18 +106,25 @@ def main() -> None:
         ax.hist(fake.numpy(), bins=bins, alpha=0.6, label="fake", color="tab:orange")
         ax.set_title(title, fontsize=9)
         ax.set_yticks([])
+        sep = separability(real, fake)
+        ax.text(0.02, 0.97, f"AUC {sep['auc']:.3f}\noverlap {sep['overlap']:.2f}", transform=ax.transAxes,
+                va="top", fontsize=8)
         summary[title] = {"real_mean": real.mean().item(), "real_std": real.std().item(),
-                          "fake_mean": fake.mean().item(), "fake_std": fake.std().item(),
+                          "fake_mean": fake.mean().item(), "fake_std": fake.std().item(), **sep,
                           "seconds": round(time.perf_counter() - t, 1)}
         print(title, json.dumps(summary[title]))
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"{args.base}: outputs on real and generated data after {args.steps} generator steps "
-                 f"at {args.ratio}:1", fontsize=9)
+    axes[0].legend(fontsize=8, loc="upper right")
+    fig.suptitle(f"{args.base} {' '.join(args.overrides)}: outputs on real and generated data after "
+                 f"{args.steps} generator steps at {args.ratio}:1 (AUC: the output as a real/fake score)", fontsize=9)
     fig.tight_layout()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=110)
     Path(args.out).with_suffix(".json").write_text(json.dumps(summary, indent=1))
     print(f"wrote {args.out}")
+    print("\n| loss | real: mean +- std | fake: mean +- std | AUC | overlap |\n|---|---|---|---|---|")
+    for title, v in summary.items():
+        print(f"| {title} | {v['real_mean']:.2f} +- {v['real_std']:.2f} | {v['fake_mean']:.2f} +- {v['fake_std']:.2f} "
+              f"| {v['auc']:.3f} | {v['overlap']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -4,12 +4,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from arena.objective import Objective
 from arena.registry import ConfigError
 
 from .nets import ARCHS, NORMS, build_discriminator, build_generator
+
+
+# Train-mode forward passes that re-estimate the EMA generator's BatchNorm statistics
+# before it samples (`objective.ema_bn_batches`; 0 = keep the live G's statistics).
+EMA_BN_BATCHES = 200
 
 
 @dataclass
@@ -32,6 +37,7 @@ class GeneratorObjective(Objective):
 
     def __init__(self, cfg, info):
         super().__init__(cfg, info)
+        self._bn_key: tuple | None = None  # the EMA G weights its BatchNorm statistics were estimated for
         m = cfg.model
         width = m.width or None
         self.nets["G"] = build_generator(m.arch, z_dim=m.z_dim, channels=info.channels,
@@ -45,6 +51,8 @@ class GeneratorObjective(Objective):
         NORMS.get(cfg.model.d_norm, key="model.d_norm")
         if cfg.model.z_dim < 1 or cfg.model.out_dim < 1:
             raise ConfigError("model.z_dim and model.out_dim must be >= 1")
+        if cfg.objective.ema_bn_batches < 0:
+            raise ConfigError(f"objective.ema_bn_batches: must be >= 0, got {cfg.objective.ema_bn_batches}")
 
     def latent(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         return torch.randn(n, self.cfg.model.z_dim, generator=generator)
@@ -59,9 +67,47 @@ class GeneratorObjective(Objective):
         # reference samples with batch statistics): so each image depends on its own z
         # only, and IS/FID do not change with the batch size or the number of processes.
         G = self.net("G", ema)
+        if ema and "G" in self.ema:
+            self._refresh_ema_bn(G)
         was_training = G.training
         G.eval()
         try:
             return G(z.to(self.device))
         finally:
             G.train(was_training)
+
+    def _refresh_ema_bn(self, G: nn.Module) -> None:
+        """The EMA copy holds the live G's BatchNorm statistics (the trainer copies
+        buffers), which do not describe the averaged weights. Re-estimate them for the
+        EMA weights once per change of those weights (tensor version counters tell)."""
+        n = self.opts.ema_bn_batches
+        key = tuple(p._version for p in G.parameters())
+        if n > 0 and key != self._bn_key:
+            recompute_batchnorm(G, self.latent, n, self.cfg.train.batch_size)
+            self._bn_key = key
+
+
+@torch.no_grad()
+def recompute_batchnorm(net: nn.Module, latent, batches: int, batch_size: int, seed: int = 0) -> None:
+    """Replace every BatchNorm's running statistics by their average over `batches`
+    train-mode forward passes on seeded latents (no gradients): the running mean becomes
+    the mean of the batch means, the running variance the mean of the (unbiased) batch
+    variances. Seeded on the CPU, so the result depends on the weights only and no
+    training RNG is drawn (every process computes the same statistics)."""
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    was_training, device = net.training, next(net.parameters()).device
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # None = cumulative moving average: equal weight for every batch
+    g = torch.Generator().manual_seed(seed)
+    net.train()
+    try:
+        for _ in range(batches):
+            net(latent(batch_size, g).to(device))
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        net.train(was_training)

@@ -21,7 +21,7 @@ from arena.losses import (contractive_penalty, d_loss_jsd, d_loss_least_squares,
 from arena.objective import OBJECTIVES, Batch, Phase
 from arena.registry import Registry
 
-from .base import GeneratorObjective
+from .base import EMA_BN_BATCHES, GeneratorObjective
 
 # name -> (discriminator loss, generator loss)
 GAN_LOSSES: Registry = Registry("gan loss")
@@ -65,18 +65,21 @@ class GAN(GeneratorObjective):
 class NSGANCPOptions:
     name: str = "nsgan_cp"
     penalty_weight: float = 10.0  # GAN_stability's reg_param default
+    ema_bn_batches: int = EMA_BN_BATCHES  # BatchNorm re-estimation of the EMA G before sampling
 
 
 @dataclass
 class WGANGPOptions:
     name: str = "wgan_gp"
     penalty_weight: float = 10.0  # lambda in Gulrajani et al. 2017
+    ema_bn_batches: int = EMA_BN_BATCHES  # BatchNorm re-estimation of the EMA G before sampling
 
 
 @dataclass
 class PlainOptions:
     name: str = "gan"
     penalty_weight: float = 0.0
+    ema_bn_batches: int = EMA_BN_BATCHES  # BatchNorm re-estimation of the EMA G before sampling
 
 
 @OBJECTIVES.register("nsgan_cp")
