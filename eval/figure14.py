@@ -9,6 +9,9 @@ as a real/fake score and the overlap of the two histograms.
     python -m eval.figure14 --out docs/img/figure14_digits.png
     python -m eval.figure14 --out fig14.png model.width=16      (overrides for every panel)
     python -m eval.figure14 --base ie_celeba --steps 200 --out fig14.png   (a GPU)
+
+A panel whose run directory holds a finished run of the same resolved config is read
+back instead of trained again (change one objective's options: only its panel trains).
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import torch
 
 from arena.config import config_from_dict, merge, parse_overrides, resolve
 from arena.data import build_dataset
+from arena.runs import load_run
 from arena.trainer import train
 
 # panel title -> (objective, overrides, phases at a 50:1 ratio, net whose output is shown)
@@ -43,6 +47,11 @@ def run_one(base: str, objective: str, extra: list[str], phases, ratio: int, ste
     if raw.get("objective", {}).get("name") != objective:
         raw["objective"] = {"name": objective}  # the base's data, nets and optimizer; this loss's defaults
     cfg = config_from_dict(merge(raw, parse_overrides(overrides)), name=f"figure14-{objective}")
+    done = run_dir / "checkpoints" / f"checkpoint-{steps:06d}"
+    saved = run_dir / "config.yaml"
+    if done.is_dir() and saved.is_file() and saved.read_text() == cfg.to_yaml():
+        print(f"{run_dir}: reusing {done.name} (same config)")  # only changed panels train again
+        return cfg, load_run(run_dir, str(done))[1]
     return cfg, train(cfg)
 
 

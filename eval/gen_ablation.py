@@ -8,6 +8,7 @@ The grid file names a step budget, overrides shared by every cell and, per cell,
 config and its overrides:
 
     steps: 600
+    budget: steps            # or data: `steps` data batches per cell (IE 2 a step, WGAN-GP 5, ...)
     common: [model.width=16]
     cells:
       ie_base: {config: ie_digits}
@@ -39,6 +40,7 @@ import torch
 import yaml
 
 from arena.config import load_config
+from arena.objective import DataInfo
 from arena.registry import ConfigError
 from arena.trainer import NonFiniteLoss, train
 
@@ -53,9 +55,12 @@ def read_grid(path: str) -> dict:
     if not p.is_file():
         raise ConfigError(f"--grid: {p} is not a file")
     grid = yaml.safe_load(p.read_text()) or {}
-    unknown = set(grid) - {"steps", "common", "cells"}
+    unknown = set(grid) - {"steps", "budget", "common", "cells"}
     if unknown:
-        raise ConfigError(f"--grid {p}: unknown key(s) {', '.join(sorted(unknown))}; valid: steps, common, cells")
+        raise ConfigError(f"--grid {p}: unknown key(s) {', '.join(sorted(unknown))}; "
+                          f"valid: steps, budget, common, cells")
+    if grid.setdefault("budget", "steps") not in ("steps", "data"):
+        raise ConfigError(f"--grid {p}: budget '{grid['budget']}' is not one of steps, data")
     if not isinstance(grid.get("steps"), int) or grid["steps"] < 1:
         raise ConfigError(f"--grid {p}: 'steps' must be an integer >= 1")
     if not isinstance(grid.get("cells"), dict) or not grid["cells"]:
@@ -85,7 +90,12 @@ def measure(run_dir: Path, steps: int, num_samples: int, device: str) -> dict:
 
     out = {"step": step, "data_batches": step * objective.data_batches_per_step()}
     bn_batches = objective.opts.ema_bn_batches
-    objective.opts.ema_bn_batches = 0  # first: the statistics as saved (copied from the live G)
+    # First the EMA G with the live G's statistics, as the trainer copies them (the
+    # checkpoint's EMA copy may hold re-estimated ones: a sample grid at the last step).
+    with torch.no_grad():
+        for e, b in zip(objective.ema["G"].buffers(), objective.nets["G"].buffers()):
+            e.copy_(b)
+    objective.opts.ema_bn_batches = 0
     copied = fid(True)
     objective.opts.ema_bn_batches = bn_batches or 200
     out.update(fid(True))
@@ -96,8 +106,20 @@ def measure(run_dir: Path, steps: int, num_samples: int, device: str) -> dict:
     return out
 
 
+def cell_steps(cell: dict, grid: dict) -> int:
+    """budget: steps -> every cell trains `steps` steps; budget: data -> every cell reads
+    `steps` data batches, i.e. steps // (its batches per step) steps."""
+    if grid["budget"] == "steps":
+        return grid["steps"]
+    from arena.trainer import build_objective
+
+    cfg = load_config(cell["config"], [*grid["common"], *cell.get("overrides", [])])
+    per_step = build_objective(cfg, DataInfo(1, cfg.data.resolution)).data_batches_per_step()
+    return max(1, grid["steps"] // per_step)
+
+
 def run_cell(name: str, cell: dict, grid: dict, root: Path, num_samples: int, device: str, do_train: bool) -> dict:
-    steps, run_dir = grid["steps"], root / name
+    steps, run_dir = cell_steps(cell, grid), root / name
     record = {"cell": name, "config": cell["config"], "overrides": cell.get("overrides", [])}
     if not has_checkpoint(run_dir, steps):
         if not do_train:
@@ -154,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"grid": args.grid, "steps": grid["steps"], "common": grid["common"],
+    out.write_text(json.dumps({"grid": args.grid, "steps": grid["steps"], "budget": grid["budget"], "common": grid["common"],
                                "num_samples": args.num_samples, "cells": cells}, indent=1) + "\n")
     print(table(cells))
     return 0

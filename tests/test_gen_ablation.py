@@ -37,7 +37,17 @@ def test_one_tiny_cell_is_trained_measured_and_reused(tmp_path, capsys, monkeypa
     assert cell["step"] == 2 and cell["data_batches"] == 6  # 3 batches a step with the real-mean target
     assert 0 <= cell["auc"] <= 1 and 0 <= cell["overlap"] <= 1
     assert cell["fid"] > 0 and cell["fid_raw"] > 0 and cell["fid_ema_copied_bn"] > 0
+    assert cell["fid"] != cell["fid_ema_copied_bn"]  # the live G's statistics do not fit the EMA weights
     assert "train_seconds" in cell and "| real_mean |" in capsys.readouterr().out
     assert gen_ablation.main([*args, "--no-train"]) == 0  # measured again from the checkpoint
     again = json.loads(out.read_text())["cells"][0]
     assert "train_seconds" not in again and again["fid"] == pytest.approx(cell["fid"])
+
+
+def test_equal_data_budget_gives_each_cell_steps_for_the_same_batches():
+    grid = {"steps": 600, "budget": "data", "common": ["model.width=8"]}
+    steps = {name: gen_ablation.cell_steps({"config": config, "overrides": over}, grid) for name, (config, over) in {
+        "ie": ("ie_digits", []), "ie_real_mean": ("ie_digits", ["objective.g_target=real_mean"]),
+        "nsgan_cp": ("nsgan_cp_digits", []), "wgan_gp": ("wgan_gp_digits", [])}.items()}
+    assert steps == {"ie": 300, "ie_real_mean": 200, "nsgan_cp": 600, "wgan_gp": 120}
+    assert gen_ablation.cell_steps({"config": "wgan_gp_digits"}, {**grid, "budget": "steps"}) == 600
