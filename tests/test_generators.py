@@ -64,7 +64,7 @@ class Linear(nn.Module):
 def test_generator_gradient_is_eq_13(tmp_path):
     """G(z) = A z + c (as a 1x2x2 image), E(x) = w . x + b:
     L = (mean_i E(G(z_i)) - mu_P)^2  =>  dL/dc = 2 (m - mu_P) w,  dL/dA = 2 (m - mu_P) w mean(z)^T."""
-    cfg = tiny("ie_digits", tmp_path, *TINY, "objective.mu_p=1.5")
+    cfg = tiny("ie_digits", tmp_path, *TINY, "objective.mu_p=1.5", "objective.g_target=mu_p")
     objective = build_objective(cfg, DataInfo(1, 4))  # nets replaced below
     torch.manual_seed(0)
     A, c = nn.Parameter(torch.randn(4, 8)), nn.Parameter(torch.randn(4))

@@ -61,7 +61,7 @@ def test_generator_target_real_mean_pulls_to_the_mean_of_e_on_real_data(tmp_path
 
 
 def test_generator_target_mu_p_is_eq_13_and_draws_no_data(tmp_path):
-    objective = ie(tmp_path, "objective.mu_p=1.5")
+    objective = ie(tmp_path, "objective.mu_p=1.5", "objective.g_target=mu_p")
     w = torch.randn(4)
     A, c = linear_nets(objective, w)
     torch.manual_seed(1)
@@ -76,7 +76,8 @@ def test_generator_target_mu_p_is_eq_13_and_draws_no_data(tmp_path):
 def test_data_batches_per_step_of_the_baselines(tmp_path):
     assert build_objective(tiny("nsgan_cp_digits", tmp_path, *TINY), DataInfo(1, 16)).data_batches_per_step() == 1
     assert build_objective(tiny("wgan_gp_digits", tmp_path, *TINY), DataInfo(1, 16)).data_batches_per_step() == 5
-    fig14 = tiny("ie_digits", tmp_path, *TINY, "train.phases=[[discriminators, 50], [encoder, 50], [generator, 1]]")
+    fig14 = tiny("ie_digits", tmp_path, *TINY, "objective.g_target=mu_p",
+                 "train.phases=[[discriminators, 50], [encoder, 50], [generator, 1]]")
     assert build_objective(fig14, DataInfo(1, 16)).data_batches_per_step() == 100
 
 
