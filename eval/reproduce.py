@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import statistics
 import sys
 import time
@@ -448,25 +449,35 @@ def measure(e: Entry, table: Table, args, dist) -> tuple[dict, int, dict] | None
 def main_then_all(dist, fn, marker: Path):
     """Run fn on every process (it may use collectives), then let the other processes
     wait for the main one by polling a file rather than in a collective: the main
-    process's part (probes, torch-fidelity) may outlast a collective's timeout."""
+    process's part (probes, torch-fidelity) may outlast a collective's timeout.
+
+    Whatever fn raises on any process (a Ctrl-C included) is caught until every process
+    has passed the closing barrier, so none is left waiting for a marker or a barrier
+    that never comes; a process killed outright ends the whole job (accelerate launch
+    stops the others), so the poll needs no deadline."""
     if dist.world == 1:
         return fn()
     if dist.main:
         marker.unlink(missing_ok=True)
     dist.barrier()
-    error, out = None, None
+    error, out, raised = None, None, None
     try:
         out = fn()
-    except (ConfigError, RuntimeError) as err:
-        error = f"{type(err).__name__}: {err}"
+    except BaseException as err:  # noqa: BLE001 - re-raised below, after the barrier
+        error, raised = f"{type(err).__name__}: {err}", err
     if dist.main:
         marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps({"error": error}))
+        # Written whole, then renamed: a waiting process never reads a half-written file.
+        tmp = marker.with_name(marker.name + ".tmp")
+        tmp.write_text(json.dumps({"error": error}))
+        os.replace(tmp, marker)
     else:
         while not marker.is_file():
             time.sleep(2.0)
         error = error or json.loads(marker.read_text())["error"]
     dist.barrier()
+    if isinstance(raised, (KeyboardInterrupt, SystemExit)):
+        raise raised
     if error:
         raise RuntimeError(error)
     return out

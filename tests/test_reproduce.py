@@ -223,3 +223,52 @@ def test_digits_table_end_to_end_resumes_skips_and_writes_results(tmp_path, caps
     assert "dim_l/digits: representation: dim_l_digits finished (5 steps); not retrained" in out
     assert "ie/digits: generation: measured before at step 2; kept" in out
     assert json.loads((results / "digits-x0.01-m0.01.json").read_text())["rows"] == data["rows"]
+
+
+class _ThreadDist:
+    """Two 'processes' as threads: main_then_all only needs world, main and barrier."""
+
+    def __init__(self, rank, barrier):
+        self.world, self.main, self._barrier = 2, rank == 0, barrier
+
+    def barrier(self):
+        self._barrier.wait(timeout=20)
+
+
+@pytest.mark.parametrize("who_fails, failure", [
+    (0, ValueError("torch-fidelity said no")),  # not a ConfigError / RuntimeError: used to hang rank 1
+    (1, OSError("disk full")),
+    (0, KeyboardInterrupt()),
+])
+def test_main_then_all_never_leaves_a_process_waiting(tmp_path, monkeypatch, who_fails, failure):
+    import threading
+    monkeypatch.setattr(reproduce.time, "sleep", lambda s: threading.Event().wait(0.01))
+    barrier, results = threading.Barrier(2), {}
+
+    def run(rank):
+        def fn():
+            if rank == who_fails:
+                raise failure
+            return rank
+        try:
+            results[rank] = ("ok", reproduce.main_then_all(_ThreadDist(rank, barrier), fn, tmp_path / "m.json"))
+        except BaseException as err:  # noqa: BLE001 - the test records what each rank saw
+            results[rank] = (type(err).__name__, str(err))
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads), "a rank is still waiting"
+    assert not barrier.broken
+    if isinstance(failure, KeyboardInterrupt):
+        assert results[0][0] == "KeyboardInterrupt"  # the signal itself goes on up on the main process
+        assert results[1] == ("RuntimeError", "KeyboardInterrupt: ")
+    elif who_fails == 0:
+        # the main process's error reaches every rank, through the marker file
+        assert results[0] == results[1] == ("RuntimeError", f"{type(failure).__name__}: {failure}")
+    else:
+        assert results[1] == ("RuntimeError", f"{type(failure).__name__}: {failure}")
+        assert results[0] == ("ok", 0)
+    assert not (tmp_path / "m.json.tmp").exists()
