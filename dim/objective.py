@@ -8,6 +8,11 @@ Players: ``encoder`` (the encoder with every critic and predictor that maximizes
 it, eq. 8) and ``prior_D`` (if gamma > 0). Schedule: ``prior`` on a fresh batch, then
 ``encoder`` on the same batch. Players, schedule, occlusion and where the sigmoid goes
 are explained in docs/dim.md, "The dim objective".
+
+N processes: the MI critics score the gathered global batch (arena.distributed.all_gather,
+differentiable), so the JSD / NCE / DV terms and their gradients equal one process's on
+the same global batch; `model.sync_bn: true` also makes the encoder's (and coordinate
+predictors') batch norm use global-batch statistics, which that equality needs.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from arena.distributed import all_gather, convert_sync_batchnorm
 from arena.objective import OBJECTIVES, Batch, DataInfo, Objective, Phase, resolve_schedule
 from arena.prior import PriorConfig, PriorDiscriminator, check_prior, discriminator_loss, encoder_loss, sample_prior
 from arena.registry import ConfigError
@@ -38,6 +44,7 @@ class DIMModel:
     concat_units: int = 512  # concat-and-convolve hidden 1x1 convs (Table 6)
     global_units: int = 512  # global critic hidden layers (Table 5)
     coord_hidden: int = 512  # coordinate predictor hidden layers (A.6)
+    sync_bn: bool = False  # N processes: batch norm over the global batch (see DIM.__init__)
 
 
 def _dim_prior() -> PriorConfig:
@@ -138,6 +145,12 @@ class DIM(EncoderObjective):
         for mode in coord_modes(o.coord):
             player[f"coord_{mode}"] = CoordinatePredictor(m.y_dim, enc.local_channels, enc.local_shape[1:],
                                                           mode, m.coord_hidden, m.width)
+        if m.sync_bn:
+            # The nets that see this process's slice of the batch; the MI critics see the
+            # gathered global batch already (encoder_terms), so their batch norm stays local.
+            for name, net in player.items():
+                if name == "encoder" or name.startswith("coord_"):
+                    convert_sync_batchnorm(net)
         self.nets["encoder"] = player
         if o.gamma > 0:
             self.nets["prior_D"] = PriorDiscriminator(m.y_dim, o.prior.hidden)
@@ -214,10 +227,15 @@ class DIM(EncoderObjective):
             with frozen_bn_stats(enc):  # running statistics describe clean images only
                 y_global = enc(x * mask)["y"]
         terms: dict[str, Tensor] = {}
+        # Negatives come from the global batch: with N processes the MI terms see every
+        # process's features (gradients flow back to each shard), so they equal the
+        # one-process terms on the same global batch. The prior and coordinate terms are
+        # per-image means: the trainer's gradient average over processes makes them global.
+        y_all = all_gather(y_global)  # alpha or beta is > 0 (check_config)
         if o.alpha > 0:
-            terms["global_mi"] = self.mi(player["global_critic"](y_global, out["conv"]))
+            terms["global_mi"] = self.mi(player["global_critic"](y_all, all_gather(out["conv"])))
         if o.beta > 0:
-            terms["local_mi"] = self.mi(player["local_critic"](y_global, out["local"]))
+            terms["local_mi"] = self.mi(player["local_critic"](y_all, all_gather(out["local"])))
         if o.gamma > 0:
             terms["prior"] = encoder_loss(self.nets["prior_D"], self.prior_input(out["y"]), o.prior.encoder_loss)
         modes = coord_modes(o.coord)
