@@ -199,6 +199,8 @@ def load_checkpoint(run_dir: str | Path, which: str, rank: int = 0, key: str = "
 
 _OPTIMIZER_NAMES = {"Adam": "adam", "AdamW": "adamw", "SGD": "sgd"}  # class -> optim.name
 _HYPER_PARAMETERS = ("lr", "betas", "weight_decay", "momentum")
+# How this machine runs the update (fused on CUDA), not a setting of the run: kept as built.
+_IMPLEMENTATION = ("fused", "foreach", "capturable")
 
 
 def load_optimizer(opt: torch.optim.Optimizer, saved: dict, player: str, where: Path) -> list[str]:
@@ -214,7 +216,14 @@ def load_optimizer(opt: torch.optim.Optimizer, saved: dict, player: str, where: 
                           f"{now}; an optimizer's state does not carry over to another kind. Resume with "
                           f"optim.name={was}, or start a fresh run (another run.dir, no run.resume)")
     wanted = [{k: g[k] for k in _HYPER_PARAMETERS if k in g} for g in opt.param_groups]
+    built = [{k: g[k] for k in _IMPLEMENTATION if k in g} for g in opt.param_groups]
     opt.load_state_dict(state)
+    for group, flags in zip(opt.param_groups, built):
+        group.update(flags)
+        if group.get("fused") or group.get("capturable"):  # these keep their step count on the device
+            for p in group["params"]:
+                if "step" in opt.state.get(p, {}):
+                    opt.state[p]["step"] = opt.state[p]["step"].to(p.device, torch.float32)
     changed = []
     for group, settings in zip(opt.param_groups, wanted):
         for k, v in settings.items():

@@ -514,6 +514,8 @@ def validate(cfg: Config) -> None:
             if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
                     and isinstance(item[1], int) and item[1] >= 1):
                 raise ConfigError(f"train.phases[{i}]: expected [phase_name, repeats >= 1], got {item!r}")
+    if getattr(cfg.objective, "penalty_every", 1) < 1:
+        raise ConfigError(f"objective.penalty_every: must be >= 1 (1 = every step), got {cfg.objective.penalty_every}")
     objective_cls = OBJECTIVES.get(cfg.objective.name, key="objective.name")
     objective_cls.check_config(cfg)
     if not cfg.run.dir:

@@ -10,6 +10,8 @@ returns a scalar to *minimize*; the trainer owns backward.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -55,17 +57,27 @@ def g_loss_least_squares(fake: Tensor) -> Tensor:
     return 0.5 * (fake - 1).pow(2).mean()
 
 
-def _fp32(x: Tensor):
-    # Penalties differentiate w.r.t. the input and then again w.r.t. the weights.
-    # Under fp16 autocast the input gradient underflows or overflows (a GradScaler
-    # never sees it to unscale it), and on the CPU even the create_graph backward runs
-    # under the caller's autocast. So the penalty's forward, its input gradient and
-    # the norm all run with autocast off: exact, at the price of one fp32 forward.
-    return torch.autocast(device_type=x.device.type, enabled=False)
+def _penalty_precision(x: Tensor):
+    """The precision of a penalty's forward and input gradient (the create_graph backward
+    too: on the CPU it runs under the caller's autocast as well).
+
+    Under bf16 autocast they stay in bf16, on the tensor cores: bf16 has fp32's exponent
+    range, so the input gradient neither under- nor overflows, and the reductions (the
+    sum of outputs, the squared norm, the mean) run in fp32 (`_input_grad`, callers).
+    tests/test_losses.py bounds the result against fp32. Under fp16 autocast the input
+    gradient under/overflows (a GradScaler never sees it to unscale it), so fp16 and
+    no autocast run with autocast off, in fp32: exact, at the price of an fp32 forward;
+    the outer loss keeps its GradScaler scaling either way."""
+    kind = x.device.type
+    if torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) == torch.bfloat16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=kind, enabled=False)
 
 
 def _input_grad(out: Tensor, x: Tensor) -> Tensor:
-    (grad,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+    # x is fp32, so the gradient is too (in bf16 its last ops ran in bf16); the sum of the
+    # outputs is taken in fp32 (a no-op for fp32 outputs).
+    (grad,) = torch.autograd.grad(out.float().sum(), x, create_graph=True)
     return grad.flatten(1)
 
 
@@ -76,7 +88,7 @@ def contractive_penalty(net, x: Tensor) -> tuple[Tensor, Tensor]:
     For a multi-output net the outputs are summed before differentiating (as R1 does).
     """
     x = x.detach().float().requires_grad_(True)
-    with _fp32(x):
+    with _penalty_precision(x):
         out = net(x)
         return _input_grad(out, x).pow(2).sum(1).mean(), out
 
@@ -86,8 +98,13 @@ def gradient_penalty(net, x_real: Tensor, x_fake: Tensor, center: float = 1.0,
     """WGAN-GP (Gulrajani et al. 2017): E (||grad net(x_hat)|| - center)^2 at random
     interpolates x_hat = eps x_real + (1 - eps) x_fake, eps ~ U[0, 1] per sample."""
     shape = (x_real.shape[0],) + (1,) * (x_real.dim() - 1)
-    eps = torch.rand(shape, generator=generator, device="cpu").to(x_real.device)
+    # Seeded (a generator): drawn on the CPU, the same on every device. In training: on the
+    # device itself (a host-to-device copy would wait for the device every critic step).
+    if generator is not None:
+        eps = torch.rand(shape, generator=generator, device="cpu").to(x_real.device)
+    else:
+        eps = torch.rand(shape, device=x_real.device)
     x_hat = (eps * x_real.detach().float() + (1 - eps) * x_fake.detach().float()).requires_grad_(True)
-    with _fp32(x_hat):
+    with _penalty_precision(x_hat):
         norm = _input_grad(net(x_hat), x_hat).norm(dim=1)
         return (norm - center).pow(2).mean()

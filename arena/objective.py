@@ -101,6 +101,9 @@ class Objective(ABC):
         self.info = info
         self.nets = nn.ModuleDict()  # players, filled by subclasses
         self.ema: dict[str, nn.Module] = {}  # EMA copies, kept by the trainer
+        # phase -> how many times the trainer has run it (set from the step on resume);
+        # a Python count, so schedules read from it cost no host sync.
+        self.calls: dict[str, int] = {}
 
     # -- declared by subclasses -------------------------------------------------
     @classmethod
@@ -160,6 +163,15 @@ class Objective(ABC):
 
     def net(self, name: str, ema: bool = False) -> nn.Module:
         return self.ema.get(name, self.nets[name]) if ema else self.nets[name]
+
+    def penalty_scale(self, phase: str) -> float:
+        """Lazy regularization (Karras et al. 2020): with `objective.penalty_every: k` the
+        phase's input-gradient penalty (R1 / contractive / WGAN-GP) is computed on every
+        k-th run of the phase only, with its weight x k, so the average weight is unchanged.
+        Returns k on those runs and 0.0 on the others (skip the penalty). k = 1 (the
+        default, the paper's method): 1.0 on every run."""
+        k = getattr(self.opts, "penalty_every", 1)
+        return float(k) if self.calls.get(phase, 0) % k == 0 else 0.0
 
     def latent(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         raise ConfigError(f"objective '{self.opts.name}' does not generate images")

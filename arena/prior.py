@@ -28,14 +28,19 @@ class PriorConfig:
 PRIORS: Registry = Registry("prior")
 
 
+# Where samples are drawn: seeded (a generator) on the generator's device (the CPU), so a
+# seeded draw does not depend on the device; in training (no generator) on `device`
+# itself, like the training noise: a host-to-device copy every step would wait for the GPU.
 def gaussian(n: int, dim: int, mean: float = 0.0, std: float = 1.0, device=None, generator=None) -> Tensor:
-    """n samples of N(mean, std^2 I) in R^dim; drawn on the CPU so results do not depend on the device."""
-    return (mean + std * torch.randn(n, dim, generator=generator)).to(device)
+    """n samples of N(mean, std^2 I) in R^dim."""
+    at = generator.device if generator is not None else device
+    return (mean + std * torch.randn(n, dim, generator=generator, device=at)).to(device)
 
 
 def uniform(n: int, dim: int, low: float = 0.0, high: float = 1.0, device=None, generator=None) -> Tensor:
-    """n samples of U[low, high]^dim, drawn on the CPU."""
-    return (low + (high - low) * torch.rand(n, dim, generator=generator)).to(device)
+    """n samples of U[low, high]^dim."""
+    at = generator.device if generator is not None else device
+    return (low + (high - low) * torch.rand(n, dim, generator=generator, device=at)).to(device)
 
 
 PRIORS.register("uniform")(lambda cfg, n, dim, device, generator: uniform(n, dim, cfg.low, cfg.high, device, generator))
@@ -44,7 +49,7 @@ PRIORS.register("gaussian")(lambda cfg, n, dim, device, generator: gaussian(n, d
 
 
 def sample_prior(cfg: PriorConfig, n: int, dim: int, device=None, generator=None) -> Tensor:
-    """n samples of the configured target, drawn on the CPU."""
+    """n samples of the configured target (drawn where `gaussian` / `uniform` say)."""
     return PRIORS.get(cfg.name, key="prior.name")(cfg, n, dim, device, generator)
 
 
@@ -100,6 +105,14 @@ def discriminator_loss(D: nn.Module, v: Tensor, y: Tensor, penalty_weight: float
         "d_real": real.detach().mean(),  # mean logits; > 0 means "prior"
         "d_fake": fake.detach().mean(),
     }
+
+
+def lazy_penalty_log(out: dict[str, Tensor], scale: float) -> dict[str, Tensor]:
+    """A penalty skipped by lazy regularization (scale 0, Objective.penalty_scale) was not
+    computed: log none for the run, rather than a 0 that would pull the logged mean down."""
+    if scale == 0:
+        out.pop("penalty", None)
+    return out
 
 
 ENCODER_LOSSES = ("nonsaturating", "saturating")

@@ -8,7 +8,7 @@ import torch
 
 from .nets import ConvEncoder
 from .objective import OBJECTIVES, Batch, DataInfo, Objective, Phase
-from .prior import PriorConfig, PriorDiscriminator, check_prior, discriminator_loss, encoder_loss, sample_prior
+from .prior import PriorConfig, PriorDiscriminator, check_prior, discriminator_loss, encoder_loss, lazy_penalty_log, sample_prior
 from .registry import ConfigError
 
 
@@ -22,6 +22,7 @@ class PriorMatchModel:
 class PriorMatchOptions:
     name: str = "prior_match"
     prior: PriorConfig = field(default_factory=PriorConfig)
+    penalty_every: int = 1  # lazy regularization of D's penalty: every k-th step, weight x k
     sigmoid: bool = False  # squash the encoder output before matching (as DIM does for a uniform prior)
 
 
@@ -55,6 +56,7 @@ class PriorMatch(Objective):
         y, prior = self.encode(batch.x), self.opts.prior
         if phase == "discriminator":
             v = sample_prior(prior, len(y), y.shape[1], y.device)
-            return discriminator_loss(self.nets["D"], v, y, prior.penalty)
+            scale = self.penalty_scale(phase)
+            return lazy_penalty_log(discriminator_loss(self.nets["D"], v, y, prior.penalty * scale), scale)
         loss = encoder_loss(self.nets["D"], y, prior.encoder_loss)
         return {"loss": loss, "y_mean": y.detach().mean(), "y_std": y.detach().std()}

@@ -62,6 +62,12 @@ class BatchStream:
         self._loader_kwargs = {} if dataset.in_memory else make_loader_kwargs(dataset, data_cfg)
         self._it = None
         self._perm, self._perm_epoch = None, -1
+        # An in-memory dataset lives on the training device (uploaded once; on the CPU
+        # this is the dataset's own tensor) and every batch is indexed there, the
+        # permutation too (moved once per epoch): no host-to-device copy per step, which
+        # from pageable memory would also wait for the GPU.
+        if dataset.in_memory:
+            self._images, self._labels = dataset.images.to(self.device), dataset.labels.to(self.device)
 
     def permutation(self, epoch: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(derive_seed(self.seed, "data_order", epoch))
@@ -69,7 +75,7 @@ class BatchStream:
 
     def _epoch_permutation(self) -> torch.Tensor:
         if self._perm_epoch != self.epoch:  # computed once per epoch, not per batch
-            self._perm, self._perm_epoch = self.permutation(self.epoch), self.epoch
+            self._perm, self._perm_epoch = self.permutation(self.epoch).to(self.device), self.epoch
         return self._perm
 
     def __next__(self) -> Batch:
@@ -79,8 +85,7 @@ class BatchStream:
             # No workers: index the uint8 tensor and convert on the device.
             lo = self.index * self.global_batch + self.rank * self.batch_size
             idx = self._epoch_permutation()[lo : lo + self.batch_size]
-            x = to_float(self.dataset.images[idx].to(self.device, non_blocking=True))
-            y = self.dataset.labels[idx].to(self.device, non_blocking=True)
+            x, y = to_float(self._images[idx]), self._labels[idx]
         else:
             if self._it is None:
                 loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=_Slice(self), drop_last=True,
@@ -89,6 +94,8 @@ class BatchStream:
             x, y = next(self._it)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         self.index += 1
+        if self.device.type == "cuda":  # the layout the conv nets run in there (trainer)
+            x = x.contiguous(memory_format=torch.channels_last)
         return Batch(x, y)
 
     def close(self) -> None:

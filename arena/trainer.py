@@ -87,11 +87,15 @@ def make_optimizer(cfg: Config, player: str, net: nn.Module) -> torch.optim.Opti
     betas = over.betas if over and over.betas is not None else o.betas
     wd = over.weight_decay if over and over.weight_decay is not None else o.weight_decay
     params = [p for p in net.parameters() if p.requires_grad]
+    # On CUDA the fused update: one kernel for all of a player's parameters instead of a
+    # handful per tensor, and a GradScaler steps it without reading found-inf on the host.
+    # Elsewhere torch's default (the CPU path as it always was).
+    fast = {"fused": True} if params and all(p.is_cuda for p in params) else {}
     if o.name == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=tuple(betas), weight_decay=wd)
+        return torch.optim.Adam(params, lr=lr, betas=tuple(betas), weight_decay=wd, **fast)
     if o.name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=wd)
-    return torch.optim.SGD(params, lr=lr, momentum=betas[0], weight_decay=wd)
+        return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=wd, **fast)
+    return torch.optim.SGD(params, lr=lr, momentum=betas[0], weight_decay=wd, **fast)
 
 
 def clip_gradients(objective: Objective, player: str, limit: float) -> None:
@@ -184,6 +188,10 @@ def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
     torch.manual_seed(cfg.run.seed)
     objective = build_objective(cfg, info)
     objective.nets.to(device)
+    if device.type == "cuda":
+        # Tensor-core convolutions read NHWC: 4-d weights (and so conv outputs) and the
+        # batches (BatchStream) in channels_last. The CPU keeps the default layout.
+        objective.nets.to(memory_format=torch.channels_last)
     schedule = objective.schedule()
     optimizers = {name: make_optimizer(cfg, name, net) for name, net in objective.nets.items()}
     base_lrs = {name: [g["lr"] for g in opt.param_groups] for name, opt in optimizers.items()}
@@ -236,6 +244,9 @@ def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
         print(f"[arena] {per_step} data batch(es) of {cfg.train.batch_size} per step: {cfg.train.steps} steps read "
               f"{per_step * cfg.train.steps * cfg.train.batch_size / len(train_set):.1f} passes over the "
               f"{len(train_set)} training images")
+    # Phase run counts (lazy regularization reads them): a function of the step, so a
+    # resumed run continues the same schedule without saving them.
+    objective.calls = {p.name: step * p.repeats for p in schedule}
     log = _Logger(run_dir, main, start=step)
     if main and log.dropped:
         print(f"[arena] metrics.jsonl: dropped {log.dropped} rows after step {step} (steps this run does again)")
@@ -259,6 +270,7 @@ def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
         ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
         with ctx:
             out = objective.loss(phase.name, batch, stream.batch_size)
+        objective.calls[phase.name] += 1
         loss = out["loss"].float()
         scaler = scalers[phase.name]
         for name in phase.players:

@@ -86,7 +86,8 @@ def coordinate_loss(predictor: CoordinatePredictor, y: torch.Tensor, local: torc
         loc = loc.reshape(-1)
         row_t, col_t = loc // w, loc % w
     else:
-        src = torch.randint(0, h * w, (n,), generator=generator).to(dev)  # [N]
+        src = torch.randint(0, h * w, (n,), generator=generator,
+                            device=generator.device if generator is not None else dev).to(dev)  # [N]
         k = h * w
         c_src = feats[torch.arange(n, device=dev), src]  # [N, C]
         c_src = c_src.unsqueeze(1).expand(-1, k, -1).reshape(n * k, c)

@@ -84,12 +84,12 @@ def _negative_images(n: int, max_negatives: int | None, generator: torch.Generat
         raise ValueError(f"max_negatives must be >= 1, got {max_negatives}")
     if generator is None:
         # Deterministic: the next m images in batch order, cyclically (i+1, ..., i+m mod n).
-        offsets = torch.arange(1, max_negatives + 1).expand(n, -1)
+        offsets = torch.arange(1, max_negatives + 1, device=device).expand(n, -1)
     else:
         # Random: m distinct offsets in 1..n-1 per image (the first m of a random permutation).
         order = torch.rand(n, n - 1, generator=generator, device=generator.device).argsort(dim=1)
-        offsets = order[:, :max_negatives].cpu() + 1
-    i = torch.arange(n).unsqueeze(1)
+        offsets = order[:, :max_negatives].to(device) + 1
+    i = torch.arange(n, device=device).unsqueeze(1)
     return ((i + offsets) % n).to(device)
 
 

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from arena.distributed import all_gather, convert_sync_batchnorm
 from arena.objective import OBJECTIVES, Batch, DataInfo, Objective, Phase, resolve_schedule
-from arena.prior import PriorConfig, PriorDiscriminator, check_prior, discriminator_loss, encoder_loss, sample_prior
+from arena.prior import PriorConfig, PriorDiscriminator, check_prior, discriminator_loss, encoder_loss, lazy_penalty_log, sample_prior
 from arena.registry import ConfigError
 
 from .coords import CoordinatePredictor, coord_modes, coordinate_loss
@@ -61,6 +61,7 @@ class DIMOptions:
     alpha: float = 0.0  # global MI weight
     beta: float = 1.0  # local MI weight
     gamma: float = 0.1  # prior matching weight
+    penalty_every: int = 1  # lazy regularization of prior_D's penalty: every k-th step, weight x k
     max_negatives: int = 0  # nce only: negative images per image (0 = all others in the batch; Fig. 8)
     prior: PriorConfig = field(default_factory=_dim_prior)
     prior_sigmoid: bool = True  # squash Y into (0, 1) in the prior branch only
@@ -212,7 +213,8 @@ class DIM(EncoderObjective):
         the core's penalty on both sides as in the official code."""
         prior = self.opts.prior
         v = sample_prior(prior, len(y), y.shape[1], y.device)
-        return discriminator_loss(self.nets["prior_D"], v, y, prior.penalty)
+        scale = self.penalty_scale("prior")
+        return lazy_penalty_log(discriminator_loss(self.nets["prior_D"], v, y, prior.penalty * scale), scale)
 
     def encoder_terms(self, x: Tensor) -> dict[str, Tensor]:
         """Each active term of the encoder's objective, before weighting: global_mi and

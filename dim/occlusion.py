@@ -39,13 +39,15 @@ def occlusion_mask(batch: int, resolution: int, block: int = 10, generator: torc
     check_block(block, resolution)
     whole = resolution // block  # whole cells per side
     cells = -(-resolution // block)  # ceil: cells per side, edge cells may be cropped
-    keep = (torch.rand(batch, cells, cells, generator=generator) < KEEP_PROB).float()
+    # Seeded: built on the generator's device; in training on the target device (no copy).
+    dev = generator.device if generator is not None else device
+    keep = (torch.rand(batch, cells, cells, generator=generator, device=dev) < KEEP_PROB).float()
 
     # Two distinct whole cells per image: v uniform, o = v + uniform offset in 1..F-1 (mod F).
     n_whole = whole * whole
-    v = torch.randint(0, n_whole, (batch,), generator=generator)
-    o = (v + torch.randint(1, n_whole, (batch,), generator=generator)) % n_whole
-    b = torch.arange(batch)
+    v = torch.randint(0, n_whole, (batch,), generator=generator, device=dev)
+    o = (v + torch.randint(1, n_whole, (batch,), generator=generator, device=dev)) % n_whole
+    b = torch.arange(batch, device=dev)
     keep[b, v // whole, v % whole] = 1.0
     keep[b, o // whole, o % whole] = 0.0
 

@@ -46,7 +46,7 @@ class GAN(GeneratorObjective):
             return {"loss": g_loss(D(G(self.noise(batch_size))))}
         with torch.no_grad():
             x_fake = G(self.noise(batch.x.shape[0]))
-        weight = self.opts.penalty_weight
+        weight = self.opts.penalty_weight * self.penalty_scale(phase)  # 0 on a lazily skipped step
         if self.penalty == "contractive" and weight > 0:
             penalty, real = contractive_penalty(D, batch.x)  # reuses the forward on real data
         else:
@@ -65,6 +65,7 @@ class GAN(GeneratorObjective):
 class NSGANCPOptions:
     name: str = "nsgan_cp"
     penalty_weight: float = 10.0  # GAN_stability's reg_param default
+    penalty_every: int = 1  # lazy regularization: the penalty on every k-th critic step, weight x k
     ema_bn_batches: int = EMA_BN_BATCHES  # BatchNorm re-estimation of the EMA G before sampling
 
 
@@ -72,6 +73,7 @@ class NSGANCPOptions:
 class WGANGPOptions:
     name: str = "wgan_gp"
     penalty_weight: float = 10.0  # lambda in Gulrajani et al. 2017
+    penalty_every: int = 1  # lazy regularization: the penalty on every k-th critic step, weight x k
     ema_bn_batches: int = EMA_BN_BATCHES  # BatchNorm re-estimation of the EMA G before sampling
 
 

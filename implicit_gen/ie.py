@@ -48,6 +48,7 @@ class IEOptions:
     mu_q: float = -1.0  # +-1, so the unit-variance targets overlap (A.7: the overlap fixes E's strength)
     g_target: str = "mu_p"  # what G pulls the mean of E(G(z)) to: mu_p (eq. 13) | real_mean
     contractive: float = 10.0  # weight of the contractive penalty on E (R1's default in Mescheder et al. 2018)
+    penalty_every: int = 1  # lazy regularization: the contractive penalty on every k-th E step, weight x k
     contractive_on: str = "real"  # real | fake | both: the inputs at which E's gradient is penalized
     t_hidden: list[int] = field(default_factory=lambda: [256, 256])  # T_P, T_Q MLP widths ("small")
     t_activation: str = "relu"  # relu | leaky_relu (slope 0.2)
@@ -125,17 +126,22 @@ class ImplicitEncoder(GeneratorObjective):
         # E ||dE/dx||^2 at real and/or generated inputs (summed when both)
         on = self.opts.contractive_on
         penalty = batch.x.new_zeros(())
-        if self.opts.contractive > 0 and on in ("real", "both"):
+        scale = self.penalty_scale(phase)  # lazy regularization: 0 on a skipped run
+        weight = self.opts.contractive * scale
+        if weight > 0 and on in ("real", "both"):
             r, y_real = contractive_penalty(E, batch.x)  # reuses the forward for the main loss
             penalty = penalty + r
         else:
             y_real = E(batch.x)
-        if self.opts.contractive > 0 and on in ("fake", "both"):
+        if weight > 0 and on in ("fake", "both"):
             r, y_fake = contractive_penalty(E, x_fake)
             penalty = penalty + r
         else:
             y_fake = E(x_fake)
         kind = self.opts.encoder_loss
         fool = encoder_loss(T["P"], y_real, kind) + encoder_loss(T["Q"], y_fake, kind)
-        return {"loss": fool + self.opts.contractive * penalty, "penalty": penalty.detach(),
-                "E_real": y_real.detach().mean(), "E_fake": y_fake.detach().mean()}
+        out = {"loss": fool + weight * penalty, "penalty": penalty.detach(),
+               "E_real": y_real.detach().mean(), "E_fake": y_fake.detach().mean()}
+        if scale == 0:
+            del out["penalty"]  # not computed this run: logged over the runs that did
+        return out

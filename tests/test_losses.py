@@ -87,8 +87,9 @@ def test_penalty_weight_gradients_flow():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net[0].parameters())
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_penalties_are_exact_under_autocast_and_loss_scaling(dtype):
+def test_penalties_are_exact_under_fp16_autocast_and_loss_scaling(dtype=torch.float16):
+    # fp16 runs the penalty in fp32 (its input gradient would under/overflow); bf16 stays
+    # in bf16 within a stated tolerance: tests/test_gpu_path.py.
     torch.manual_seed(1)
     net = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 1))
     x, y = torch.randn(8, 6), torch.randn(8, 6)
