@@ -81,7 +81,6 @@ def test_a_save_killed_midway_leaves_the_previous_checkpoint(tmp_path, monkeypat
     assert ckpt.resolve_checkpoint(tmp_path, "latest").name == "checkpoint-000004"
 
 
-@OBJECTIVES.register("test_nan_after")
 class NanAfter(PriorMatch):
     """prior_match whose encoder loss turns NaN from the 3rd encoder step on."""
 
@@ -96,9 +95,16 @@ class NanAfter(PriorMatch):
         return out
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+@pytest.fixture
+def nan_after(monkeypatch):
+    """'test_nan_after' in the objective registry for one test only."""
+    monkeypatch.setitem(OBJECTIVES._entries, "test_nan_after", NanAfter)
     NanAfter.calls = 0
-    cfg = tiny("prior_match_digits", tmp_path, *SMALL, "objective.name=test_nan_after", "train.steps=10",
+    return "test_nan_after"
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, nan_after):
+    cfg = tiny("prior_match_digits", tmp_path, *SMALL, f"objective.name={nan_after}", "train.steps=10",
                "train.checkpoint_every=2", "train.log_every=5")
     with pytest.raises(NonFiniteLoss, match=r"loss 'encoder/loss' became non-finite .* at step 3;"):
         train(cfg)
