@@ -242,7 +242,7 @@ def dim_run(tmp_path_factory):
 
     def spy(self, phase, batch):
         if not STEP0:
-            STEP0.update({k: v.detach().clone() for k, v in self.nets.state_dict().items()})
+            STEP0.update({k: v.detach().cpu().clone() for k, v in self.nets.state_dict().items()})
         return real_loss(self, phase, batch)
 
     run = tmp_path_factory.mktemp("probe_runs") / "dim_l"

@@ -51,7 +51,7 @@ def nets_of(run_dir) -> dict:
     return state["nets"]
 
 
-def test_two_process_gan_equals_one_process_on_the_same_global_batch(tmp_path, monkeypatch):
+def test_two_process_gan_equals_one_process_on_the_same_global_batch(tmp_path, monkeypatch, cpu_only):
     script = tmp_path / "run2.py"
     script.write_text(f"""
 import sys

@@ -120,7 +120,7 @@ def test_worker_augmentation_is_random_per_item_and_epoch(disk_roots):
 # ---------------------------------------------------------------------------- the trainer
 
 
-def test_trainer_resumed_on_workers_equals_unbroken(disk_roots, tmp_path):
+def test_trainer_resumed_on_workers_equals_unbroken(disk_roots, tmp_path, cpu_only):
     """STL-10 (random crops and flips) on 2 workers, resumed mid-epoch; the image folder's
     stream is checked above (a trainer run re-creates its workers every epoch: slow)."""
     name = "stl10"

@@ -49,7 +49,7 @@ def recorded_train(cfg) -> tuple[object, list[dict]]:
 # ---------------------------------------------------------------------------- EMA
 
 
-def test_ema_is_the_decayed_average_of_the_weights_after_each_step(tmp_path):
+def test_ema_is_the_decayed_average_of_the_weights_after_each_step(tmp_path, cpu_only):
     cfg = tiny("prior_match_digits", tmp_path, *PM, "train.steps=3", "train.ema={E: 0.8}")
     objective, seen = recorded_train(cfg)
     ema = seen[0]["E"]  # the EMA copy starts as the initial weights
@@ -161,7 +161,7 @@ def saved_state(run_dir):
     ("wgan_gp_digits", ["train.phases=[[critic, 3], [generator, 1]]"]),
     ("prior_match_digits", ["model.out_dim=3", "objective.prior.hidden=[16]", "train.mixed_precision=fp16"]),
 ], ids=["ie", "wgan_gp", "fp16"])
-def test_resume_continues_exactly(tmp_path, config, extra):
+def test_resume_continues_exactly(tmp_path, config, extra, cpu_only):
     small = GEN if config != "prior_match_digits" else [a for a in PM if not a.startswith(("model.", "objective."))]
     common = [*small, *extra, "train.checkpoint_every=2"]
     train(tiny(config, tmp_path / "once", *common, "train.steps=4"))
