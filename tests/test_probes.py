@@ -240,10 +240,10 @@ def dim_run(tmp_path_factory):
 
     real_loss = DIM.loss
 
-    def spy(self, phase, batch):
+    def spy(self, phase, batch, batch_size):
         if not STEP0:
             STEP0.update({k: v.detach().cpu().clone() for k, v in self.nets.state_dict().items()})
-        return real_loss(self, phase, batch)
+        return real_loss(self, phase, batch, batch_size)
 
     run = tmp_path_factory.mktemp("probe_runs") / "dim_l"
     with pytest.MonkeyPatch.context() as mp:

@@ -79,7 +79,7 @@ shutdown()
 def build_start(tmp_path) -> dict:
     """The step-0 weights (the trainer seeds with run.seed before building the objective)."""
     from arena.data import build_dataset
-    from arena.trainer import build_objective, data_info
+    from arena.objective import build_objective, data_info
 
     cfg = tiny("nsgan_cp_digits", tmp_path / "start", *GAN, "objective.name=test_global_noise_gan")
     torch.manual_seed(cfg.run.seed)
