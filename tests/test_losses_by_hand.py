@@ -131,7 +131,8 @@ def test_wgan_gp_critic_loss_with_a_nonlinear_critic(tmp_path):
 def ie(tmp_path, *overrides, out_dim: int = 2):
     objective = build_objective(tiny("ie_digits", tmp_path, *SMALL, f"model.out_dim={out_dim}",
                                      "objective.t_hidden=[8]", "objective.mu_p=1.5", "objective.mu_q=-0.5",
-                                     "objective.contractive=2.0", "objective.g_target=mu_p", *overrides), INFO)
+                                     "objective.contractive=2.0", "objective.g_target=mu_p",
+                                     "objective.contractive_on=real", *overrides), INFO)
     objective.nets["G"], objective.nets["E"] = LinearG(), TanhMLP(4, out_dim)
     return objective
 
