@@ -4,13 +4,20 @@ The order is a function of (seed, epoch) only: every process computes the same
 permutation, takes its slice of each global batch, and the stream's position
 (epoch, batch index) is two integers, saved with every checkpoint, so a resumed run
 sees exactly the batches it would have seen.
+
+Disk datasets decode in DataLoader workers, and their random augmentation (flips,
+crops) must not depend on which worker decodes an item or on where a resumed run
+created its iterator. So every item is decoded under a seed of its own, a function of
+(run seed, epoch, position in the epoch's order), and the loader's worker seeds come
+from a generator of the same kind: the stream never draws from the process's RNG
+(the trainer's noise would otherwise depend on when an iterator was created).
 """
 from __future__ import annotations
 
 import signal
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .data import NamedErrors, make_loader_kwargs, to_float
 from .objective import Batch
@@ -28,21 +35,42 @@ def _outlive_stop_signals(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: signal.signal(signal.SIGTERM, signal.SIG_DFL))
 
 
-class _Slice(Sampler[int]):
-    """This process's indices for batches `start..` of one epoch."""
+class _Slice(Sampler[tuple[int, int]]):
+    """This process's (index, augmentation seed) pairs for batches `start..` of one epoch.
+
+    The item at position p of the epoch's order gets seed base + p: the same on every
+    process and every worker, and the same whether the run was resumed or not."""
 
     def __init__(self, stream: "BatchStream"):
         self.stream = stream
 
     def __iter__(self):
         s = self.stream
-        perm = s.permutation(s.epoch)
+        perm, base = s.permutation(s.epoch), s.augment_seed(s.epoch)
         for b in range(s.index, s.batches_per_epoch):
             lo = b * s.global_batch + s.rank * s.batch_size
-            yield from perm[lo : lo + s.batch_size].tolist()
+            for pos, i in enumerate(perm[lo : lo + s.batch_size].tolist(), start=lo):
+                yield i, base + pos
 
     def __len__(self) -> int:
         return (self.stream.batches_per_epoch - self.stream.index) * self.stream.batch_size
+
+
+class _Seeded(Dataset):
+    """dataset[i] decoded under its own seed: items are (i, seed) pairs from _Slice. The
+    process's RNG state is put back afterwards (it matters without workers)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]):
+        i, seed = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[i]
 
 
 class BatchStream:
@@ -73,6 +101,11 @@ class BatchStream:
         g = torch.Generator().manual_seed(derive_seed(self.seed, "data_order", epoch))
         return torch.randperm(len(self.dataset), generator=g)
 
+    def augment_seed(self, epoch: int) -> int:
+        """Base of the epoch's per-item augmentation seeds (< 2^62, so base + position fits)."""
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch + 0x5EED_0000_0000)
+        return int(torch.randint(2**62, (), generator=g))
+
     def _epoch_permutation(self) -> torch.Tensor:
         if self._perm_epoch != self.epoch:  # computed once per epoch, not per batch
             self._perm, self._perm_epoch = self.permutation(self.epoch).to(self.device), self.epoch
@@ -88,8 +121,12 @@ class BatchStream:
             x, y = to_float(self._images[idx]), self._labels[idx]
         else:
             if self._it is None:
-                loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=_Slice(self), drop_last=True,
-                                    worker_init_fn=_outlive_stop_signals, **self._loader_kwargs)
+                # The generator gives the workers their base seed; without it the
+                # DataLoader would draw one from the process's RNG.
+                workers_seed = torch.Generator().manual_seed(self.augment_seed(self.epoch))
+                loader = DataLoader(_Seeded(self.dataset), batch_size=self.batch_size, sampler=_Slice(self),
+                                    drop_last=True, generator=workers_seed, worker_init_fn=_outlive_stop_signals,
+                                    **self._loader_kwargs)
                 self._it = iter(NamedErrors(loader))  # a bad image in a worker: its message, not the worker's traceback
             x, y = next(self._it)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)

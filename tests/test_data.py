@@ -5,7 +5,6 @@ import os
 import pickle
 import string
 import sys
-import time
 from dataclasses import replace
 
 import numpy as np
@@ -265,11 +264,9 @@ def test_digits_split_is_deterministic_and_stratified():
     assert any(np.array_equal(ref[k], test.images[0, 0].numpy()) for k in range(len(ref)))
 
 
-def test_shapes_are_deterministic_per_seed_and_fast():
+def test_shapes_are_deterministic_per_seed():
     cfg = DataConfig(name="shapes", resolution=32)
-    start = time.perf_counter()
     train = build_dataset(cfg, "train")
-    assert time.perf_counter() - start < 5
     assert len(train) == 4096 and len(build_dataset(cfg, "test")) == 1024
     small = replace(cfg, num_images=64)
     a, b = build_dataset(small, "train"), build_dataset(small, "train")

@@ -2,6 +2,7 @@
 the prior game's direction, occlusion, and the trainer end to end."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from arena.registry import ConfigError
 from arena.runs import load_run
 from arena.trainer import train
 from dim import DIM, Supervised
+from dim.estimators import nce_mi
 from tests.helpers import assert_same_state, tiny
 
 RES = 16
@@ -109,32 +111,74 @@ def test_one_training_step(estimator, critic, extra):
     assert not torch.equal(before, objective.encoder.convs["conv1"][0].weight)
 
 
-def test_nce_with_fewer_negatives():
+def test_nce_with_fewer_negatives_uses_exactly_max_negatives_images():
+    """K = 1 + max_negatives * L candidates per positive: the images after i in batch
+    order (cyclically), every location of each, and no other image."""
     objective = build("objective.estimator=nce", "objective.max_negatives=2", "objective.gamma=0")
+    n, l, m = 8, 16, 2
+    chosen = torch.zeros(n, n, dtype=torch.bool)
+    for i in range(n):
+        chosen[i, [(i + 1) % n, (i + 2) % n]] = True
+    # Positives 0, the chosen negatives 0, every other negative 30 (it would dominate
+    # the softmax if it were a candidate): the estimate is log K - log K = 0.
+    scores = torch.where(chosen, 0.0, 30.0)[:, :, None].expand(n, n, l).clone()
+    scores[torch.arange(n), torch.arange(n)] = 0.0
+    assert objective.mi(scores).item() == pytest.approx(0.0, abs=1e-5)
+    # The chosen negatives far below the positives: the estimate is log K itself.
+    scores[chosen] = -1e4
+    assert objective.mi(scores).item() == pytest.approx(math.log(1 + m * l), rel=1e-6)
+
+    # The objective's reported local_mi is that estimate on its critic's scores.
+    seen = []
+    objective.nets["encoder"]["local_critic"].register_forward_hook(lambda mod, inp, out: seen.append(out.detach()))
     out = step(objective, "encoder", shapes_batch(), optimizers_for(objective))
-    assert torch.isfinite(out["loss"])
-    # K = 1 + 2 images * 16 locations: the estimate is at most log K
-    assert out["local_mi"] <= torch.log(torch.tensor(33.0)) + 1e-5
+    (critic_scores,) = seen
+    assert critic_scores.shape == (n, n, l)
+    torch.testing.assert_close(out["local_mi"], nce_mi(critic_scores, max_negatives=m))
+    assert not torch.allclose(out["local_mi"], nce_mi(critic_scores))  # all 7 negatives: another value
 
 
-def test_each_term_reaches_the_encoder():
-    objective = build("objective.alpha=1", "objective.beta=1", "objective.gamma=1", "objective.coord=both")
+@pytest.mark.parametrize("coord_weight", [0.3, 0.0])
+def test_encoder_loss_is_the_weighted_sum_of_the_terms(coord_weight):
+    """loss = -(alpha I_G + beta I_L) + gamma prior + coord_weight coord, in value and in
+    gradient; each term's head gets a gradient from the loss exactly when its weight is
+    nonzero, and every term reaches the encoder."""
+    alpha, beta, gamma = 0.5, 1.5, 0.2
+    objective = build(f"objective.alpha={alpha}", f"objective.beta={beta}", f"objective.gamma={gamma}",
+                      "objective.coord=both", f"objective.coord_weight={coord_weight}")
     player = objective.nets["encoder"]
     assert set(player) == {"encoder", "global_critic", "local_critic", "coord_absolute", "coord_relative"}
-    terms = objective.encoder_terms(shapes_batch().x)
+    x = shapes_batch().x
+    torch.manual_seed(3)  # the relative coordinates' source locations
+    terms = objective.encoder_terms(x)
+    torch.manual_seed(3)
+    out = objective.loss("encoder", Batch(x, torch.zeros(8)), 8)
     assert set(terms) == {"global_mi", "local_mi", "prior", "coord"}
-    owner = {"global_mi": "global_critic", "local_mi": "local_critic", "coord": "coord_absolute"}
+    weights = {"global_mi": -alpha, "local_mi": -beta, "prior": gamma, "coord": coord_weight}
+    expected = sum(w * terms[k] for k, w in weights.items())
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    for k in terms:
+        assert out[k].item() == pytest.approx(terms[k].item(), rel=1e-5)
+
     enc_params = list(objective.encoder.parameters())
-    for name, value in terms.items():
-        grads = torch.autograd.grad(value, enc_params, retain_graph=True, allow_unused=True)
-        assert any(g is not None and g.abs().sum() > 0 for g in grads), f"{name} does not reach the encoder"
-        if name in owner:
-            head = list(player[owner[name]].parameters())
-            grads = torch.autograd.grad(value, head, retain_graph=True, allow_unused=True)
-            assert any(g is not None and g.abs().sum() > 0 for g in grads), f"{name} does not train {owner[name]}"
-    # the weighted sum is the encoder loss
-    out = objective.loss("encoder", shapes_batch(), 8)
-    assert torch.isfinite(out["loss"])
+
+    def grads(value, params):
+        g = torch.autograd.grad(value, params, retain_graph=True, allow_unused=True)
+        return [torch.zeros_like(p) if gi is None else gi for gi, p in zip(g, params)]
+
+    per_term = {k: grads(v, enc_params) for k, v in terms.items()}
+    for k, g in per_term.items():
+        assert any(gi.abs().sum() > 0 for gi in g), f"{k} does not reach the encoder"
+    for got, *parts in zip(grads(out["loss"], enc_params), *(per_term[k] for k in weights)):
+        torch.testing.assert_close(got, sum(w * p for w, p in zip(weights.values(), parts)), rtol=1e-3, atol=1e-5)
+
+    owners = {"global_critic": alpha, "local_critic": beta, "coord_absolute": coord_weight,
+              "coord_relative": coord_weight}
+    for owner, weight in owners.items():
+        g = grads(out["loss"], list(player[owner].parameters()))
+        assert any(gi.abs().sum() > 0 for gi in g) == (weight != 0), owner
+    g = grads(out["loss"], list(objective.nets["prior_D"].parameters()))
+    assert any(gi.abs().sum() > 0 for gi in g)  # through the prior term (prior_D does not step here)
 
 
 def test_weights_decide_the_nets_and_phases():
@@ -191,11 +235,49 @@ def test_prior_discriminator_separates_and_the_encoder_moves_toward_the_prior():
     assert d_after > d_before + 0.5, (d_before, d_after)
 
 
-def test_prior_penalty_follows_the_official_code():
-    objective = build("objective.gamma=1")
-    out = objective.loss("prior", shapes_batch(), 8)
-    assert objective.opts.prior.penalty == 1.0 and out["penalty"] > 0
-    assert torch.allclose(out["loss"], -out["d_prior"] + out["penalty"])
+def test_prior_phase_loss_by_hand():
+    """loss = E_v sp(-D(v)) + E_y sp(D(y)) + penalty * (R(v) + R(y)) / 2, R = E ||dD/dx||^2,
+    v ~ U[0, 1]^d, y = sigmoid(Y): D is a one-hidden-layer ReLU MLP, so its input gradient
+    is W1^T (w2 * 1[W1 x + b1 > 0]), computed here without autograd."""
+    objective = build("objective.gamma=1", "objective.prior.hidden=[16]", "objective.prior.penalty=0.7")
+    batch = shapes_batch()
+    with torch.no_grad():
+        y = torch.sigmoid(objective.encoder(batch.x)["y"])  # batch statistics, as the phase computes them
+    torch.manual_seed(5)
+    out = objective.loss("prior", batch, 8)
+    torch.manual_seed(5)
+    v = torch.rand(8, 64)  # the prior samples the phase drew
+    lin1, lin2 = objective.nets["prior_D"].net[0], objective.nets["prior_D"].net[2]
+    W1, b1, w2, b2 = lin1.weight.detach(), lin1.bias.detach(), lin2.weight.detach()[0], lin2.bias.detach()
+
+    def D_and_R(x):
+        pre = x @ W1.T + b1
+        d = torch.relu(pre) @ w2 + b2
+        grad = (w2 * (pre > 0)) @ W1  # [n, dim]
+        return d, grad.pow(2).sum(1).mean()
+
+    (d_v, r_v), (d_y, r_y) = D_and_R(v), D_and_R(y)
+    sp = torch.nn.functional.softplus
+    gan = sp(-d_v).mean() + sp(d_y).mean()
+    assert out["penalty"].item() == pytest.approx((0.5 * (r_v + r_y)).item(), rel=1e-5)
+    assert out["loss"].item() == pytest.approx((gan + 0.7 * 0.5 * (r_v + r_y)).item(), rel=1e-5)
+    assert out["d_prior"].item() == pytest.approx(-gan.item(), rel=1e-5)
+    assert out["d_real"].item() == pytest.approx(d_v.mean().item(), rel=1e-5, abs=1e-6)
+
+
+def test_prior_sigmoid_false_matches_the_raw_code():
+    on = build("objective.gamma=1", "objective.prior.hidden=[16]")
+    off = build("objective.gamma=1", "objective.prior.hidden=[16]", "objective.prior_sigmoid=false")
+    y = torch.randn(8, 64)
+    assert torch.equal(on.prior_input(y), torch.sigmoid(y)) and torch.equal(off.prior_input(y), y)
+    batch = shapes_batch()
+    seen = []
+    off.nets["prior_D"].register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach()))
+    off.loss("prior", batch, 8)
+    with torch.no_grad():
+        raw = off.encoder(batch.x)["y"]
+    torch.testing.assert_close(seen[-1], raw)  # D saw Y itself (the prior samples came first)
+    assert (raw < 0).any()  # not squashed into (0, 1)
 
 
 # ----------------------------------------------------------------------------- occlusion

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 
 from arena.registry import ConfigError
-from implicit_gen.nets import ARCHS, build_discriminator, build_generator
+from implicit_gen.nets import (ARCHS, ResidualBlock, build_discriminator, build_generator, conv_mean_pool,
+                               mean_pool_conv, upsample_conv)
 
 
 def n_params(module: torch.nn.Module) -> int:
@@ -145,18 +146,65 @@ def test_layer_norm_adds_only_norm_params(arch):
 # ---------------------------------------------------------------- the reference's resampling ops
 
 
-def test_upsample_is_tiled_depth_to_space():
-    x = torch.randn(2, 3, 4, 5)
-    # tf: concat([x] * 4, channels), NHWC depth_to_space(2): out[2h+i, 2w+j, c] = in[h, w, (2i+j)C + c]
+def reference_upsample(x):
+    # tflib UpsampleConv: concat([x] * 4, channels), NHWC depth_to_space(2):
+    # out[2h+i, 2w+j, c] = in[h, w, (2i+j)C + c]
     tiled = repeat(x, "n c h w -> n h w (t c)", t=4)
-    reference = rearrange(tiled, "n h w (i j c) -> n c (h i) (w j)", i=2, j=2)
-    assert torch.equal(F.interpolate(x, scale_factor=2, mode="nearest"), reference)
+    return rearrange(tiled, "n h w (i j c) -> n c (h i) (w j)", i=2, j=2)
 
 
-def test_mean_pool_is_mean_of_four_slices():
+def reference_mean_pool(x):
+    # tflib MeanPool: the mean of the four strided slices
+    return (x[:, :, ::2, ::2] + x[:, :, 1::2, ::2] + x[:, :, ::2, 1::2] + x[:, :, 1::2, 1::2]) / 4
+
+
+def with_random_bias(conv_layer):
+    torch.nn.init.normal_(conv_layer.bias)  # biases start at zero; make them matter
+    return conv_layer
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_upsample_conv_block_is_the_reference_upsample_conv(k):
+    torch.manual_seed(0)
+    block = upsample_conv(3, 5, k)
+    c = with_random_bias(block[1])
+    x = torch.randn(2, 3, 4, 5)
+    expected = F.conv2d(reference_upsample(x), c.weight, c.bias, padding=k // 2)
+    torch.testing.assert_close(block(x), expected)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_conv_mean_pool_and_mean_pool_conv_blocks_are_the_reference_ones(k):
+    torch.manual_seed(0)
     x = torch.randn(2, 3, 8, 6)
-    reference = (x[:, :, ::2, ::2] + x[:, :, 1::2, ::2] + x[:, :, ::2, 1::2] + x[:, :, 1::2, 1::2]) / 4
-    assert torch.allclose(F.avg_pool2d(x, 2), reference)
+    cmp = conv_mean_pool(3, 4, k)
+    c = with_random_bias(cmp[0])
+    torch.testing.assert_close(cmp(x), reference_mean_pool(F.conv2d(x, c.weight, c.bias, padding=k // 2)))
+    mpc = mean_pool_conv(3, 4, k)
+    c = with_random_bias(mpc[1])
+    torch.testing.assert_close(mpc(x), F.conv2d(reference_mean_pool(x), c.weight, c.bias, padding=k // 2))
+
+
+def test_residual_up_and_down_blocks_compute_the_reference_formula():
+    """shortcut(x) + conv2(relu(norm2(conv1(relu(norm1(x)))))) with the reference resampling."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 8, 8)
+    up = ResidualBlock(4, 6, "up", torch.nn.BatchNorm2d).train()
+    for c in (up.conv1[1], up.conv2, up.shortcut[1]):
+        with_random_bias(c)
+    bn = lambda m, h: F.batch_norm(h, None, None, m.weight, m.bias, training=True, eps=m.eps)
+    h = F.conv2d(reference_upsample(F.relu(bn(up.norm1, x))), up.conv1[1].weight, up.conv1[1].bias, padding=1)
+    h = F.conv2d(F.relu(bn(up.norm2, h)), up.conv2.weight, up.conv2.bias, padding=1)
+    short = F.conv2d(reference_upsample(x), up.shortcut[1].weight, up.shortcut[1].bias)
+    torch.testing.assert_close(up(x), short + h)
+
+    down = ResidualBlock(4, 6, "down", lambda c: torch.nn.Identity(), pool_first=True)
+    for c in (down.conv1, down.conv2[0], down.shortcut[1]):
+        with_random_bias(c)
+    h = F.conv2d(F.relu(x), down.conv1.weight, down.conv1.bias, padding=1)
+    h = reference_mean_pool(F.conv2d(F.relu(h), down.conv2[0].weight, down.conv2[0].bias, padding=1))
+    short = F.conv2d(reference_mean_pool(x), down.shortcut[1].weight, down.shortcut[1].bias)
+    torch.testing.assert_close(down(x), short + h)
 
 
 def test_reference_init_scale():

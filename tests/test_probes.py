@@ -230,12 +230,25 @@ CHEAP = ["--runs", "2", "--mlp-epochs", "2", "--msssim-epochs", "1", "--mine-ste
          "--semi-epochs", "1", "--max-train", "256", "--max-test", "128", "--device", "cpu"]
 
 
+STEP0: dict = {}  # the weights the trainer had when dim_run's first loss was computed
+
+
 @pytest.fixture(scope="module")
 def dim_run(tmp_path_factory):
     from arena.trainer import train
+    from dim import DIM
+
+    real_loss = DIM.loss
+
+    def spy(self, phase, batch, batch_size):
+        if not STEP0:
+            STEP0.update({k: v.detach().cpu().clone() for k, v in self.nets.state_dict().items()})
+        return real_loss(self, phase, batch, batch_size)
 
     run = tmp_path_factory.mktemp("probe_runs") / "dim_l"
-    train(tiny("dim_l_digits", run, *TINY_DIM, "train.steps=2"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(DIM, "loss", spy)
+        train(tiny("dim_l_digits", run, *TINY_DIM, "train.steps=2"))
     return run
 
 
@@ -263,18 +276,16 @@ def test_dim_probes_cli_prints_json_appends_metrics_and_table(dim_run, capsys):
 
 
 def test_dim_probes_random_init_is_the_step_zero_encoder(dim_run, capsys):
-    from arena.config import load_config
-    from arena.data import build_dataset
-    from arena.objective import build_objective, data_info
     from eval import dim_probes
 
     cfg, objective, step = dim_probes.load_encoder_run(dim_run, random_init=True)
     assert step == 0
-    fresh_cfg = load_config(str(dim_run / "config.yaml"))
-    torch.manual_seed(fresh_cfg.run.seed)
-    fresh = build_objective(fresh_cfg, data_info(build_dataset(fresh_cfg.data, "train")))
-    for k, v in fresh.nets.state_dict().items():
-        assert torch.equal(v, objective.nets.state_dict()[k]), k
+    state = objective.nets.state_dict()
+    assert STEP0 and state.keys() == STEP0.keys()
+    for k, v in STEP0.items():
+        assert torch.equal(v, state[k]), k
+    _, trained, _ = dim_probes.load_encoder_run(dim_run)
+    assert not all(torch.equal(v, trained.nets.state_dict()[k]) for k, v in STEP0.items())  # it did train
     assert dim_probes.main(["--run", str(dim_run), "--random-init", "--probes", "svm", "--layers", "y",
                             "--no-append", *CHEAP]) == 0
     result = json.loads(capsys.readouterr().out.splitlines()[0])

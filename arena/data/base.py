@@ -65,26 +65,36 @@ def to_8bit(img: Image.Image) -> Image.Image:
     return img
 
 
+def _center_crop(img: Image.Image, size: int) -> Image.Image:
+    # torchvision's CenterCrop offsets, int(round((w - size) / 2)) (round half to even),
+    # so images match a torchvision Resize + CenterCrop pipeline pixel for pixel.
+    w, h = img.size
+    left, top = int(round((w - size) / 2.0)), int(round((h - size) / 2.0))
+    return img.crop((left, top, left + size, top + size))
+
+
 def pil_to_uint8(img: Image.Image, resolution: int, crop: int | None = None) -> torch.Tensor:
     """PIL image -> uint8 [3, resolution, resolution].
 
     Optional square center crop of `crop` px first (CelebA), then resize the shorter
-    side to `resolution` and center-crop the longer one, so aspect ratio is kept.
+    side to `resolution` and center-crop the longer one, so aspect ratio is kept: the
+    same pixels as torchvision's [CenterCrop(crop)], Resize(resolution, BICUBIC),
+    CenterCrop(resolution) on the PIL image.
     """
     img = to_8bit(img).convert("RGB")
     if crop is not None:
-        w, h = img.size
-        s = min(crop, w, h)
-        left, top = (w - s) // 2, (h - s) // 2
-        img = img.crop((left, top, left + s, top + s))
+        img = _center_crop(img, min(crop, *img.size))
     w, h = img.size
-    if (w, h) != (resolution, resolution):
-        scale = resolution / min(w, h)
-        nw, nh = max(resolution, round(w * scale)), max(resolution, round(h * scale))
+    if min(w, h) != resolution:
+        # the longer side as torchvision computes it: truncated, not rounded
+        if w <= h:
+            size = (resolution, int(resolution * h / w))
+        else:
+            size = (int(resolution * w / h), resolution)
         # PIL widens the bicubic kernel when shrinking, i.e. it antialiases.
-        img = img.resize((nw, nh), Image.BICUBIC)
-        left, top = (nw - resolution) // 2, (nh - resolution) // 2
-        img = img.crop((left, top, left + resolution, top + resolution))
+        img = img.resize(size, Image.BICUBIC)
+    if img.size != (resolution, resolution):
+        img = _center_crop(img, resolution)
     return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()  # HWC -> CHW
 
 
