@@ -129,7 +129,7 @@ class _Logger:
 
     def _drop_after(self, start: int) -> int:
         """Rows of steps after `start` came from steps this run is about to redo (a run
-        killed after its last checkpoint, or an older run in the same directory): drop
+        killed after its last checkpoint, or before its first one): drop
         them so that no step appears twice. Returns how many were dropped."""
         if not self.path.is_file():
             return 0
@@ -176,6 +176,8 @@ def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
     rank, world, device, main = state.process_index, state.num_processes, state.device, state.is_main_process
     run_dir = Path(cfg.run.dir)
     amp_dtype = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.mixed_precision]
+    if not cfg.run.resume:
+        _check_fresh_run_dir(run_dir)
 
     # -- data and objective (same weights on every process) ---------------------
     train_set = build_dataset(cfg.data, "train")
@@ -444,6 +446,18 @@ def _saved_so_far(cfg: Config) -> str:
     if found:
         return f"The newest checkpoint is {found[-1]} (step {ckpt.step_of(found[-1])})."
     return f"No checkpoint exists under {Path(cfg.run.dir) / 'checkpoints'}: none was saved before this step."
+
+
+def _check_fresh_run_dir(run_dir: Path) -> None:
+    """A fresh run into a directory holding another run's checkpoints would mix the two:
+    rotation keeps the newest steps (the old run's) and deletes the new saves, and a later
+    resume would pick up the old run. Refuse before any work."""
+    found = ckpt.checkpoint_dirs(run_dir)
+    if found:
+        raise ConfigError(
+            f"run.dir: {run_dir} already holds checkpoints of a run ({found[-1].name} is the newest); to continue "
+            f"it, set run.resume=latest; to start a new run, set run.dir to a new directory (or remove "
+            f"{run_dir / 'checkpoints'})")
 
 
 def _check_resume_point(cfg: Config, run_dir: Path, loaded: ckpt.Loaded) -> None:

@@ -164,6 +164,20 @@ def test_resume_from_an_older_checkpoint_is_refused_in_place_and_branches_elsewh
     assert steps_of(tmp_path / "b") == [3] and metric_steps(tmp_path / "b") == [3]
 
 
+def test_a_fresh_run_into_a_dir_with_checkpoints_is_refused_before_any_work(tmp_path):
+    run(tmp_path, "train.steps=4", "train.checkpoint_every=2")
+    config = (tmp_path / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match=rf"run.dir: {tmp_path} already holds checkpoints of a run "
+                                          r"\(checkpoint-000004 is the newest\); to continue it, set "
+                                          r"run.resume=latest; to start a new run, set run.dir to a new directory"):
+        run(tmp_path, "train.steps=3", "train.checkpoint_every=1", "model.width=8")
+    # the old run is untouched, and continues
+    assert steps_of(tmp_path) == [2, 4] and metric_steps(tmp_path) == [1, 2, 3, 4]
+    assert (tmp_path / "config.yaml").read_text() == config
+    run(tmp_path, "train.steps=5", "train.checkpoint_every=2", "run.resume=latest")
+    assert steps_of(tmp_path) == [2, 4, 5] and metric_steps(tmp_path) == [1, 2, 3, 4, 5]
+
+
 def test_resume_at_or_past_train_steps_changes_nothing(tmp_path, capsys):
     run(tmp_path, "train.steps=2")
     config = (tmp_path / "config.yaml").read_text()
