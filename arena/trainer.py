@@ -88,10 +88,16 @@ def make_optimizer(cfg: Config, player: str, net: nn.Module) -> torch.optim.Opti
     wd = over.weight_decay if over and over.weight_decay is not None else o.weight_decay
     params = [p for p in net.parameters() if p.requires_grad]
     if o.name == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=tuple(betas), weight_decay=wd)
-    if o.name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=wd)
-    return torch.optim.SGD(params, lr=lr, momentum=betas[0], weight_decay=wd)
+        opt = torch.optim.Adam(params, lr=lr, betas=tuple(betas), weight_decay=wd)
+    elif o.name == "adamw":
+        opt = torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=wd)
+    else:
+        opt = torch.optim.SGD(params, lr=lr, momentum=betas[0], weight_decay=wd)
+    for g in opt.param_groups:
+        # the schedule's base (torch's name for it): saved with the state, so that a resume
+        # compares the config's lr with the saved base, not with the decayed lr of the last step
+        g["initial_lr"] = g["lr"]
+    return opt
 
 
 def clip_gradients(objective: Objective, player: str, limit: float) -> None:
@@ -188,7 +194,6 @@ def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
     objective.nets.to(device)
     schedule = objective.schedule()
     optimizers = {name: make_optimizer(cfg, name, net) for name, net in objective.nets.items()}
-    base_lrs = {name: [g["lr"] for g in opt.param_groups] for name, opt in optimizers.items()}
     scalers = {p.name: torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16) for p in schedule}
     ema_decay = objective.ema_decays()
     clip = {name: objective.clip_norm(name) for name in objective.nets}
@@ -348,9 +353,9 @@ def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
         stop.install()
         while step < cfg.train.steps:
             if cfg.optim.schedule == "linear":  # decay to 0 at train.steps
-                for name, opt in optimizers.items():
-                    for g, lr in zip(opt.param_groups, base_lrs[name]):
-                        g["lr"] = lr * (1.0 - step / cfg.train.steps)
+                for opt in optimizers.values():
+                    for g in opt.param_groups:
+                        g["lr"] = g["initial_lr"] * (1.0 - step / cfg.train.steps)
             step_t.fill_(step + 1)  # 1-based, as logged: step s is the s-th update
             for phase in schedule:
                 for _ in range(phase.repeats):
@@ -359,6 +364,12 @@ def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
             steps_since += 1
             bar.update(1)
             stopping = stop.agreed()  # a signal's number, the same on every process; 0 = none
+            if stopping and step == cfg.train.steps:
+                # the run is complete: finish it as usual, or its final samples and hooks are
+                # lost for good (a rerun has nothing to train)
+                if main:
+                    print(f"[arena] {signal.Signals(stopping).name} at the last step: finishing the run")
+                stopping = 0
             end = step == cfg.train.steps or stopping > 0
 
             if step % cfg.train.log_every == 0 or end:

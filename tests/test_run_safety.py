@@ -140,6 +140,17 @@ def test_resume_applies_the_configs_optimizer_settings_and_keeps_the_state(tmp_p
     assert all(int(s["step"]) == 3 for s in opt["state"].values())  # moments carried over, not reset
 
 
+def test_resume_with_a_linear_schedule_reports_no_lr_change(tmp_path, capsys):
+    run(tmp_path, "train.steps=2", "optim.schedule=linear", "optim.lr=0.001")
+    assert optimizer_group(tmp_path)["param_groups"][0]["lr"] == 0.0005  # saved decayed (step 2 of 2 ran at 1/2)
+    capsys.readouterr()
+    run(tmp_path, "train.steps=4", "run.resume=latest", "optim.schedule=linear", "optim.lr=0.001")
+    assert "settings from the config" not in capsys.readouterr().out
+    run(tmp_path, "train.steps=5", "run.resume=latest", "optim.schedule=linear", "optim.lr=0.002")
+    assert "settings from the config: lr 0.001 -> 0.002" in capsys.readouterr().out
+    assert optimizer_group(tmp_path)["param_groups"][0]["lr"] == pytest.approx(0.002 * (1 - 4 / 5))
+
+
 @pytest.mark.parametrize("legacy", [False, True])
 def test_resume_with_another_optimizer_kind_is_refused(tmp_path, legacy):
     run(tmp_path, "train.steps=1")
@@ -195,6 +206,19 @@ def stop_at(step: int) -> Hook:
             raise KeyboardInterrupt("killed")  # after step's metrics row, before its checkpoint
 
     return Hook(every=1, fn=fn)
+
+
+def test_a_stop_signal_at_the_last_step_finishes_the_run(tmp_path, capsys):
+    ran = []
+
+    def signal_then_record(r, s):
+        ran.append(s)
+        if s == 2:  # read after step 3 of 3: the run is complete, its last hooks still run
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    run(tmp_path, "train.steps=3", hooks=[Hook(every=1, fn=signal_then_record)])
+    assert ran == [1, 2, 3] and steps_of(tmp_path) == [3]
+    assert "SIGTERM at the last step: finishing the run" in capsys.readouterr().out
 
 
 def test_kill_and_resume_leaves_each_step_once_in_metrics(tmp_path, capsys):
