@@ -357,6 +357,7 @@ def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
                     for g in opt.param_groups:
                         g["lr"] = g["initial_lr"] * (1.0 - step / cfg.train.steps)
             step_t.fill_(step + 1)  # 1-based, as logged: step s is the s-th update
+            stop.start()
             for phase in schedule:
                 for _ in range(phase.repeats):
                     run_phase(phase)
@@ -413,16 +414,21 @@ class _StopSignals:
     loop finishes the step, saves and raises Stopped. In a single process a second Ctrl-C
     stops at once (without saving); with N processes the launcher forwards the signals, so
     repeats are absorbed there. Repeated SIGTERMs are always absorbed (a scheduler may
-    signal both the launcher and the workers)."""
+    signal both the launcher and the workers).
+
+    With N processes the flags are shared by an asynchronous all-reduce (MAX) on a CPU group
+    of its own, started as a step begins and read as it ends: the step never waits for it,
+    and every process stops after the same step. A signal that comes during a step stops
+    the run after the next one."""
 
     def __init__(self, world: int):
         self.world, self.signum, self._previous = world, 0, {}
-        self._group = None
-        if world > 1 and torch.distributed.get_backend() != "gloo":
-            # agree on the CPU: reading a flag back from the GPU would make every step wait for it
-            self._group = torch.distributed.new_group(backend="gloo")
+        self._group = self._pending = self._flag = None
 
     def install(self) -> None:
+        if self.world > 1:
+            # gloo: reading a flag back from the GPU would make the step wait for it
+            self._group = torch.distributed.new_group(backend="gloo")
         if threading.current_thread() is threading.main_thread():  # Python allows handlers only there
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -436,15 +442,26 @@ class _StopSignals:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+        # a pending exchange means this process failed inside a step: leave the group to the exit
+        if self._group is not None and self._pending is None:
+            torch.distributed.destroy_process_group(self._group)  # one group per train() call, not a leak
+        self._group = self._pending = None
+
+    def start(self) -> None:
+        """As a step begins: send this process's flag (0: no signal) without waiting."""
+        if self.world > 1:
+            self._flag = torch.tensor([self.signum], dtype=torch.int64)
+            self._pending = torch.distributed.all_reduce(self._flag, op=torch.distributed.ReduceOp.MAX,
+                                                         group=self._group, async_op=True)
 
     def agreed(self) -> int:
-        """The signal any process received (0: none), the same on every process, so that all
-        stop after the same step: with N processes, one CPU all-reduce of one int per step."""
+        """As the step ends: the signal any process had sent at its start (0: none), the same
+        on every process; in a single process, the signal received so far."""
         if self.world == 1:
             return self.signum
-        flag = torch.tensor([self.signum], dtype=torch.int64)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=self._group)
-        return int(flag.item())
+        self._pending.wait()  # long done by now: it ran beside the step
+        self._pending = None
+        return int(self._flag.item())  # a CPU tensor: no device sync
 
 
 def _warn(message: str) -> None:

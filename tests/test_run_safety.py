@@ -362,6 +362,7 @@ def test_two_processes_stop_after_the_same_step_when_one_gets_sigterm(tmp_path):
     script = tmp_path / "stop2.py"
     script.write_text(f"""
 import json, os, signal, sys
+import torch
 sys.path.insert(0, {str(ROOT)!r})
 from accelerate import PartialState
 from tests.helpers import tiny
@@ -378,12 +379,14 @@ try:
 except Stopped as err:
     result = str(err)
 rank = PartialState().process_index
+result = [result, len(torch.distributed.distributed_c10d._world.pg_map)]  # the default group, and any train() left
 shutdown()
 json.dump(result, open({str(tmp_path)!r} + f"/rank{{rank}}.json", "w"))
 """)
     launch_two_cpu_processes(script)
     for rank in (0, 1):
-        assert json.loads((tmp_path / f"rank{rank}.json").read_text()).startswith("stopped by SIGTERM after step 3;")
+        result, groups_left = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert result.startswith("stopped by SIGTERM after step 3;") and groups_left == 1
     assert steps_of(tmp_path / "run") == [3] and metric_steps(tmp_path / "run") == [1, 2, 3]
     _, rng1 = ckpt.load(tmp_path / "run" / "checkpoints" / "checkpoint-000003", rank=1)
     assert rng1 is not None
