@@ -296,12 +296,22 @@ def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
             first_bad[k] = torch.where((bad < 0) & ~torch.isfinite(v), step_t, bad)
 
     def check_finite() -> None:
-        bad = {k: int(v.item()) for k, v in first_bad.items()}
-        bad = {k: s for k, s in bad.items() if s >= 0}
+        # Every process decides on the same numbers (one all-reduce, at log / save time):
+        # losses differ between processes, and one stopping alone would leave the others
+        # waiting in the next collective.
+        keys = sorted(first_bad)
+        if not keys:
+            return
+        firsts = torch.stack([first_bad[k] for k in keys])
+        if world > 1:
+            never = torch.iinfo(torch.long).max  # a process with no bad step must not win the MIN
+            firsts = torch.where(firsts < 0, never, firsts)
+            torch.distributed.all_reduce(firsts, op=torch.distributed.ReduceOp.MIN)
+            firsts = torch.where(firsts == never, -1, firsts)
+        bad = _first_nonfinite(dict(zip(keys, firsts.tolist())))
         if bad:
-            k = min(bad, key=bad.get)  # the first to go; the others follow from it
             raise NonFiniteLoss(
-                f"loss '{k}' became non-finite (nan or inf) at step {bad[k]}; stopping. {_saved_so_far(cfg)}"
+                f"loss '{bad[0]}' became non-finite (nan or inf) at step {bad[1]}; stopping. {_saved_so_far(cfg)}"
             )
 
     def save(at: int) -> None:
@@ -462,6 +472,13 @@ class _StopSignals:
         self._pending.wait()  # long done by now: it ran beside the step
         self._pending = None
         return int(self._flag.item())  # a CPU tensor: no device sync
+
+
+def _first_nonfinite(first_bad: dict[str, int]) -> tuple[str, int] | None:
+    """{key: first step its value was non-finite, -1: never} -> the first to go (the others
+    follow from it; ties by name, so every process names the same), or None."""
+    bad = sorted((step, key) for key, step in first_bad.items() if step >= 0)
+    return (bad[0][1], bad[0][0]) if bad else None
 
 
 def _warn(message: str) -> None:

@@ -390,3 +390,42 @@ json.dump(result, open({str(tmp_path)!r} + f"/rank{{rank}}.json", "w"))
     assert steps_of(tmp_path / "run") == [3] and metric_steps(tmp_path / "run") == [1, 2, 3]
     _, rng1 = ckpt.load(tmp_path / "run" / "checkpoints" / "checkpoint-000003", rank=1)
     assert rng1 is not None
+
+
+def test_a_loss_non_finite_on_one_process_stops_every_process_at_the_same_check(tmp_path):
+    from tests.helpers import launch_two_cpu_processes
+
+    script = tmp_path / "nan2.py"
+    script.write_text(f"""
+import json, sys
+import torch
+sys.path.insert(0, {str(ROOT)!r})
+from accelerate import PartialState
+from tests.helpers import tiny
+from arena.prior_match import PriorMatch
+from arena.trainer import NonFiniteLoss, processes, shutdown, train
+
+rank = processes().rank  # the trainer's process layout (a bare PartialState() would not pin the CPU)
+calls = [0]
+real = PriorMatch.loss
+
+def loss(self, phase, batch, batch_size):  # a logged value that goes inf on rank 1 only, from its 5th call
+    out = real(self, phase, batch, batch_size)
+    calls[0] += 1
+    bad = rank == 1 and calls[0] >= 5
+    return {{**out, "probe": torch.tensor(float("inf") if bad else 1.0)}}
+
+PriorMatch.loss = loss
+cfg = tiny("prior_match_digits", {str(tmp_path / 'run')!r}, *{SMALL!r}, "train.steps=20", "train.log_every=4")
+try:
+    train(cfg)
+    result = "finished"
+except NonFiniteLoss as err:
+    result = str(err)
+shutdown()
+json.dump(result, open({str(tmp_path)!r} + f"/rank{{rank}}.json", "w"))
+""")
+    launch_two_cpu_processes(script)
+    results = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert results[0] == results[1] and "became non-finite (nan or inf) at step" in results[0], results
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # both stopped at the first log (step 4), unwritten
