@@ -227,11 +227,15 @@ def load_optimizer(opt: torch.optim.Optimizer, saved: dict, player: str, where: 
     changed = []
     for group, settings in zip(opt.param_groups, wanted):
         for k, v in settings.items():
-            old = tuple(group[k]) if isinstance(group[k], (list, tuple)) else group[k]
+            # a scheduled lr was saved decayed; its base is what the config sets
+            was = group.get("initial_lr", group[k]) if k == "lr" else group[k]
+            old = tuple(was) if isinstance(was, (list, tuple)) else was
             new = tuple(v) if isinstance(v, (list, tuple)) else v
             if old != new:
                 changed.append(f"{k} {old} -> {new}")
             group[k] = v
+        if "lr" in settings:
+            group["initial_lr"] = settings["lr"]
     return changed
 
 

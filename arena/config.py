@@ -399,10 +399,12 @@ def parse_overrides(overrides: list[str]) -> dict:
 
 
 def merge(base: dict, extra: dict) -> dict:
-    """`extra` over `base`: mappings merge key by key, anything else is replaced whole."""
+    """`extra` over `base`: mappings merge key by key, anything else is replaced whole. An
+    empty mapping is a value (`ema: {}` means no EMA), so it replaces too, as it does on
+    the command line."""
     out = dict(base)
     for k, v in extra.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge(out[k], v) if isinstance(v, dict) and v and isinstance(out.get(k), dict) else v
     return out
 
 

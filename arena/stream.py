@@ -15,6 +15,7 @@ from a generator of the same kind: the stream never draws from the process's RNG
 from __future__ import annotations
 
 import signal
+from contextlib import contextmanager
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -33,6 +34,24 @@ def _outlive_stop_signals(worker_id: int) -> None:
     # still ends them.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda signum, frame: signal.signal(signal.SIGTERM, signal.SIG_DFL))
+    # a signal that came while the worker started waited (see _stop_signals_blocked): absorbed now
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextmanager
+def _stop_signals_blocked():
+    """SIGINT and SIGTERM blocked in this thread while the DataLoader forks its workers. A
+    worker inherits the mask, so a signal sent to the whole job before
+    `_outlive_stop_signals` runs (until then torch's own SIGTERM handler ends the worker)
+    stays pending until the worker absorbs it; here it is delivered on leaving."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 class _Slice(Sampler[tuple[int, int]]):
@@ -113,7 +132,8 @@ class BatchStream:
 
     def __next__(self) -> Batch:
         if self.index >= self.batches_per_epoch:
-            self.epoch, self.index, self._it = self.epoch + 1, 0, None
+            self.close()  # a new DataLoader (and workers) for the new epoch's order
+            self.epoch, self.index = self.epoch + 1, 0
         if self.dataset.in_memory:
             # No workers: index the uint8 tensor and convert on the device.
             lo = self.index * self.global_batch + self.rank * self.batch_size
@@ -127,7 +147,8 @@ class BatchStream:
                 loader = DataLoader(_Seeded(self.dataset), batch_size=self.batch_size, sampler=_Slice(self),
                                     drop_last=True, generator=workers_seed, worker_init_fn=_outlive_stop_signals,
                                     **self._loader_kwargs)
-                self._it = iter(NamedErrors(loader))  # a bad image in a worker: its message, not the worker's traceback
+                with _stop_signals_blocked():  # the workers start here
+                    self._it = iter(NamedErrors(loader))  # a bad image in a worker: its message, not its traceback
             x, y = next(self._it)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         self.index += 1
@@ -139,11 +160,12 @@ class BatchStream:
         """Stop the DataLoader's workers now, not whenever the iterator is collected (a
         process exiting with workers alive waits for them)."""
         it, self._it = self._it, None
-        if it is not None and hasattr(it, "_shutdown_workers"):
-            it._shutdown_workers()
+        if it is not None:
+            it.close()
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "index": self.index}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.index, self._it = int(state["epoch"]), int(state["index"]), None
+        self.close()
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])

@@ -92,10 +92,16 @@ def make_optimizer(cfg: Config, player: str, net: nn.Module) -> torch.optim.Opti
     # Elsewhere torch's default (the CPU path as it always was).
     fast = {"fused": True} if params and all(p.is_cuda for p in params) else {}
     if o.name == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=tuple(betas), weight_decay=wd, **fast)
-    if o.name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=wd, **fast)
-    return torch.optim.SGD(params, lr=lr, momentum=betas[0], weight_decay=wd, **fast)
+        opt = torch.optim.Adam(params, lr=lr, betas=tuple(betas), weight_decay=wd, **fast)
+    elif o.name == "adamw":
+        opt = torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=wd, **fast)
+    else:
+        opt = torch.optim.SGD(params, lr=lr, momentum=betas[0], weight_decay=wd, **fast)
+    for g in opt.param_groups:
+        # the schedule's base (torch's name for it): saved with the state, so that a resume
+        # compares the config's lr with the saved base, not with the decayed lr of the last step
+        g["initial_lr"] = g["lr"]
+    return opt
 
 
 def clip_gradients(objective: Objective, player: str, limit: float) -> None:
@@ -133,7 +139,7 @@ class _Logger:
 
     def _drop_after(self, start: int) -> int:
         """Rows of steps after `start` came from steps this run is about to redo (a run
-        killed after its last checkpoint, or an older run in the same directory): drop
+        killed after its last checkpoint, or before its first one): drop
         them so that no step appears twice. Returns how many were dropped."""
         if not self.path.is_file():
             return 0
@@ -180,6 +186,8 @@ def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
     rank, world, device, main = state.process_index, state.num_processes, state.device, state.is_main_process
     run_dir = Path(cfg.run.dir)
     amp_dtype = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.mixed_precision]
+    if not cfg.run.resume:
+        _check_fresh_run_dir(run_dir)
 
     # -- data and objective (same weights on every process) ---------------------
     train_set = build_dataset(cfg.data, "train")
@@ -194,7 +202,6 @@ def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
         objective.nets.to(memory_format=torch.channels_last)
     schedule = objective.schedule()
     optimizers = {name: make_optimizer(cfg, name, net) for name, net in objective.nets.items()}
-    base_lrs = {name: [g["lr"] for g in opt.param_groups] for name, opt in optimizers.items()}
     scalers = {p.name: torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16) for p in schedule}
     ema_decay = objective.ema_decays()
     clip = {name: objective.clip_norm(name) for name in objective.nets}
@@ -301,12 +308,22 @@ def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
             first_bad[k] = torch.where((bad < 0) & ~torch.isfinite(v), step_t, bad)
 
     def check_finite() -> None:
-        bad = {k: int(v.item()) for k, v in first_bad.items()}
-        bad = {k: s for k, s in bad.items() if s >= 0}
+        # Every process decides on the same numbers (one all-reduce, at log / save time):
+        # losses differ between processes, and one stopping alone would leave the others
+        # waiting in the next collective.
+        keys = sorted(first_bad)
+        if not keys:
+            return
+        firsts = torch.stack([first_bad[k] for k in keys])
+        if world > 1:
+            never = torch.iinfo(torch.long).max  # a process with no bad step must not win the MIN
+            firsts = torch.where(firsts < 0, never, firsts)
+            torch.distributed.all_reduce(firsts, op=torch.distributed.ReduceOp.MIN)
+            firsts = torch.where(firsts == never, -1, firsts)
+        bad = _first_nonfinite(dict(zip(keys, firsts.tolist())))
         if bad:
-            k = min(bad, key=bad.get)  # the first to go; the others follow from it
             raise NonFiniteLoss(
-                f"loss '{k}' became non-finite (nan or inf) at step {bad[k]}; stopping. {_saved_so_far(cfg)}"
+                f"loss '{bad[0]}' became non-finite (nan or inf) at step {bad[1]}; stopping. {_saved_so_far(cfg)}"
             )
 
     def save(at: int) -> None:
@@ -358,10 +375,11 @@ def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
         stop.install()
         while step < cfg.train.steps:
             if cfg.optim.schedule == "linear":  # decay to 0 at train.steps
-                for name, opt in optimizers.items():
-                    for g, lr in zip(opt.param_groups, base_lrs[name]):
-                        g["lr"] = lr * (1.0 - step / cfg.train.steps)
+                for opt in optimizers.values():
+                    for g in opt.param_groups:
+                        g["lr"] = g["initial_lr"] * (1.0 - step / cfg.train.steps)
             step_t.fill_(step + 1)  # 1-based, as logged: step s is the s-th update
+            stop.start()
             for phase in schedule:
                 for _ in range(phase.repeats):
                     run_phase(phase)
@@ -369,6 +387,12 @@ def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
             steps_since += 1
             bar.update(1)
             stopping = stop.agreed()  # a signal's number, the same on every process; 0 = none
+            if stopping and step == cfg.train.steps:
+                # the run is complete: finish it as usual, or its final samples and hooks are
+                # lost for good (a rerun has nothing to train)
+                if main:
+                    print(f"[arena] {signal.Signals(stopping).name} at the last step: finishing the run")
+                stopping = 0
             end = step == cfg.train.steps or stopping > 0
 
             if step % cfg.train.log_every == 0 or end:
@@ -412,16 +436,21 @@ class _StopSignals:
     loop finishes the step, saves and raises Stopped. In a single process a second Ctrl-C
     stops at once (without saving); with N processes the launcher forwards the signals, so
     repeats are absorbed there. Repeated SIGTERMs are always absorbed (a scheduler may
-    signal both the launcher and the workers)."""
+    signal both the launcher and the workers).
+
+    With N processes the flags are shared by an asynchronous all-reduce (MAX) on a CPU group
+    of its own, started as a step begins and read as it ends: the step never waits for it,
+    and every process stops after the same step. A signal that comes during a step stops
+    the run after the next one."""
 
     def __init__(self, world: int):
         self.world, self.signum, self._previous = world, 0, {}
-        self._group = None
-        if world > 1 and torch.distributed.get_backend() != "gloo":
-            # agree on the CPU: reading a flag back from the GPU would make every step wait for it
-            self._group = torch.distributed.new_group(backend="gloo")
+        self._group = self._pending = self._flag = None
 
     def install(self) -> None:
+        if self.world > 1:
+            # gloo: reading a flag back from the GPU would make the step wait for it
+            self._group = torch.distributed.new_group(backend="gloo")
         if threading.current_thread() is threading.main_thread():  # Python allows handlers only there
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -435,15 +464,33 @@ class _StopSignals:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+        # a pending exchange means this process failed inside a step: leave the group to the exit
+        if self._group is not None and self._pending is None:
+            torch.distributed.destroy_process_group(self._group)  # one group per train() call, not a leak
+        self._group = self._pending = None
+
+    def start(self) -> None:
+        """As a step begins: send this process's flag (0: no signal) without waiting."""
+        if self.world > 1:
+            self._flag = torch.tensor([self.signum], dtype=torch.int64)
+            self._pending = torch.distributed.all_reduce(self._flag, op=torch.distributed.ReduceOp.MAX,
+                                                         group=self._group, async_op=True)
 
     def agreed(self) -> int:
-        """The signal any process received (0: none), the same on every process, so that all
-        stop after the same step: with N processes, one CPU all-reduce of one int per step."""
+        """As the step ends: the signal any process had sent at its start (0: none), the same
+        on every process; in a single process, the signal received so far."""
         if self.world == 1:
             return self.signum
-        flag = torch.tensor([self.signum], dtype=torch.int64)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=self._group)
-        return int(flag.item())
+        self._pending.wait()  # long done by now: it ran beside the step
+        self._pending = None
+        return int(self._flag.item())  # a CPU tensor: no device sync
+
+
+def _first_nonfinite(first_bad: dict[str, int]) -> tuple[str, int] | None:
+    """{key: first step its value was non-finite, -1: never} -> the first to go (the others
+    follow from it; ties by name, so every process names the same), or None."""
+    bad = sorted((step, key) for key, step in first_bad.items() if step >= 0)
+    return (bad[0][1], bad[0][0]) if bad else None
 
 
 def _warn(message: str) -> None:
@@ -456,6 +503,18 @@ def _saved_so_far(cfg: Config) -> str:
     if found:
         return f"The newest checkpoint is {found[-1]} (step {ckpt.step_of(found[-1])})."
     return f"No checkpoint exists under {Path(cfg.run.dir) / 'checkpoints'}: none was saved before this step."
+
+
+def _check_fresh_run_dir(run_dir: Path) -> None:
+    """A fresh run into a directory holding another run's checkpoints would mix the two:
+    rotation keeps the newest steps (the old run's) and deletes the new saves, and a later
+    resume would pick up the old run. Refuse before any work."""
+    found = ckpt.checkpoint_dirs(run_dir)
+    if found:
+        raise ConfigError(
+            f"run.dir: {run_dir} already holds checkpoints of a run ({found[-1].name} is the newest); to continue "
+            f"it, set run.resume=latest; to start a new run, set run.dir to a new directory (or remove "
+            f"{run_dir / 'checkpoints'})")
 
 
 def _check_resume_point(cfg: Config, run_dir: Path, loaded: ckpt.Loaded) -> None:

@@ -13,7 +13,9 @@ lowest NDM) framed; writes the numbers to the same path with .json. A cell with
 alpha = beta = 0 is not a DIM model (no MI term): it is skipped and drawn hatched.
 
 A cell whose run directory already holds a checkpoint of --steps steps is not trained
-again (delete the directory, or pass --retrain, to redo it). Where the paper
+again (delete the directory, or pass --retrain, to redo it); a cell stopped short of
+--steps (SIGTERM, Ctrl-C) resumes from its newest checkpoint; a cell trained for another
+--steps is refused (pass --retrain). Where the paper
 interpolated its heatmaps bilinearly, we show the grid values themselves.
 """
 from __future__ import annotations
@@ -53,6 +55,23 @@ def has_checkpoint(run_dir: Path, steps: int) -> bool:
         if (run_dir / "checkpoints").is_dir() else False
 
 
+def resume_point(run_dir: Path, steps: int) -> str:
+    """run.resume for a cell that has no checkpoint of `steps` steps: '' when it has none at
+    all, 'latest' when a run of `steps` steps stopped short; a run planned for another
+    number of steps is refused (continuing it would mix two step counts in one cell)."""
+    found = ckpt.checkpoint_dirs(run_dir)
+    if not found:
+        return ""
+    import yaml
+
+    saved = run_dir / "config.yaml"
+    planned = (yaml.safe_load(saved.read_text()) or {}).get("train", {}).get("steps") if saved.is_file() else None
+    if planned == steps and ckpt.step_of(found[-1]) < steps:
+        return "latest"
+    raise ConfigError(f"{run_dir} holds a run planned for {planned} steps (newest {found[-1].name}), not for "
+                      f"--steps {steps}; pass --retrain to train the cell again, or another --runs-root")
+
+
 def run_cell(config: str, a: float, b: float, g: float, steps: int, root: Path, overrides: list[str],
              settings: ProbeSettings, retrain: bool) -> dict:
     run_dir = root / cell_name(a, b, g)
@@ -63,10 +82,12 @@ def run_cell(config: str, a: float, b: float, g: float, steps: int, root: Path, 
             import shutil
 
             shutil.rmtree(run_dir)
+        resume = resume_point(run_dir, steps)
         cfg = load_config(config, [*overrides, f"objective.alpha={a}", f"objective.beta={b}",
                                    f"objective.gamma={g}", f"train.steps={steps}", f"run.dir={run_dir}",
-                                   f"train.checkpoint_every={steps}", "train.progress=false"])
-        log(f"training {run_dir.name} for {steps} steps")
+                                   f"train.checkpoint_every={steps}", "train.progress=false",
+                                   *([f"run.resume={resume}"] if resume else [])])
+        log(f"training {run_dir.name} for {steps} steps" + (" (resuming)" if resume else ""))
         train(cfg)
         cell["train_seconds"] = round(time.perf_counter() - t0, 1)
     else:

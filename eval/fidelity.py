@@ -12,9 +12,12 @@ Three pieces, usable alone:
   are cached under a key that names the dataset split and the feature extractor.
 
 torch-fidelity 0.4 loads the Inception weights and its cache files with
-torch.load(weights_only=False), so a crafted file would run code. It is never handed one
-the toolkit has not verified: the Inception file by its known sha256 prefix and a
-weights-only load, each cache file by a weights-only load (verify_inception, verify_cache).
+torch.load(weights_only=False), so a crafted file would run code. It is never handed a
+file another process can change: at each call the Inception file and the cache files of
+the key are copied into a private temporary folder (mode 0700, files 0600), and the copies
+are checked (Inception: the sha256 of the bytes copied begins with the prefix in its name,
+and a weights-only load gives only tensors; cache files: a weights-only load) before
+torch-fidelity reads them; statistics it writes are copied back to the shared cache.
 
 `evaluate_generator` ties them together for the eval.fid_is CLI and the trainer's
 metric hook. torch-fidelity is single-process: with several processes the samples
@@ -29,8 +32,10 @@ import json
 import math
 import os
 import re
+import shutil
 import tempfile
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -173,7 +178,10 @@ def fetch_inception(dest: Path) -> None:
 
 
 def verify_inception(path: Path, how: str = "") -> Path:
-    """`path` if it is torch-fidelity's Inception file, else ConfigError.
+    """`path` if it is torch-fidelity's Inception file, else ConfigError: the early check of
+    resolve_features (memoized by path, size and mtime). What torch-fidelity loads is a
+    private copy verified again at the call (private_inception_copy), so a file changed
+    after this check is never handed to it.
 
     torch-fidelity 0.4 loads the weights with torch.load(weights_only=False), which runs any
     code a crafted pickle holds. Two checks before it may: the sha256 prefix in the file's
@@ -185,20 +193,46 @@ def verify_inception(path: Path, how: str = "") -> Path:
     key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
     if key in _VERIFIED:
         return path
-    digest = file_digest(path)
+    _check_inception(path, file_digest(path), path, how)
+    _VERIFIED.add(key)
+    return path
+
+
+def _check_inception(path: Path, digest: str, shown: Path, how: str = "") -> None:
+    """The two checks of verify_inception on `path`'s bytes (whose sha256 is `digest`);
+    messages name `shown`, the user's file."""
     if not digest.startswith(INCEPTION_SHA256):
-        msg = f"{path} is not {INCEPTION_FILE}: its sha256 begins {digest[:8]}, the known file's {INCEPTION_SHA256}"
+        msg = f"{shown} is not {INCEPTION_FILE}: its sha256 begins {digest[:8]}, the known file's {INCEPTION_SHA256}"
         raise ConfigError(f"{msg}. {how}" if how else msg)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ConfigError(f"{path}: refusing to hand this file to torch-fidelity (which loads it with "
+        raise ConfigError(f"{shown}: refusing to hand this file to torch-fidelity (which loads it with "
                           f"weights_only=False and would run code in it): it is not plain tensors "
                           f"({_first_line(e)})") from None
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise ConfigError(f"{path}: not a state dict of tensors, so not {INCEPTION_FILE}")
-    _VERIFIED.add(key)
-    return path
+        raise ConfigError(f"{shown}: not a state dict of tensors, so not {INCEPTION_FILE}")
+
+
+def _private_copy(src: Path, folder: Path) -> tuple[Path, str]:
+    """src's bytes, read once, into a new file in `folder` that only this user can open
+    (mkstemp: mode 0600); -> (the copy, sha256 of the bytes copied)."""
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=src.suffix)
+    h = hashlib.sha256()
+    with open(src, "rb") as f, os.fdopen(fd, "wb") as out:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+            out.write(block)
+    return Path(tmp), h.hexdigest()
+
+
+@contextmanager
+def _private_folder():
+    folder = Path(tempfile.mkdtemp(prefix="dim-fidelity-"))  # mode 0700
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _first_line(e: Exception) -> str:
@@ -279,25 +313,42 @@ def _array_globals() -> list:
             np.ndarray, np.dtype, *{type(np.dtype(c)) for c in "?bhilqBHILQefdgFDG"}]
 
 
-def verify_cache(cache_root: str | os.PathLike, cache_key: str) -> None:
-    """Every file torch-fidelity would read for `cache_key` loads weights-only, else ConfigError.
+def _check_cache_file(path: Path, shown: Path) -> None:
+    try:
+        with torch.serialization.safe_globals(_array_globals()):
+            torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ConfigError(f"metric cache file {shown} is not plain tensors or arrays ({_first_line(e)}); "
+                          f"torch-fidelity would load it with weights_only=False, which can run code. "
+                          f"Delete it: the reference statistics are recomputed on the next run") from None
 
-    torch-fidelity 0.4 reads its cache with torch.load(weights_only=False); a file planted in the
-    cache folder would run code. Its files (tensors, numpy arrays) load weights-only, so each is
-    checked that way first (memoized by path, size and mtime)."""
+
+def private_cache(cache_root: str | os.PathLike, cache_key: str, folder: Path) -> set[str]:
+    """Copy every file torch-fidelity would read for `cache_key` into the private `folder`,
+    each copy checked to load weights-only (else ConfigError naming the original); -> the
+    names copied. torch-fidelity 0.4 reads its cache with torch.load(weights_only=False): it
+    is pointed at `folder`, so a file planted or swapped in the shared cache after the check
+    is never what it reads."""
+    copied = set()
     for path in sorted(Path(cache_root).glob(f"{glob.escape(cache_key)}-*.pt")):
-        st = path.stat()
-        key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-        if key in _VERIFIED:
-            continue
-        try:
-            with torch.serialization.safe_globals(_array_globals()):
-                torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ConfigError(f"metric cache file {path} is not plain tensors or arrays ({_first_line(e)}); "
-                              f"torch-fidelity would load it with weights_only=False, which can run code. "
-                              f"Delete it: the reference statistics are recomputed on the next run") from None
-        _VERIFIED.add(key)
+        copy, _ = _private_copy(path, folder)
+        _check_cache_file(copy, path)
+        os.replace(copy, folder / path.name)
+        copied.add(path.name)
+    return copied
+
+
+def _publish_new_cache_files(folder: Path, cache_root: str | os.PathLike, copied: set[str]) -> None:
+    """Files torch-fidelity wrote into the private cache go to the shared one (each renamed
+    into place whole)."""
+    root = Path(cache_root)
+    root.mkdir(parents=True, exist_ok=True)
+    for path in folder.glob("*.pt"):
+        if path.name not in copied:
+            fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{path.name}-")
+            with os.fdopen(fd, "wb") as out, open(path, "rb") as f:
+                shutil.copyfileobj(f, out)
+            os.replace(tmp, root / path.name)
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -336,13 +387,11 @@ def compute_metrics(fake: torch.Tensor | Dataset, reference: torch.Tensor | Data
     metrics = check_metrics(metrics)
     if isinstance(features, str):
         features = resolve_features(features)
-    if features["feature_extractor"] == "inception-v3-compat":
-        # never hand torch-fidelity a weights file (or none: it would fetch and load one unchecked)
-        # that was not verified; resolve_features already did, this is memoized
-        if not features.get("feature_extractor_weights_path"):
-            raise ValueError("features: inception-v3-compat needs feature_extractor_weights_path "
-                             "(use resolve_features('inception'))")
-        verify_inception(Path(features["feature_extractor_weights_path"]))
+    inception = features["feature_extractor"] == "inception-v3-compat"
+    if inception and not features.get("feature_extractor_weights_path"):
+        # none: torch-fidelity would fetch and load one unchecked
+        raise ValueError("features: inception-v3-compat needs feature_extractor_weights_path "
+                         "(use resolve_features('inception'))")
     fake = fake if isinstance(fake, UInt8Images) else UInt8Images(fake)
     binary = any(m in metrics for m in ("fid", "kid", "prc"))
     if binary and reference is None:
@@ -365,15 +414,25 @@ def compute_metrics(fake: torch.Tensor | Dataset, reference: torch.Tensor | Data
         reference = reference if isinstance(reference, UInt8Images) else UInt8Images(reference)
         # KID averages MMD over subsets; a subset cannot be bigger than either side.
         kwargs.update(input2=reference, kid_subset_size=min(kid_subset_size, len(fake), len(reference)))
+    cache_key = cache_key if binary else None
+    # torch-fidelity unpickles the weights and cache files it is given: it gets private copies
+    # of exactly the bytes verified here, right before the call
+    with _private_folder() as folder:
+        if inception:
+            shown = Path(features["feature_extractor_weights_path"])
+            copy, digest = _private_copy(shown, folder)
+            _check_inception(copy, digest, shown)
+            kwargs["feature_extractor_weights_path"] = str(copy)
         if cache_key:
             cache_root = cache_root or default_cache_root()
-            verify_cache(cache_root, cache_key)
-            kwargs.update(cache=True, input2_cache_name=cache_key, cache_root=cache_root)
+            (folder / "cache").mkdir()
+            copied = private_cache(cache_root, cache_key, folder / "cache")
+            kwargs.update(cache=True, input2_cache_name=cache_key, cache_root=str(folder / "cache"))
         else:
             kwargs.update(cache=False)
-    else:
-        kwargs.update(cache=False)
-    out = torch_fidelity.calculate_metrics(**kwargs)
+        out = torch_fidelity.calculate_metrics(**kwargs)
+        if cache_key:
+            _publish_new_cache_files(folder / "cache", cache_root, copied)
     return {ours: float(out[theirs]) for theirs, ours in _KEYS.items() if theirs in out}
 
 

@@ -62,6 +62,14 @@ def test_bases_merge_in_order_and_the_file_overrides_them(tmp_path):
     assert resolved.origins[("train", "steps")] == "command line"
 
 
+def test_an_empty_mapping_in_a_file_replaces_the_bases_mapping(tmp_path):
+    assert load_config("ie_digits").train.ema == {"G": 0.99}
+    mine = write(tmp_path, "mine", "base: ie_digits\ntrain:\n  ema: {}\n")
+    assert load_config(str(mine)).train.ema == {} == load_config("ie_digits", ["train.ema={}"]).train.ema
+    assert resolve(str(mine)).origins[("train", "ema")] == str(mine)
+    assert "  ema: {}  # " + str(mine) in annotated_yaml(str(mine)).splitlines()
+
+
 def test_a_shared_base_is_applied_once_before_both_of_its_children(tmp_path):
     # the shipped dim_l_nce_coord_occlude_* rows rely on this: coord's `coord: both` must
     # not be undone by occlude's copy of the common base's `coord: none`

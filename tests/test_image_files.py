@@ -1,6 +1,11 @@
 """Image files as users have them: 16-bit PNGs, empty class folders, bad files read by workers."""
 from __future__ import annotations
 
+import gc
+import multiprocessing
+import os
+import signal
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +14,7 @@ from PIL import Image
 import train as train_cli
 from arena.data import DataConfig, NamedErrors, build_dataset, to_float
 from arena.registry import ConfigError
+from arena.stream import BatchStream
 from tests import fixtures
 
 
@@ -84,3 +90,46 @@ def test_training_with_workers_on_a_bad_image_prints_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert err.startswith(f"error: unreadable image {victim}") and len(err.splitlines()) == 1, err
+
+
+def stream_with_workers(root, **kw) -> BatchStream:
+    cfg = DataConfig(name="imagefolder", root=str(root), resolution=16, num_workers=1)
+    return BatchStream(build_dataset(cfg, "train"), 2, seed=0, data_cfg=cfg, **kw)
+
+
+def test_closing_the_stream_after_a_workers_error_ends_the_workers(tmp_path):
+    fixtures.make_imagefolder(tmp_path)
+    (tmp_path / "train" / "cat" / "b.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    stream = stream_with_workers(tmp_path)
+    # the error stays alive, as it does while train() unwinds through its `finally: stream.close()`
+    with pytest.raises(ConfigError, match="unreadable image") as err:
+        for _ in range(3):  # one epoch: every image once
+            next(stream)
+    workers = multiprocessing.active_children()
+    assert workers, "the stream should read with a worker process"
+    stream.close()
+    alive = [w.pid for w in workers if w.is_alive()]
+    err = None  # without close(), only collecting the iterator would end them
+    gc.collect()
+    assert alive == [], "close() left the DataLoader's workers running"
+
+
+def test_a_stop_signal_at_a_workers_start_is_absorbed(tmp_path, monkeypatch):
+    """The window between a worker's fork and its handlers (torch's SIGTERM handler ends it
+    there): a SIGTERM in it waits until the worker absorbs it."""
+    import arena.stream
+
+    real = arena.stream._outlive_stop_signals
+
+    def signalled_at_start(worker_id: int) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # the job's SIGTERM, before this worker could ignore it
+        real(worker_id)
+
+    fixtures.make_imagefolder(tmp_path)
+    monkeypatch.setattr(arena.stream, "_outlive_stop_signals", signalled_at_start)
+    stream = stream_with_workers(tmp_path)
+    try:
+        for _ in range(4):  # two epochs: a worker started twice
+            assert next(stream).x.shape == (2, 3, 16, 16)
+    finally:
+        stream.close()

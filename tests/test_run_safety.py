@@ -140,6 +140,17 @@ def test_resume_applies_the_configs_optimizer_settings_and_keeps_the_state(tmp_p
     assert all(int(s["step"]) == 3 for s in opt["state"].values())  # moments carried over, not reset
 
 
+def test_resume_with_a_linear_schedule_reports_no_lr_change(tmp_path, capsys):
+    run(tmp_path, "train.steps=2", "optim.schedule=linear", "optim.lr=0.001")
+    assert optimizer_group(tmp_path)["param_groups"][0]["lr"] == 0.0005  # saved decayed (step 2 of 2 ran at 1/2)
+    capsys.readouterr()
+    run(tmp_path, "train.steps=4", "run.resume=latest", "optim.schedule=linear", "optim.lr=0.001")
+    assert "settings from the config" not in capsys.readouterr().out
+    run(tmp_path, "train.steps=5", "run.resume=latest", "optim.schedule=linear", "optim.lr=0.002")
+    assert "settings from the config: lr 0.001 -> 0.002" in capsys.readouterr().out
+    assert optimizer_group(tmp_path)["param_groups"][0]["lr"] == pytest.approx(0.002 * (1 - 4 / 5))
+
+
 @pytest.mark.parametrize("legacy", [False, True])
 def test_resume_with_another_optimizer_kind_is_refused(tmp_path, legacy):
     run(tmp_path, "train.steps=1")
@@ -164,6 +175,20 @@ def test_resume_from_an_older_checkpoint_is_refused_in_place_and_branches_elsewh
     assert steps_of(tmp_path / "b") == [3] and metric_steps(tmp_path / "b") == [3]
 
 
+def test_a_fresh_run_into_a_dir_with_checkpoints_is_refused_before_any_work(tmp_path):
+    run(tmp_path, "train.steps=4", "train.checkpoint_every=2")
+    config = (tmp_path / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match=rf"run.dir: {tmp_path} already holds checkpoints of a run "
+                                          r"\(checkpoint-000004 is the newest\); to continue it, set "
+                                          r"run.resume=latest; to start a new run, set run.dir to a new directory"):
+        run(tmp_path, "train.steps=3", "train.checkpoint_every=1", "model.width=8")
+    # the old run is untouched, and continues
+    assert steps_of(tmp_path) == [2, 4] and metric_steps(tmp_path) == [1, 2, 3, 4]
+    assert (tmp_path / "config.yaml").read_text() == config
+    run(tmp_path, "train.steps=5", "train.checkpoint_every=2", "run.resume=latest")
+    assert steps_of(tmp_path) == [2, 4, 5] and metric_steps(tmp_path) == [1, 2, 3, 4, 5]
+
+
 def test_resume_at_or_past_train_steps_changes_nothing(tmp_path, capsys):
     run(tmp_path, "train.steps=2")
     config = (tmp_path / "config.yaml").read_text()
@@ -181,6 +206,19 @@ def stop_at(step: int) -> Hook:
             raise KeyboardInterrupt("killed")  # after step's metrics row, before its checkpoint
 
     return Hook(every=1, fn=fn)
+
+
+def test_a_stop_signal_at_the_last_step_finishes_the_run(tmp_path, capsys):
+    ran = []
+
+    def signal_then_record(r, s):
+        ran.append(s)
+        if s == 2:  # read after step 3 of 3: the run is complete, its last hooks still run
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    run(tmp_path, "train.steps=3", hooks=[Hook(every=1, fn=signal_then_record)])
+    assert ran == [1, 2, 3] and steps_of(tmp_path) == [3]
+    assert "SIGTERM at the last step: finishing the run" in capsys.readouterr().out
 
 
 def test_kill_and_resume_leaves_each_step_once_in_metrics(tmp_path, capsys):
@@ -324,6 +362,7 @@ def test_two_processes_stop_after_the_same_step_when_one_gets_sigterm(tmp_path):
     script = tmp_path / "stop2.py"
     script.write_text(f"""
 import json, os, signal, sys
+import torch
 sys.path.insert(0, {str(ROOT)!r})
 from accelerate import PartialState
 from tests.helpers import tiny
@@ -340,12 +379,53 @@ try:
 except Stopped as err:
     result = str(err)
 rank = PartialState().process_index
+result = [result, len(torch.distributed.distributed_c10d._world.pg_map)]  # the default group, and any train() left
 shutdown()
 json.dump(result, open({str(tmp_path)!r} + f"/rank{{rank}}.json", "w"))
 """)
     launch_two_cpu_processes(script)
     for rank in (0, 1):
-        assert json.loads((tmp_path / f"rank{rank}.json").read_text()).startswith("stopped by SIGTERM after step 3;")
+        result, groups_left = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert result.startswith("stopped by SIGTERM after step 3;") and groups_left == 1
     assert steps_of(tmp_path / "run") == [3] and metric_steps(tmp_path / "run") == [1, 2, 3]
     _, rng1 = ckpt.load(tmp_path / "run" / "checkpoints" / "checkpoint-000003", rank=1)
     assert rng1 is not None
+
+
+def test_a_loss_non_finite_on_one_process_stops_every_process_at_the_same_check(tmp_path):
+    from tests.helpers import launch_two_cpu_processes
+
+    script = tmp_path / "nan2.py"
+    script.write_text(f"""
+import json, sys
+import torch
+sys.path.insert(0, {str(ROOT)!r})
+from accelerate import PartialState
+from tests.helpers import tiny
+from arena.prior_match import PriorMatch
+from arena.trainer import NonFiniteLoss, processes, shutdown, train
+
+rank = processes().rank  # the trainer's process layout (a bare PartialState() would not pin the CPU)
+calls = [0]
+real = PriorMatch.loss
+
+def loss(self, phase, batch, batch_size):  # a logged value that goes inf on rank 1 only, from its 5th call
+    out = real(self, phase, batch, batch_size)
+    calls[0] += 1
+    bad = rank == 1 and calls[0] >= 5
+    return {{**out, "probe": torch.tensor(float("inf") if bad else 1.0)}}
+
+PriorMatch.loss = loss
+cfg = tiny("prior_match_digits", {str(tmp_path / 'run')!r}, *{SMALL!r}, "train.steps=20", "train.log_every=4")
+try:
+    train(cfg)
+    result = "finished"
+except NonFiniteLoss as err:
+    result = str(err)
+shutdown()
+json.dump(result, open({str(tmp_path)!r} + f"/rank{{rank}}.json", "w"))
+""")
+    launch_two_cpu_processes(script)
+    results = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert results[0] == results[1] and "became non-finite (nan or inf) at step" in results[0], results
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # both stopped at the first log (step 4), unwritten

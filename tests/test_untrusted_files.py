@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from pathlib import Path
 
 import pytest
@@ -153,3 +154,66 @@ def test_a_failed_fetch_names_the_file_and_where_to_put_it(no_hub):
     message = str(err.value)
     assert f"{INCEPTION_FILE} not found in {no_hub}, and fetching it failed (URLError" in message
     assert f"copy the file to {no_hub / INCEPTION_FILE}" in message and "--inception-weights" in message
+
+
+# ---------------------------------------------------------------------------- time of check = time of use
+
+
+def spy_on_torch_fidelity(monkeypatch, seen: list, call_through: bool = True):
+    """Record what torch-fidelity is handed (and the files' bytes and modes at that moment)."""
+    real = fidelity.torch_fidelity.calculate_metrics
+
+    def spy(**kwargs):
+        record = dict(kwargs)
+        for key in ("feature_extractor_weights_path",):
+            if kwargs.get(key):
+                path = Path(kwargs[key])
+                record[key + " bytes"] = path.read_bytes()
+                record[key + " mode"] = path.stat().st_mode & 0o777
+        if kwargs.get("cache_root"):
+            record["cache files"] = sorted(p.name for p in Path(kwargs["cache_root"]).glob("*.pt"))
+        seen.append(record)
+        return real(**kwargs) if call_through else {"inception_score_mean": 1.0, "inception_score_std": 0.0}
+
+    monkeypatch.setattr(fidelity.torch_fidelity, "calculate_metrics", spy)
+
+
+def test_torch_fidelity_gets_a_private_copy_of_the_verified_inception_bytes(tmp_path, monkeypatch):
+    weights = plain_state(tmp_path / INCEPTION_FILE)
+    verified = weights.read_bytes()
+    monkeypatch.setattr(fidelity, "INCEPTION_SHA256", sha_prefix(weights))
+    features = resolve_features("inception", DataConfig(), inception_weights=str(weights))
+    seen = []
+    spy_on_torch_fidelity(monkeypatch, seen, call_through=False)
+    images = torch.zeros(4, 3, 16, 16, dtype=torch.uint8)
+    compute_metrics(images, None, metrics=["isc"], features=features)
+    handed = Path(seen[0]["feature_extractor_weights_path"])
+    assert handed != weights and seen[0]["feature_extractor_weights_path bytes"] == verified
+    assert seen[0]["feature_extractor_weights_path mode"] == 0o600 and not handed.exists()  # gone after the call
+    # the file swapped after resolve_features checked it (same size and mtime: a memo would pass it)
+    marker = tmp_path / "ran"
+    st = weights.stat()
+    evil = crafted(tmp_path / "evil.pt", marker).read_bytes()
+    weights.write_bytes(evil[: st.st_size].ljust(st.st_size, b"\0"))
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(ConfigError, match=f"{weights} is not {INCEPTION_FILE}: its sha256 begins"):
+        compute_metrics(images, None, metrics=["isc"], features=features)
+    assert len(seen) == 1 and not marker.exists()
+
+
+def test_torch_fidelity_reads_verified_private_copies_of_the_metric_cache(tmp_path, monkeypatch):
+    cfg = DataConfig(name="digits", resolution=32)
+    train = build_dataset(cfg, "train")
+    feats = resolve_features("digits-32")
+    key = reference_cache_key(dataset_signature(cfg, "train"), feats)
+    cache = tmp_path / "cache"
+    seen = []
+    spy_on_torch_fidelity(monkeypatch, seen)
+    first = compute_metrics(train.images[:50], train, metrics=["fid"], features=feats, cache_key=key,
+                            cache_root=str(cache))
+    written = sorted(p.name for p in cache.glob(f"{key}-*.pt"))
+    assert written and Path(seen[0]["cache_root"]) != cache  # torch-fidelity wrote privately; copied back
+    second = compute_metrics(train.images[:50], train, metrics=["fid"], features=feats, cache_key=key,
+                             cache_root=str(cache))
+    assert second == first and seen[1]["cache files"] == written and Path(seen[1]["cache_root"]) != cache
+    assert not Path(seen[1]["cache_root"]).exists()

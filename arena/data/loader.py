@@ -31,27 +31,44 @@ class NamedErrors:
     whole traceback (some 48 lines for a bad JPEG); the message the dataset wrote follows
     the traceback's last 'ConfigError: '."""
 
-    _MARK = f"{ConfigError.__module__}.{ConfigError.__qualname__}: "
-
     def __init__(self, loader: torch.utils.data.DataLoader):
         self.loader = loader
 
     def __len__(self) -> int:
         return len(self.loader)
 
-    def __iter__(self):
-        it = iter(self.loader)
-        while True:
-            try:
-                item = next(it)
-            except StopIteration:
-                return
-            except ConfigError as e:
-                text = str(e)
-                if text.startswith("Caught ConfigError in DataLoader worker") and self._MARK in text:
-                    raise ConfigError(text.rsplit(self._MARK, 1)[1].strip()) from None
-                raise
-            yield item
+    def __iter__(self) -> "NamedErrorsIterator":
+        return NamedErrorsIterator(iter(self.loader))
+
+
+class NamedErrorsIterator:
+    """The DataLoader's own iterator, kept (not hidden in a generator) so that `close()`
+    can stop its workers at once."""
+
+    _MARK = f"{ConfigError.__module__}.{ConfigError.__qualname__}: "
+
+    def __init__(self, it):
+        self.it = it
+
+    def __iter__(self) -> "NamedErrorsIterator":
+        return self
+
+    def __next__(self):
+        try:
+            return next(self.it)
+        except ConfigError as e:
+            text = str(e)
+            if text.startswith("Caught ConfigError in DataLoader worker") and self._MARK in text:
+                raise ConfigError(text.rsplit(self._MARK, 1)[1].strip()) from None
+            raise
+
+    def close(self) -> None:
+        """Shut the worker processes down now (a single-process iterator has none). Waiting
+        for garbage collection is not enough: an exception's traceback keeps the iterator
+        alive, and persistent workers with it."""
+        shutdown = getattr(self.it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
 
 
 def dataset_signature(cfg: DataConfig, split: str) -> dict:
