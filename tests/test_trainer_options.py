@@ -79,6 +79,7 @@ def test_the_three_clip_settings_and_which_wins(tmp_path):
     beats optim.clip_norm (the rest)."""
     common = ["data.name=shapes", "data.resolution=8", "data.num_images=64", "model.width=4", "model.z_dim=4",
               "train.batch_size=8", "objective.t_hidden=[8]", *SGD, "train.steps=2",
+              "objective.t_clip=together",  # one norm over T_P and T_Q: T (both nets) steps lr * limit
               "optim.clip_norm=1.0e-4", "objective.t_clip_norm=2.0e-4", "optim.players={E: {clip_norm: 3.0e-4}}"]
     _, seen = recorded_train(tiny("ie_digits", tmp_path / "a", *common))
     for name, limit in (("T", 2.0e-4), ("E", 3.0e-4), ("G", 1.0e-4)):
