@@ -14,7 +14,12 @@ from tests.helpers import assert_same_state, tiny
 
 
 def take(stream: BatchStream, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(b.x, b.y) for b in (next(stream) for _ in range(n))]
+    """n batches, then the stream's workers stopped: left to the garbage collector, a
+    worker iterator's shutdown ran inside a later test and stalled it for minutes."""
+    try:
+        return [(b.x, b.y) for b in (next(stream) for _ in range(n))]
+    finally:
+        stream.close()
 
 
 def assert_same_batches(a, b) -> None:
