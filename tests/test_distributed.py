@@ -132,7 +132,7 @@ shutdown()
     for case in CASES:
         ref = encoder_step(build(tmp_path / "unused", case), x)
         for rank in (0, 1):
-            got = torch.load(tmp_path / f"rank{rank}.pt")[case]
+            got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)[case]
             assert_close(got["mean_loss"], ref["out"]["loss"], f"{case} loss")
             for term in ("global_mi", "local_mi"):
                 if term in ref["out"]:  # computed on the gathered batch: equal on every process
