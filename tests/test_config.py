@@ -48,6 +48,10 @@ def test_overrides_are_typed_by_the_schema_not_by_yaml():
     ("data.root=2024", "data.root", "2024"),  # YAML: the integer 2024
     ("run.dir=/tmp/x #1", "run.dir", "/tmp/x #1"),  # YAML: a comment
     ("run.dir=yes", "run.dir", "yes"),
+    ("train.mixed_precision='no'", "train.mixed_precision", "no"),  # quoted, as a shell script may write it
+    ('run.dir="/tmp/x y"', "run.dir", "/tmp/x y"),
+    ("run.dir='it''s'", "run.dir", "it's"),
+    ("run.dir=it's", "run.dir", "it's"),
     ("train.progress=no", "train.progress", False),
     ("train.progress=True", "train.progress", True),
     ("data.augment=null", "data.augment", None),
