@@ -26,7 +26,10 @@ checkpoint of that many steps is there, as in eval.ablation), then is measured:
   the output as a real/fake score and histogram overlap (eval.figure14);
 - the data batches the cell drew (steps x batches per step).
 
-Prints one JSON line per cell and a Markdown table at the end; writes all to --out.
+Prints one JSON line per cell and a Markdown table at the end. --out is rewritten after
+each cell; when it already holds results of the same grid settings (steps, budget,
+common overrides, sample count), the cells not measured in this call are kept, so a
+grid can be filled a few cells at a time.
 """
 from __future__ import annotations
 
@@ -45,7 +48,6 @@ from arena.registry import ConfigError
 from arena.trainer import NonFiniteLoss, train
 
 from .ablation import has_checkpoint
-from .dim_probes import log
 from .fid_is import load_run
 from .fidelity import evaluate_generator
 
@@ -104,6 +106,10 @@ def measure(run_dir: Path, steps: int, num_samples: int, device: str) -> dict:
     out.update(fid_raw=raw["fid"], kid_raw=raw["kid"])
     out.update(separability_at(objective, cfg, 360))
     return out
+
+
+def log(msg: str) -> None:
+    print(f"[gen_ablation] {msg}", file=sys.stderr, flush=True)
 
 
 def cell_steps(cell: dict, grid: dict) -> int:
@@ -166,20 +172,41 @@ def main(argv: list[str] | None = None) -> int:
         missing = [c for c in names if c not in grid["cells"]]
         if missing:
             raise ConfigError(f"--cells: {', '.join(missing)} not in {args.grid} ({', '.join(grid['cells'])})")
-        cells = []
+        head = {"grid": args.grid, "steps": grid["steps"], "budget": grid["budget"], "common": grid["common"],
+                "num_samples": args.num_samples}
+        out = Path(args.out)
+        kept = earlier_cells(out, head)
+        order = list(grid["cells"]) + [c for c in kept if c not in grid["cells"]]
         for name in names:
-            cells.append(run_cell(name, grid["cells"][name], grid, Path(args.runs_root), args.num_samples,
-                                  args.device, args.train))
-            print(json.dumps(cells[-1]), flush=True)
+            kept[name] = run_cell(name, grid["cells"][name], grid, Path(args.runs_root), args.num_samples,
+                                  args.device, args.train)
+            print(json.dumps(kept[name]), flush=True)
+            cells = [kept[c] for c in order if c in kept]
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_name(out.name + ".tmp")
+            tmp.write_text(json.dumps({**head, "cells": cells}, indent=1) + "\n")
+            tmp.replace(out)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"grid": args.grid, "steps": grid["steps"], "budget": grid["budget"], "common": grid["common"],
-                               "num_samples": args.num_samples, "cells": cells}, indent=1) + "\n")
-    print(table(cells))
+    print(table([kept[c] for c in order if c in kept]))
     return 0
+
+
+def earlier_cells(out: Path, head: dict) -> dict[str, dict]:
+    """The cells an earlier call wrote to `out` with the same settings; none otherwise
+    (a file of other settings is replaced, and the log says so)."""
+    if not out.exists():
+        return {}
+    try:
+        earlier = json.loads(out.read_text())
+        same = all(earlier.get(k) == v for k, v in head.items() if k != "grid")
+        cells = {c["cell"]: c for c in earlier["cells"]} if same else {}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ConfigError(f"--out {out}: not a results file of eval.gen_ablation; name another file") from None
+    if not same:
+        log(f"{out} holds results of other settings (steps, budget, common, --num-samples): replacing them")
+    return cells
 
 
 if __name__ == "__main__":

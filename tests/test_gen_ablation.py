@@ -51,3 +51,22 @@ def test_equal_data_budget_gives_each_cell_steps_for_the_same_batches():
         "nsgan_cp": ("nsgan_cp_digits", []), "wgan_gp": ("wgan_gp_digits", [])}.items()}
     assert steps == {"ie": 300, "ie_real_mean": 200, "nsgan_cp": 600, "wgan_gp": 120}
     assert gen_ablation.cell_steps({"config": "wgan_gp_digits"}, {**grid, "budget": "steps"}) == 600
+
+
+def test_results_of_earlier_calls_with_the_same_settings_are_kept(tmp_path, capsys):
+    grid = write(tmp_path, "steps: 2\ncells: {a: {config: ie_digits}, b: {config: nsgan_cp_digits}}\n")
+    out = tmp_path / "res.json"
+    base = ["--grid", grid, "--runs-root", str(tmp_path / "runs"), "--out", str(out), "--no-train"]
+
+    def cells(*extra):
+        assert gen_ablation.main([*base, *extra]) == 0
+        return [c["cell"] for c in json.loads(out.read_text())["cells"]]
+
+    assert cells("--cells", "b") == ["b"]
+    assert cells("--cells", "a") == ["a", "b"]  # b kept, in the grid's order
+    assert cells("--cells", "b", "--num-samples", "7") == ["b"]  # other settings: replaced, and said
+    assert "holds results of other settings" in capsys.readouterr().err
+    out.write_text("[1, 2]")
+    assert gen_ablation.main([*base, "--cells", "a"]) == 2
+    assert "not a results file of eval.gen_ablation" in capsys.readouterr().err
+    assert out.read_text() == "[1, 2]"  # nothing written over it
