@@ -10,13 +10,21 @@ as a real/fake score and the overlap of the two histograms.
     python -m eval.figure14 --out fig14.png model.width=16      (overrides for every panel)
     python -m eval.figure14 --base ie_celeba --steps 200 --out fig14.png   (a GPU)
 
+    python -m eval.figure14 --panels ie --ie objective.contractive=0 --out ie_c0.png model.width=16
+
 A panel whose run directory holds a finished run of the same resolved config is read
 back instead of trained again (change one objective's options: only its panel trains).
+`--panels` draws a subset (by objective name) and `--ie` sets options of the IE panel
+only. The IE panel also states the separability E would have if its outputs were
+exactly its targets, N(mu_P, 1) on real and N(mu_Q, 1) on generated data:
+AUC = Phi((mu_P - mu_Q) / sqrt(2)) (0.921 for the default +-1), the line A.7's argument
+puts the encoder on.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -35,6 +43,8 @@ LOSSES = {
     "WGAN-GP": ("wgan_gp", [], [["critic", "R"], ["generator", 1]], "D"),
     "IE (ours)": ("ie", [], [["discriminators", "R"], ["encoder", "R"], ["generator", 1]], "E"),
 }
+
+PANELS = {spec[0]: title for title, spec in LOSSES.items()}  # --panels names: the objectives
 
 
 def run_one(base: str, objective: str, extra: list[str], phases, ratio: int, steps: int, run_dir: Path,
@@ -77,6 +87,14 @@ def separability(real: torch.Tensor, fake: torch.Tensor, bins: int = 40) -> dict
     return {"auc": float(greater + 0.5 * ties), "overlap": overlap}
 
 
+def target_separability(mu_p: float, mu_q: float) -> dict[str, float]:
+    """AUC and overlap of N(mu_p, 1) against N(mu_q, 1): an encoder that met its targets.
+    AUC = P(X > Y) with X - Y ~ N(mu_p - mu_q, 2); overlap = 2 Phi(-|mu_p - mu_q| / 2)."""
+    phi = lambda x: 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))  # noqa: E731 - the normal cdf
+    d = mu_p - mu_q
+    return {"auc": phi(d / math.sqrt(2.0)), "overlap": 2.0 * phi(-abs(d) / 2.0)}
+
+
 @torch.no_grad()
 def outputs(objective, net: str, cfg, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     ds = build_dataset(cfg.data, "test")
@@ -95,19 +113,29 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=360)
     parser.add_argument("--runs", default="runs/figure14")
     parser.add_argument("--out", default="figure14.png")
+    parser.add_argument("--panels", default="", help=f"comma-separated subset of {', '.join(PANELS)}")
+    parser.add_argument("--ie", action="append", default=[], metavar="KEY=VALUE",
+                        help="an override of the IE panel only (repeat for more)")
     parser.add_argument("overrides", nargs="*", help="overrides for every panel, e.g. model.width=16")
     args = parser.parse_args()
+    chosen = [p for p in args.panels.split(",") if p] or list(PANELS)
+    unknown = [p for p in chosen if p not in PANELS]
+    if unknown:
+        parser.error(f"--panels: {', '.join(unknown)} unknown; choose from {', '.join(PANELS)}")
+    losses = {PANELS[p]: LOSSES[PANELS[p]] for p in chosen}
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(LOSSES), figsize=(3.2 * len(LOSSES), 2.8))
+    fig, axes = plt.subplots(1, len(losses), figsize=(3.2 * len(losses), 2.8), squeeze=False)
     summary = {}
-    for ax, (title, (name, extra, phases, net)) in zip(axes, LOSSES.items()):
+    for ax, (title, (name, extra, phases, net)) in zip(axes[0], losses.items()):
         t = time.perf_counter()
+        if name == "ie":
+            extra = [*extra, *args.ie]
         cfg, objective = run_one(args.base, name, extra, phases, args.ratio, args.steps, Path(args.runs) / name,
-                              args.overrides)
+                                 args.overrides)
         real, fake = outputs(objective, net, cfg, args.samples)
         lo, hi = float(torch.minimum(real.min(), fake.min())), float(torch.maximum(real.max(), fake.max()))
         bins = torch.linspace(lo, hi + 1e-6, 41).numpy()
@@ -116,13 +144,17 @@ def main() -> None:
         ax.set_title(title, fontsize=9)
         ax.set_yticks([])
         sep = separability(real, fake)
-        ax.text(0.02, 0.97, f"AUC {sep['auc']:.3f}\noverlap {sep['overlap']:.2f}", transform=ax.transAxes,
-                va="top", fontsize=8)
+        text = f"AUC {sep['auc']:.3f}\noverlap {sep['overlap']:.2f}"
+        if name == "ie":
+            target = target_separability(cfg.objective.mu_p, cfg.objective.mu_q)
+            sep.update(target_auc=target["auc"], target_overlap=target["overlap"], options=list(args.ie))
+            text += f"\ntargets: {target['auc']:.3f} / {target['overlap']:.2f}"
+        ax.text(0.02, 0.97, text, transform=ax.transAxes, va="top", fontsize=8)
         summary[title] = {"real_mean": real.mean().item(), "real_std": real.std().item(),
                           "fake_mean": fake.mean().item(), "fake_std": fake.std().item(), **sep,
                           "seconds": round(time.perf_counter() - t, 1)}
         print(title, json.dumps(summary[title]))
-    axes[0].legend(fontsize=8, loc="upper right")
+    axes[0][0].legend(fontsize=8, loc="upper right")
     fig.suptitle(f"{args.base} {' '.join(args.overrides)}: outputs on real and generated data after "
                  f"{args.steps} generator steps at {args.ratio}:1 (AUC: the output as a real/fake score)", fontsize=9)
     fig.tight_layout()
@@ -134,6 +166,8 @@ def main() -> None:
     for title, v in summary.items():
         print(f"| {title} | {v['real_mean']:.2f} +- {v['real_std']:.2f} | {v['fake_mean']:.2f} +- {v['fake_std']:.2f} "
               f"| {v['auc']:.3f} | {v['overlap']:.2f} |")
+        if "target_auc" in v:
+            print(f"| (E on its targets N(mu_P, 1) / N(mu_Q, 1)) | | | {v['target_auc']:.3f} | {v['target_overlap']:.2f} |")
 
 
 if __name__ == "__main__":

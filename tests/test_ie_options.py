@@ -1,4 +1,6 @@
 """The implicit encoder's options (paper A.7 leaves them open): the math of each one."""
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -7,7 +9,8 @@ from arena.objective import Batch, DataInfo
 from arena.registry import ConfigError
 from arena.trainer import build_objective, clip_gradients
 from implicit_gen.base import recompute_batchnorm
-from eval.figure14 import separability
+from eval import figure14
+from eval.figure14 import separability, target_separability
 from tests.helpers import tiny
 
 TINY = ["data.name=shapes", "data.resolution=16", "data.num_images=128", "model.width=8", "model.z_dim=8",
@@ -229,3 +232,31 @@ def test_separability_auc_and_histogram_overlap():
     assert separability(same, same) == {"auc": 0.5, "overlap": pytest.approx(1.0)}
     # bins [0, 2), [2, 4]: real 1/2, 1/2; fake 1, 0 -> overlap 1/2
     assert separability(torch.tensor([0.0, 4.0]), torch.tensor([1.0, 1.5]), bins=2)["overlap"] == 0.5
+
+
+def test_target_separability_is_that_of_two_unit_gaussians():
+    assert target_separability(1.0, -1.0) == {"auc": pytest.approx(0.92135, abs=1e-5),
+                                              "overlap": pytest.approx(0.31731, abs=1e-5)}
+    assert target_separability(0.5, 0.5) == {"auc": pytest.approx(0.5), "overlap": pytest.approx(1.0)}
+    g = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(4000, generator=g) + 0.5, torch.randn(4000, generator=g) - 0.5
+    drawn, exact = separability(real, fake, bins=40), target_separability(0.5, -0.5)
+    assert drawn["auc"] == pytest.approx(exact["auc"], abs=0.015)  # 0.760
+    assert drawn["overlap"] == pytest.approx(exact["overlap"], abs=0.05)  # 0.617, less the binning's loss
+
+
+def test_figure14_draws_a_chosen_panel_with_ie_only_options(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "f.png"
+    argv = ["figure14", "--panels", "ie", "--ie", "objective.mu_p=0.5", "--ie", "objective.mu_q=-0.5",
+            "--steps", "1", "--ratio", "1", "--samples", "20", "--runs", str(tmp_path / "runs"), "--out", str(out),
+            "model.width=8", "model.z_dim=8", "train.batch_size=16", "objective.ema_bn_batches=0"]
+    monkeypatch.setattr("sys.argv", argv)
+    figure14.main()
+    ie = json.loads(out.with_suffix(".json").read_text())["IE (ours)"]
+    assert out.is_file() and list(json.loads(out.with_suffix(".json").read_text())) == ["IE (ours)"]
+    assert ie["target_auc"] == pytest.approx(0.7602, abs=1e-4) and ie["options"] == argv[4:7:2]
+    assert 0 <= ie["auc"] <= 1 and "(E on its targets" in capsys.readouterr().out
+    monkeypatch.setattr("sys.argv", ["figure14", "--panels", "ie,bigan"])
+    with pytest.raises(SystemExit):
+        figure14.main()
+    assert "--panels: bigan unknown" in capsys.readouterr().err
