@@ -107,7 +107,7 @@ class BatchStream:
         self.device = torch.device(device)
         self.epoch, self.index = 0, 0
         self._loader_kwargs = {} if dataset.in_memory else make_loader_kwargs(dataset, data_cfg)
-        self._it = None
+        self._loader, self._it, self._it_epoch = None, None, -1
         self._perm, self._perm_epoch = None, -1
         # An in-memory dataset lives on the training device (uploaded once; on the CPU
         # this is the dataset's own tensor) and every batch is indexed there, the
@@ -132,7 +132,6 @@ class BatchStream:
 
     def __next__(self) -> Batch:
         if self.index >= self.batches_per_epoch:
-            self.close()  # a new DataLoader (and workers) for the new epoch's order
             self.epoch, self.index = self.epoch + 1, 0
         if self.dataset.in_memory:
             # No workers: index the uint8 tensor and convert on the device.
@@ -140,15 +139,8 @@ class BatchStream:
             idx = self._epoch_permutation()[lo : lo + self.batch_size]
             x, y = to_float(self._images[idx]), self._labels[idx]
         else:
-            if self._it is None:
-                # The generator gives the workers their base seed; without it the
-                # DataLoader would draw one from the process's RNG.
-                workers_seed = torch.Generator().manual_seed(self.augment_seed(self.epoch))
-                loader = DataLoader(_Seeded(self.dataset), batch_size=self.batch_size, sampler=_Slice(self),
-                                    drop_last=True, generator=workers_seed, worker_init_fn=_outlive_stop_signals,
-                                    **self._loader_kwargs)
-                with _stop_signals_blocked():  # the workers start here
-                    self._it = iter(NamedErrors(loader))  # a bad image in a worker: its message, not its traceback
+            if self._it is None or self._it_epoch != self.epoch:  # the new epoch's order; workers stay up
+                self._it, self._it_epoch = self._epoch_iterator(), self.epoch
             x, y = next(self._it)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         self.index += 1
@@ -156,10 +148,25 @@ class BatchStream:
             x = x.contiguous(memory_format=torch.channels_last)
         return Batch(x, y)
 
+    def _epoch_iterator(self):
+        """The loader's iterator over batches `index..` of this epoch. The loader is built
+        once: its workers (persistent) decode every epoch, and a new iterator only resets
+        them with the new order (_Slice reads the epoch and index when it starts)."""
+        if self._loader is None:
+            # The generator gives the loader its base seed; without one the DataLoader
+            # would draw it from the process's RNG. Re-seeded every epoch below.
+            self._loader_seed = torch.Generator()
+            self._loader = NamedErrors(DataLoader(
+                _Seeded(self.dataset), batch_size=self.batch_size, sampler=_Slice(self), drop_last=True,
+                generator=self._loader_seed, worker_init_fn=_outlive_stop_signals, **self._loader_kwargs))
+        self._loader_seed.manual_seed(self.augment_seed(self.epoch))
+        with _stop_signals_blocked():  # the workers start here (the first time)
+            return iter(self._loader)  # a bad image in a worker: its message, not its traceback
+
     def close(self) -> None:
         """Stop the DataLoader's workers now, not whenever the iterator is collected (a
         process exiting with workers alive waits for them)."""
-        it, self._it = self._it, None
+        it, self._it, self._loader = self._it, None, None
         if it is not None:
             it.close()
 

@@ -2,6 +2,8 @@
 workers with random augmentation, resumed mid-epoch exactly as an unbroken stream."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -111,10 +113,11 @@ def test_worker_augmentation_is_random_per_item_and_epoch(disk_roots):
                                      augment=False), "train")
     stream = BatchStream(ds, 2, seed=0, data_cfg=cfg)
     flips = {i: [] for i in range(len(ds))}
+    batches = take(stream, 4 * stream.batches_per_epoch)
     for epoch in range(4):
         order = stream.permutation(epoch)
         for b in range(stream.batches_per_epoch):
-            x = next(stream).x
+            x = batches[epoch * stream.batches_per_epoch + b][0]
             for j, i in enumerate(order[2 * b:2 * b + 2].tolist()):
                 ref = plain[i][0]
                 assert torch.equal(x[j], ref) or torch.equal(x[j], ref.flip(-1))
@@ -124,12 +127,35 @@ def test_worker_augmentation_is_random_per_item_and_epoch(disk_roots):
     assert any(len(set(fs)) == 2 for fs in flips.values())  # one image, flipped in some epochs only
 
 
+class _WhoDecodes(torch.utils.data.Dataset):
+    """A disk-like dataset whose label is the id of the process that decoded the item."""
+    in_memory = False
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i):
+        return torch.full((1, 2, 2), float(i)), os.getpid()
+
+
+def test_the_same_workers_decode_every_epoch(disk_roots):
+    """The loader is built once: a new epoch resets its workers (new order), it does not
+    fork new ones (each start costs time at every epoch boundary)."""
+    stream = BatchStream(_WhoDecodes(), 2, seed=0, data_cfg=disk_cfg(disk_roots, "imagefolder"))
+    batches = take(stream, 3 * stream.batches_per_epoch)  # 3 epochs of 4 batches
+    pids = {pid for _, y in batches for pid in y.tolist()}
+    assert len(pids) == 2 and os.getpid() not in pids  # the 2 workers of the first epoch, throughout
+    for epoch in range(3):  # and each epoch in its own order
+        items = torch.cat([x[:, 0, 0, 0] for x, _ in batches[4 * epoch:4 * epoch + 4]]).long()
+        assert torch.equal(items, stream.permutation(epoch))
+
+
 # ---------------------------------------------------------------------------- the trainer
 
 
 def test_trainer_resumed_on_workers_equals_unbroken(disk_roots, tmp_path, cpu_only):
     """STL-10 (random crops and flips) on 2 workers, resumed mid-epoch; the image folder's
-    stream is checked above (a trainer run re-creates its workers every epoch: slow)."""
+    stream is checked above."""
     name = "stl10"
     common = ["data.name=" + name, f"data.root={disk_roots[name]}", "data.resolution=8", "data.augment=true",
               "data.num_workers=2", "model.width=4", "model.out_dim=3", "objective.prior.hidden=[16]",
