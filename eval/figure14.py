@@ -96,8 +96,8 @@ def target_separability(mu_p: float, mu_q: float) -> dict[str, float]:
 
 
 @torch.no_grad()
-def outputs(objective, net: str, cfg, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    ds = build_dataset(cfg.data, "test")
+def outputs(objective, net: str, cfg, n: int, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
+    ds = build_dataset(cfg.data, split)
     idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:n]
     real = torch.stack([ds[int(i)][0] for i in idx]).to(objective.device)
     fake = objective.generate(objective.latent(len(real), torch.Generator().manual_seed(1)), ema=False)
@@ -111,6 +111,8 @@ def main() -> None:
     parser.add_argument("--ratio", type=int, default=50, help="discriminator updates per generator update")
     parser.add_argument("--steps", type=int, default=20, help="generator updates per loss")
     parser.add_argument("--samples", type=int, default=360)
+    parser.add_argument("--split", default="test", choices=("test", "train"),
+                        help="the real images shown: held out (test) or those the nets trained on")
     parser.add_argument("--runs", default="runs/figure14")
     parser.add_argument("--out", default="figure14.png")
     parser.add_argument("--panels", default="", help=f"comma-separated subset of {', '.join(PANELS)}")
@@ -136,7 +138,7 @@ def main() -> None:
             extra = [*extra, *args.ie]
         cfg, objective = run_one(args.base, name, extra, phases, args.ratio, args.steps, Path(args.runs) / name,
                                  args.overrides)
-        real, fake = outputs(objective, net, cfg, args.samples)
+        real, fake = outputs(objective, net, cfg, args.samples, args.split)
         lo, hi = float(torch.minimum(real.min(), fake.min())), float(torch.maximum(real.max(), fake.max()))
         bins = torch.linspace(lo, hi + 1e-6, 41).numpy()
         ax.hist(real.numpy(), bins=bins, alpha=0.6, label="real", color="tab:blue")
@@ -152,10 +154,10 @@ def main() -> None:
         ax.text(0.02, 0.97, text, transform=ax.transAxes, va="top", fontsize=8)
         summary[title] = {"real_mean": real.mean().item(), "real_std": real.std().item(),
                           "fake_mean": fake.mean().item(), "fake_std": fake.std().item(), **sep,
-                          "seconds": round(time.perf_counter() - t, 1)}
+                          "split": args.split, "seconds": round(time.perf_counter() - t, 1)}
         print(title, json.dumps(summary[title]))
     axes[0][0].legend(fontsize=8, loc="upper right")
-    fig.suptitle(f"{args.base} {' '.join(args.overrides)}: outputs on real and generated data after "
+    fig.suptitle(f"{args.base} {' '.join(args.overrides)}: outputs on real ({args.split} split) and generated data after "
                  f"{args.steps} generator steps at {args.ratio}:1 (AUC: the output as a real/fake score)", fontsize=9)
     fig.tight_layout()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

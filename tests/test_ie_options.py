@@ -249,13 +249,13 @@ def test_figure14_draws_a_chosen_panel_with_ie_only_options(tmp_path, monkeypatc
     out = tmp_path / "f.png"
     argv = ["figure14", "--panels", "ie", "--ie", "objective.mu_p=0.5", "--ie", "objective.mu_q=-0.5",
             "--steps", "1", "--ratio", "1", "--samples", "20", "--runs", str(tmp_path / "runs"), "--out", str(out),
-            "model.width=8", "model.z_dim=8", "train.batch_size=16", "objective.ema_bn_batches=0"]
+            "--split", "train", "model.width=8", "model.z_dim=8", "train.batch_size=16", "objective.ema_bn_batches=0"]
     monkeypatch.setattr("sys.argv", argv)
     figure14.main()
     ie = json.loads(out.with_suffix(".json").read_text())["IE (ours)"]
     assert out.is_file() and list(json.loads(out.with_suffix(".json").read_text())) == ["IE (ours)"]
     assert ie["target_auc"] == pytest.approx(0.7602, abs=1e-4) and ie["options"] == argv[4:7:2]
-    assert 0 <= ie["auc"] <= 1 and "(E on its targets" in capsys.readouterr().out
+    assert 0 <= ie["auc"] <= 1 and ie["split"] == "train" and "(E on its targets" in capsys.readouterr().out
     monkeypatch.setattr("sys.argv", ["figure14", "--panels", "ie,bigan"])
     with pytest.raises(SystemExit):
         figure14.main()
