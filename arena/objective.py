@@ -43,7 +43,11 @@ class Phase:
 
 def resolve_schedule(phases: list[Phase], override: list | None, objective: str) -> list[Phase]:
     """An objective's phases with the repeats of `train.phases` (None: the defaults), checked:
-    every phase named once, and data reused only after a phase drew it."""
+    every phase named at least once, and data reused only after a phase drew it. A phase
+    may be named more than once to interleave: [[discriminators, 1], [encoder, 1]] x 50
+    then [generator, 1] alternates T and E 50 times per G step, where
+    [[discriminators, 50], [encoder, 50], [generator, 1]] trains E 50 times against a T
+    that no longer moves."""
     by_name = {p.name: p for p in phases}
     if override is None:
         return check_data_order(list(by_name.values()))
@@ -163,6 +167,13 @@ class Objective(ABC):
 
     def net(self, name: str, ema: bool = False) -> nn.Module:
         return self.ema.get(name, self.nets[name]) if ema else self.nets[name]
+
+    def runs_per_step(self) -> dict[str, int]:
+        """Phase name -> its runs in one step (a name may appear more than once in a schedule)."""
+        runs: dict[str, int] = {}
+        for p in self.schedule():
+            runs[p.name] = runs.get(p.name, 0) + p.repeats
+        return runs
 
     def penalty_scale(self, phase: str) -> float:
         """Lazy regularization (Karras et al. 2020): with `objective.penalty_every: k` the

@@ -253,7 +253,7 @@ def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
               f"{len(train_set)} training images")
     # Phase run counts (lazy regularization reads them): a function of the step, so a
     # resumed run continues the same schedule without saving them.
-    objective.calls = {p.name: step * p.repeats for p in schedule}
+    objective.calls = {name: step * runs for name, runs in objective.runs_per_step().items()}
     log = _Logger(run_dir, main, start=step)
     if main and log.dropped:
         print(f"[arena] metrics.jsonl: dropped {log.dropped} rows after step {step} (steps this run does again)")

@@ -81,9 +81,12 @@ def test_lazy_penalty_is_k_times_the_penalty_on_its_runs_and_absent_between(tmp_
     assert torch.equal(phase_loss(every, phase, 3)["loss"], ref["loss"])
 
 
-def test_penalty_runs_are_counted_across_steps_and_resume_continues_the_schedule(tmp_path, monkeypatch):
+@pytest.mark.parametrize("phases", ["[[critic, 2], [generator, 1]]",
+                                    "[[critic, 1], [generator, 1], [critic, 1]]"])  # a phase named twice
+def test_penalty_runs_are_counted_across_steps_and_resume_continues_the_schedule(tmp_path, monkeypatch, phases):
     """2 critic runs a step and k = 3: the penalty falls on critic runs 0, 3, 6 (steps 1,
-    2, 4), straddling step boundaries; 2 steps + resume for 2 more equal 4 steps."""
+    2, 4), straddling step boundaries; 2 steps + resume for 2 more equal 4 steps, also when
+    the critic's runs are interleaved with the generator's."""
     import implicit_gen.gans as gans
 
     runs_all, penalized = [], []  # critic runs as the objective sees them; those with a penalty
@@ -100,7 +103,7 @@ def test_penalty_runs_are_counted_across_steps_and_resume_continues_the_schedule
 
     monkeypatch.setattr(gans, "contractive_penalty", counted)
     monkeypatch.setattr(gans.GAN, "loss", loss)
-    common = [*GAN, "objective.penalty_every=3", "train.phases=[[critic, 2], [generator, 1]]",
+    common = [*GAN, "objective.penalty_every=3", f"train.phases={phases}",
               "train.checkpoint_every=2", "train.log_every=1"]
     train(tiny("nsgan_cp_digits", tmp_path / "once", *common, "train.steps=4"))
     assert runs_all == list(range(8)) and penalized == [0, 3, 6]
