@@ -220,6 +220,10 @@ def load_optimizer(opt: torch.optim.Optimizer, saved: dict, player: str, where: 
     opt.load_state_dict(state)
     for group, flags in zip(opt.param_groups, built):
         group.update(flags)
+        for p in group["params"]:  # moments in the parameter's layout (a CPU run's NCHW state, channels_last nets)
+            for k, v in opt.state.get(p, {}).items():
+                if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
+                    opt.state[p][k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
         if group.get("fused") or group.get("capturable"):  # these keep their step count on the device
             for p in group["params"]:
                 if "step" in opt.state.get(p, {}):

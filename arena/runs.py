@@ -34,7 +34,9 @@ def load_run(run_dir: str | Path, checkpoint: str = "latest", device: str | torc
     cfg.run.dir = str(run_dir)
     objective: Objective = build_objective(cfg, DataInfo(**saved["data_info"]))
     ckpt.restore(objective, saved, where)
-    objective.nets.to(device).eval()
+    # on a GPU in the layout the trainer uses there (tensor-core convolutions read NHWC)
+    layout = torch.channels_last if torch.device(device).type == "cuda" else torch.preserve_format
+    objective.nets.to(device, memory_format=layout).eval()
     for ema in objective.ema.values():
-        ema.to(device).eval()
+        ema.to(device, memory_format=layout).eval()
     return cfg, objective, int(saved["step"])

@@ -106,7 +106,7 @@ class BatchStream:
             )
         self.device = torch.device(device)
         self.epoch, self.index = 0, 0
-        self._loader_kwargs = {} if dataset.in_memory else make_loader_kwargs(dataset, data_cfg)
+        self._loader_kwargs = {} if dataset.in_memory else make_loader_kwargs(dataset, data_cfg, self.device)
         self._loader, self._it, self._it_epoch = None, None, -1
         self._perm, self._perm_epoch = None, -1
         # An in-memory dataset lives on the training device (uploaded once; on the CPU

@@ -549,7 +549,9 @@ def _average_gradients(net: nn.Module) -> None:
     offset = 0
     for p in (p for p in net.parameters() if p.requires_grad):
         n = p.numel()
-        p.grad = flat[offset : offset + n].view_as(p).clone()
+        # in p's own layout (channels_last on CUDA): fused optimizers need grads, moments
+        # and parameters alike, and autograd's own grads follow the parameter's strides
+        p.grad = torch.empty_like(p).copy_(flat[offset : offset + n].view(p.shape))
         offset += n
 
 

@@ -135,7 +135,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     precisions = [p for p in args.precision.split(",") if p]
     if set(precisions) - {"no", "bf16", "fp16"}:
         parser.error(f"--precision: choose from no, bf16, fp16; got {args.precision}")
-    torch.backends.cudnn.benchmark = True
+    autotune, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, True
+    try:
+        return run_cases(args, only, precisions)
+    finally:
+        torch.backends.cudnn.benchmark = autotune  # as it was (the tests call main in-process)
+
+
+def run_cases(args, only: list[str], precisions: list[str]) -> list[dict]:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     rows = []
     for case in (c for c in CASES if not only or c.tag in only):

@@ -386,6 +386,8 @@ def test_loader_kwargs(roots):
     assert make_loader_kwargs(memory, DataConfig(num_workers=3))["num_workers"] == 0
     kw = make_loader_kwargs(disk, DataConfig(num_workers=2))
     assert kw == {"num_workers": 2, "pin_memory": torch.cuda.is_available(), "persistent_workers": True}
+    assert not make_loader_kwargs(disk, DataConfig(num_workers=2), "cpu")["pin_memory"]  # a CPU run pins nothing
+    assert make_loader_kwargs(disk, DataConfig(num_workers=2), torch.device("cuda", 1))["pin_memory"]
     auto = make_loader_kwargs(disk, DataConfig())
     assert 0 <= auto["num_workers"] <= 4 and auto["persistent_workers"] == (auto["num_workers"] > 0)
     if len(os.sched_getaffinity(0)) <= 2:

@@ -412,8 +412,9 @@ def test_train_end_to_end_and_load_run_restores_features(tmp_path, config):
     images, _ = make_shapes(6, 16, 0)
     x = to_float(images)[:, :1].to(device)  # digits are grayscale
     a, b = objective.features(x), loaded.features(x)
+    tol = 1e-6 if device.type == "cpu" else 1e-4  # a GPU may pick other conv kernels for the two copies
     for k in ("conv", "fc", "y"):
-        assert torch.allclose(a[k], b[k], atol=1e-6), k
+        assert torch.allclose(a[k], b[k], atol=tol, rtol=tol), k
 
 
 def test_resume_continues_exactly_with_occlusion_and_relative_coordinates(tmp_path, cpu_only):

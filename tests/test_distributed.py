@@ -92,7 +92,7 @@ def test_sync_bn_changes_nothing_in_one_process(tmp_path):
             assert torch.equal(a[part][k], b[part][k]), (part, k)
 
 
-def test_two_processes_compute_the_one_process_dim_objective(tmp_path):
+def test_two_processes_compute_the_one_process_dim_objective(tmp_path, cpu_only):
     """Each process gets half of a global batch; its MI terms equal the 1-process terms,
     the mean of the two losses is the 1-process loss, and the trainer's averaged gradients
     and the synced running statistics equal the 1-process ones. Then 3 training steps

@@ -116,3 +116,37 @@ def test_resume_keeps_this_machines_optimizer_implementation(saved_fused):
     mine.step()  # ... and the resumed one, with the other implementation
     for a, b in zip(params, mine_params):
         torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
+
+
+def test_resumed_moments_take_the_layout_of_channels_last_parameters():
+    """A CPU run's Adam moments (NCHW) restored into channels_last nets (the CUDA layout):
+    fused updates need parameters, grads and moments in one layout, so the moments are
+    converted on load, with their values."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, 3)
+    saved_opt = torch.optim.Adam(conv.parameters(), lr=0.1)
+    conv(torch.randn(2, 3, 5, 5)).square().sum().backward()
+    saved_opt.step()
+    saved = copy.deepcopy({"optimizers": {"D": saved_opt.state_dict()}, "optimizer_types": {"D": "Adam"}})
+    mine = copy.deepcopy(conv).to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(mine.parameters(), lr=0.1, fused=True)
+    load_optimizer(opt, saved, "D", Path("checkpoint-1"))
+    weight = mine.weight
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    for k in ("exp_avg", "exp_avg_sq"):
+        moment = opt.state[weight][k]
+        assert moment.stride() == weight.stride(), k
+        assert torch.equal(moment, saved_opt.state[conv.weight][k]), k
+    mine(torch.randn(2, 3, 5, 5)).square().sum().backward()
+    opt.step()  # the fused update takes them
+
+
+def test_averaged_gradients_keep_the_parameters_layout(cpu_only):
+    from arena.trainer import _average_gradients
+
+    net = torch.nn.Conv2d(3, 4, 3).to(memory_format=torch.channels_last)
+    net(torch.randn(2, 3, 5, 5)).square().sum().backward()
+    before = net.weight.grad.clone()
+    _average_gradients(net)  # one process: the mean is the gradient itself
+    assert net.weight.grad.stride() == net.weight.stride()
+    assert torch.equal(net.weight.grad, before)

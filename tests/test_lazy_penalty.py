@@ -83,7 +83,8 @@ def test_lazy_penalty_is_k_times_the_penalty_on_its_runs_and_absent_between(tmp_
 
 @pytest.mark.parametrize("phases", ["[[critic, 2], [generator, 1]]",
                                     "[[critic, 1], [generator, 1], [critic, 1]]"])  # a phase named twice
-def test_penalty_runs_are_counted_across_steps_and_resume_continues_the_schedule(tmp_path, monkeypatch, phases):
+def test_penalty_runs_are_counted_across_steps_and_resume_continues_the_schedule(tmp_path, monkeypatch, phases,
+                                                                                 cpu_only):
     """2 critic runs a step and k = 3: the penalty falls on critic runs 0, 3, 6 (steps 1,
     2, 4), straddling step boundaries; 2 steps + resume for 2 more equal 4 steps, also when
     the critic's runs are interleaved with the generator's."""

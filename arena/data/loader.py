@@ -11,8 +11,10 @@ from .base import ImageDataset
 from .registry import DataConfig, root_of
 
 
-def make_loader_kwargs(ds: ImageDataset, cfg: DataConfig) -> dict:
-    """DataLoader options: workers only for disk datasets, pinned memory only with CUDA."""
+def make_loader_kwargs(ds: ImageDataset, cfg: DataConfig, device: torch.device | str | None = None) -> dict:
+    """DataLoader options: workers only for disk datasets, pinned memory only for batches
+    bound to a GPU (`device`; None: wherever CUDA exists). A CPU run on a GPU machine
+    pins nothing, so it opens no CUDA context."""
     workers = 0
     if not ds.in_memory:
         if cfg.num_workers >= 0:
@@ -20,7 +22,8 @@ def make_loader_kwargs(ds: ImageDataset, cfg: DataConfig) -> dict:
         else:
             cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
             workers = min(4, cpus - 1) if cpus > 2 else 0  # leave a core for the training process
-    return {"num_workers": workers, "pin_memory": torch.cuda.is_available(), "persistent_workers": workers > 0}
+    pin = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
+    return {"num_workers": workers, "pin_memory": pin, "persistent_workers": workers > 0}
 
 
 class NamedErrors:
