@@ -2,7 +2,8 @@
 on real and generated data when the discriminator is over-trained (50 updates per
 generator update), one panel per loss. For the implicit encoder the "discriminator"
 is the encoder E, whose outputs should stay two overlapping Gaussians around mu_Q and
-mu_P; for the GANs the real and fake modes drift apart. Beside each histogram (and in
+mu_P (E, T_P and T_Q play R rounds of their own game per G step: T, E, T, E, ...;
+--ie-blocks runs R T steps, then R E steps); for the GANs the real and fake modes drift apart. Beside each histogram (and in
 a table on stdout and the .json) the separability of the two: the ROC AUC of the output
 as a real/fake score and the overlap of the two histograms.
 
@@ -35,21 +36,39 @@ from arena.data import build_dataset
 from arena.runs import load_run
 from arena.trainer import train
 
-# panel title -> (objective, overrides, phases at a 50:1 ratio, net whose output is shown)
+# panel title -> (objective, overrides, phases at a 50:1 ratio, net whose output is shown).
+# A phase [name, "R"] runs R (--ratio) times in a row; ("R", [phases]) repeats the group R
+# times. The IE's "discriminator" is E with T_P / T_Q, a game of its own: over-trained, it
+# plays that game R rounds (T, E, T, E, ...) per G step. R T-steps then R E-steps
+# (--ie-blocks) would let E best-respond R times to a T that no longer moves.
+IE_ROUNDS = [("R", [["discriminators", 1], ["encoder", 1]]), ["generator", 1]]
+IE_BLOCKS = [["discriminators", "R"], ["encoder", "R"], ["generator", 1]]
 LOSSES = {
     "GAN (log(1 - D))": ("gan", [], [["critic", "R"], ["generator", 1]], "D"),
     "GAN (-log D)": ("nsgan_cp", ["objective.penalty_weight=0.0"], [["critic", "R"], ["generator", 1]], "D"),
     "Least squares GAN": ("lsgan", [], [["critic", "R"], ["generator", 1]], "D"),
     "WGAN-GP": ("wgan_gp", [], [["critic", "R"], ["generator", 1]], "D"),
-    "IE (ours)": ("ie", [], [["discriminators", "R"], ["encoder", "R"], ["generator", 1]], "E"),
+    "IE (ours)": ("ie", [], IE_ROUNDS, "E"),
 }
 
 PANELS = {spec[0]: title for title, spec in LOSSES.items()}  # --panels names: the objectives
 
 
+def expand(phases: list, ratio: int) -> list[list]:
+    """The train.phases of a panel: "R" becomes the ratio, a group repeated R times is written out."""
+    out = []
+    for entry in phases:
+        if entry[0] == "R":
+            out += [list(p) for p in entry[1]] * ratio
+        else:
+            name, n = entry
+            out.append([name, ratio if n == "R" else n])
+    return out
+
+
 def run_one(base: str, objective: str, extra: list[str], phases, ratio: int, steps: int, run_dir: Path,
             common: list[str] = ()):
-    phases = [[name, ratio if n == "R" else n] for name, n in phases]
+    phases = expand(phases, ratio)
     overrides = [*common, *extra, f"run.dir={run_dir}", f"train.steps={steps}",
                  f"train.phases={json.dumps(phases)}", "train.progress=false", f"train.checkpoint_every={steps}",
                  f"train.sample_every={steps}", f"train.log_every={max(1, steps // 4)}"]
@@ -116,6 +135,8 @@ def main() -> None:
     parser.add_argument("--runs", default="runs/figure14")
     parser.add_argument("--out", default="figure14.png")
     parser.add_argument("--panels", default="", help=f"comma-separated subset of {', '.join(PANELS)}")
+    parser.add_argument("--ie-blocks", action="store_true",
+                        help="IE: R T_P/T_Q steps, then R E steps per G step (default: R rounds of one each)")
     parser.add_argument("--ie", action="append", default=[], metavar="KEY=VALUE",
                         help="an override of the IE panel only (repeat for more)")
     parser.add_argument("overrides", nargs="*", help="overrides for every panel, e.g. model.width=16")
@@ -135,7 +156,7 @@ def main() -> None:
     for ax, (title, (name, extra, phases, net)) in zip(axes[0], losses.items()):
         t = time.perf_counter()
         if name == "ie":
-            extra = [*extra, *args.ie]
+            extra, phases = [*extra, *args.ie], (IE_BLOCKS if args.ie_blocks else phases)
         cfg, objective = run_one(args.base, name, extra, phases, args.ratio, args.steps, Path(args.runs) / name,
                                  args.overrides)
         real, fake = outputs(objective, net, cfg, args.samples, args.split)
@@ -149,7 +170,8 @@ def main() -> None:
         text = f"AUC {sep['auc']:.3f}\noverlap {sep['overlap']:.2f}"
         if name == "ie":
             target = target_separability(cfg.objective.mu_p, cfg.objective.mu_q)
-            sep.update(target_auc=target["auc"], target_overlap=target["overlap"], options=list(args.ie))
+            sep.update(target_auc=target["auc"], target_overlap=target["overlap"], options=list(args.ie),
+                       schedule="blocks" if args.ie_blocks else "rounds")
             text += f"\ntargets: {target['auc']:.3f} / {target['overlap']:.2f}"
         ax.text(0.02, 0.97, text, transform=ax.transAxes, va="top", fontsize=8)
         summary[title] = {"real_mean": real.mean().item(), "real_std": real.std().item(),

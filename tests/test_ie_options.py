@@ -256,7 +256,15 @@ def test_figure14_draws_a_chosen_panel_with_ie_only_options(tmp_path, monkeypatc
     assert out.is_file() and list(json.loads(out.with_suffix(".json").read_text())) == ["IE (ours)"]
     assert ie["target_auc"] == pytest.approx(0.7602, abs=1e-4) and ie["options"] == argv[4:7:2]
     assert 0 <= ie["auc"] <= 1 and ie["split"] == "train" and "(E on its targets" in capsys.readouterr().out
+    assert ie["schedule"] == "rounds"
     monkeypatch.setattr("sys.argv", ["figure14", "--panels", "ie,bigan"])
     with pytest.raises(SystemExit):
         figure14.main()
     assert "--panels: bigan unknown" in capsys.readouterr().err
+
+
+def test_figure14_over_trains_the_ie_in_rounds_of_t_and_e():
+    assert figure14.expand(figure14.IE_ROUNDS, 3) == [["discriminators", 1], ["encoder", 1]] * 3 + [["generator", 1]]
+    assert figure14.expand(figure14.IE_BLOCKS, 3) == [["discriminators", 3], ["encoder", 3], ["generator", 1]]
+    gan = figure14.LOSSES["WGAN-GP"][2]
+    assert figure14.expand(gan, 50) == [["critic", 50], ["generator", 1]]
