@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import textwrap
 import time
 from pathlib import Path
 
@@ -179,8 +180,9 @@ def main() -> None:
                           "split": args.split, "seconds": round(time.perf_counter() - t, 1)}
         print(title, json.dumps(summary[title]))
     axes[0][0].legend(fontsize=8, loc="upper right")
-    fig.suptitle(f"{args.base} {' '.join(args.overrides)}: outputs on real ({args.split} split) and generated data after "
-                 f"{args.steps} generator steps at {args.ratio}:1 (AUC: the output as a real/fake score)", fontsize=9)
+    title = (f"{args.base} {' '.join([*args.overrides, *args.ie])}: outputs on real ({args.split} split) and generated "
+             f"data after {args.steps} generator steps at {args.ratio}:1 (AUC: the output as a real/fake score)")
+    fig.suptitle(textwrap.fill(title, 45 * len(losses)), fontsize=9)  # wrapped to the panels' width
     fig.tight_layout()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=110)
