@@ -13,8 +13,9 @@ as a real/fake score and the overlap of the two histograms.
 
     python -m eval.figure14 --panels ie --ie objective.contractive=0 --out ie_c0.png model.width=16
 
-A panel whose run directory holds a finished run of the same resolved config is read
-back instead of trained again (change one objective's options: only its panel trains).
+Each panel trains into RUNS/<objective>-<hash of its resolved config>: a panel whose
+config has a finished run there is read back instead of trained again (change one
+objective's options: only its panel trains, beside the earlier run).
 `--panels` draws a subset (by objective name) and `--ie` sets options of the IE panel
 only. The IE panel also states the separability E would have if its outputs were
 exactly its targets, N(mu_P, 1) on real and N(mu_Q, 1) on generated data:
@@ -24,6 +25,7 @@ puts the encoder on.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import textwrap
@@ -67,21 +69,29 @@ def expand(phases: list, ratio: int) -> list[list]:
     return out
 
 
-def run_one(base: str, objective: str, extra: list[str], phases, ratio: int, steps: int, run_dir: Path,
+def run_one(base: str, objective: str, extra: list[str], phases, ratio: int, steps: int, root: Path,
             common: list[str] = ()):
+    """Train one panel's run, or read it back. Each resolved config gets a directory of its
+    own, ROOT/<objective>-<hash of the config>, so a panel with changed options trains
+    anew beside the earlier run (kept) and an unchanged one is read back."""
     phases = expand(phases, ratio)
-    overrides = [*common, *extra, f"run.dir={run_dir}", f"train.steps={steps}",
+    overrides = [*common, *extra, f"run.dir={root / objective}", f"train.steps={steps}",
                  f"train.phases={json.dumps(phases)}", "train.progress=false", f"train.checkpoint_every={steps}",
                  f"train.sample_every={steps}", f"train.log_every={max(1, steps // 4)}"]
     raw = resolve(base).raw  # the base config with its own bases applied
     if raw.get("objective", {}).get("name") != objective:
         raw["objective"] = {"name": objective}  # the base's data, nets and optimizer; this loss's defaults
     cfg = config_from_dict(merge(raw, parse_overrides(overrides)), name=f"figure14-{objective}")
+    run_dir = root / f"{objective}-{hashlib.sha256(cfg.to_yaml().encode()).hexdigest()[:8]}"
+    cfg.run.dir = str(run_dir)
     done = run_dir / "checkpoints" / f"checkpoint-{steps:06d}"
     saved = run_dir / "config.yaml"
     if done.is_dir() and saved.is_file() and saved.read_text() == cfg.to_yaml():
         print(f"{run_dir}: reusing {done.name} (same config)")  # only changed panels train again
         return cfg, load_run(run_dir, str(done))[1]
+    checkpoints = run_dir / "checkpoints"
+    if checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*")):  # this config's run, stopped early
+        cfg.run.resume = "latest"
     return cfg, train(cfg)
 
 
@@ -158,7 +168,7 @@ def main() -> None:
         t = time.perf_counter()
         if name == "ie":
             extra, phases = [*extra, *args.ie], (IE_BLOCKS if args.ie_blocks else phases)
-        cfg, objective = run_one(args.base, name, extra, phases, args.ratio, args.steps, Path(args.runs) / name,
+        cfg, objective = run_one(args.base, name, extra, phases, args.ratio, args.steps, Path(args.runs),
                                  args.overrides)
         real, fake = outputs(objective, net, cfg, args.samples, args.split)
         lo, hi = float(torch.minimum(real.min(), fake.min())), float(torch.maximum(real.max(), fake.max()))

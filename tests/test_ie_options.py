@@ -257,6 +257,12 @@ def test_figure14_draws_a_chosen_panel_with_ie_only_options(tmp_path, monkeypatc
     assert ie["target_auc"] == pytest.approx(0.7602, abs=1e-4) and ie["options"] == argv[4:7:2]
     assert 0 <= ie["auc"] <= 1 and ie["split"] == "train" and "(E on its targets" in capsys.readouterr().out
     assert ie["schedule"] == "rounds"
+    capsys.readouterr()
+    monkeypatch.setattr("sys.argv", argv[:6] + ["objective.mu_q=-1.5"] + argv[7:])  # one option changed
+    figure14.main()
+    assert len(list((tmp_path / "runs").glob("ie-*"))) == 2  # trained beside the first run, which is kept
+    figure14.main()
+    assert "reusing checkpoint-000001 (same config)" in capsys.readouterr().out
     monkeypatch.setattr("sys.argv", ["figure14", "--panels", "ie,bigan"])
     with pytest.raises(SystemExit):
         figure14.main()
