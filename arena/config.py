@@ -131,8 +131,8 @@ class Text(str):
 
 class Arg(Text):
     """A command-line value: the text itself for a string field (`run.dir=/tmp/x #1`
-    keeps `#1`: a shell argument is not YAML) unless the whole value is quoted
-    (`train.mixed_precision='no'` is `no`), YAML flow syntax for a list, mapping or
+    keeps `#1`: a shell argument is not YAML); quoted whole, the text inside the quotes
+    (`train.mixed_precision='no'` is `no`, `"C:\\new"` keeps its backslash), YAML flow syntax for a list, mapping or
     section (`optim.betas=[0.5, 0.9]`)."""
 
 
@@ -240,8 +240,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp in (int, float):
         return _number(value, tp, key)
     if tp is str:
-        if isinstance(value, Arg) and len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = _parse_arg(value, key)  # a quoted command-line string: YAML removes the quotes
+        if isinstance(value, Arg) and len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"" \
+                and value[0] not in value[1:-1]:
+            value = value[1:-1]  # quoted whole (as a script may write it): the text inside, taken literally
         if isinstance(value, str):
             return str(value)
         raise ConfigError(f"{key}: expected a string, got {_show(value)}")

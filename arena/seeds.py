@@ -8,6 +8,7 @@ STREAMS = {
     "data_order": (1_000_003, 0),  # index = epoch: the shared permutation of the training set
     "process_noise": (7919, 1),  # index = rank: each process's z, prior samples, masks, ...
     "shapes_split": (2, 0),  # index = 0 train, 1 test: the procedural shapes of a split (data.split_seed)
+    "loader_workers": (104_729, 3),  # the DataLoader workers' base seed (items are seeded on their own)
 }
 
 

@@ -7,16 +7,19 @@ sees exactly the batches it would have seen.
 
 Disk datasets decode in DataLoader workers, and their random augmentation (flips,
 crops) must not depend on which worker decodes an item or on where a resumed run
-created its iterator. So every item is decoded under a seed of its own, a function of
-(run seed, epoch, position in the epoch's order), and the loader's worker seeds come
-from a generator of the same kind: the stream never draws from the process's RNG
-(the trainer's noise would otherwise depend on when an iterator was created).
+created its iterator. So every item is decoded under a seed of its own (torch's, Python's
+and NumPy's generators), a function of (run seed, epoch, position in the epoch's order),
+and the loader's workers, built once and kept across epochs, take their base seed from a
+generator seeded by the run seed: the stream never draws from the process's RNG (the
+trainer's noise would otherwise depend on when an iterator was created).
 """
 from __future__ import annotations
 
+import random
 import signal
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -76,8 +79,10 @@ class _Slice(Sampler[tuple[int, int]]):
 
 
 class _Seeded(Dataset):
-    """dataset[i] decoded under its own seed: items are (i, seed) pairs from _Slice. The
-    process's RNG state is put back afterwards (it matters without workers)."""
+    """dataset[i] decoded under its own seed: items are (i, seed) pairs from _Slice. torch's,
+    Python's and NumPy's generators are all seeded, so a transform may draw from any of
+    them; their state is put back afterwards (it matters without workers). The workers'
+    own seeds therefore never reach an item."""
 
     def __init__(self, dataset):
         self.dataset = dataset
@@ -87,9 +92,16 @@ class _Seeded(Dataset):
 
     def __getitem__(self, item: tuple[int, int]):
         i, seed = item
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return self.dataset[i]
+        py_state, np_state = random.getstate(), np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                random.seed(seed)
+                np.random.seed(seed % 2**32)
+                return self.dataset[i]
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
 
 
 class BatchStream:
@@ -153,13 +165,13 @@ class BatchStream:
         once: its workers (persistent) decode every epoch, and a new iterator only resets
         them with the new order (_Slice reads the epoch and index when it starts)."""
         if self._loader is None:
-            # The generator gives the loader its base seed; without one the DataLoader
-            # would draw it from the process's RNG. Re-seeded every epoch below.
-            self._loader_seed = torch.Generator()
+            # The generator gives the workers their base seed (drawn once: they persist);
+            # without one the DataLoader would draw it from the process's RNG. Items never
+            # see it (_Seeded), so it need not follow the epoch.
+            workers_seed = torch.Generator().manual_seed(derive_seed(self.seed, "loader_workers", 0))
             self._loader = NamedErrors(DataLoader(
                 _Seeded(self.dataset), batch_size=self.batch_size, sampler=_Slice(self), drop_last=True,
-                generator=self._loader_seed, worker_init_fn=_outlive_stop_signals, **self._loader_kwargs))
-        self._loader_seed.manual_seed(self.augment_seed(self.epoch))
+                generator=workers_seed, worker_init_fn=_outlive_stop_signals, **self._loader_kwargs))
         with _stop_signals_blocked():  # the workers start here (the first time)
             return iter(self._loader)  # a bad image in a worker: its message, not its traceback
 

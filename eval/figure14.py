@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from arena import checkpoint as ckpt
 from arena.config import config_from_dict, merge, parse_overrides, resolve
 from arena.data import build_dataset
 from arena.runs import load_run
@@ -75,6 +76,7 @@ def run_one(base: str, objective: str, extra: list[str], phases, ratio: int, ste
     own, ROOT/<objective>-<hash of the config>, so a panel with changed options trains
     anew beside the earlier run (kept) and an unchanged one is read back."""
     phases = expand(phases, ratio)
+    root = Path(root).resolve()  # runs/f14 and ./runs/f14 are one place
     overrides = [*common, *extra, f"run.dir={root / objective}", f"train.steps={steps}",
                  f"train.phases={json.dumps(phases)}", "train.progress=false", f"train.checkpoint_every={steps}",
                  f"train.sample_every={steps}", f"train.log_every={max(1, steps // 4)}"]
@@ -85,12 +87,10 @@ def run_one(base: str, objective: str, extra: list[str], phases, ratio: int, ste
     run_dir = root / f"{objective}-{hashlib.sha256(cfg.to_yaml().encode()).hexdigest()[:8]}"
     cfg.run.dir = str(run_dir)
     done = run_dir / "checkpoints" / f"checkpoint-{steps:06d}"
-    saved = run_dir / "config.yaml"
-    if done.is_dir() and saved.is_file() and saved.read_text() == cfg.to_yaml():
+    if done in ckpt.checkpoint_dirs(run_dir):  # the directory's name is the config's hash
         print(f"{run_dir}: reusing {done.name} (same config)")  # only changed panels train again
         return cfg, load_run(run_dir, str(done))[1]
-    checkpoints = run_dir / "checkpoints"
-    if checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*")):  # this config's run, stopped early
+    if ckpt.checkpoint_dirs(run_dir):  # this config's run, stopped early
         cfg.run.resume = "latest"
     return cfg, train(cfg)
 
@@ -190,7 +190,8 @@ def main() -> None:
                           "split": args.split, "seconds": round(time.perf_counter() - t, 1)}
         print(title, json.dumps(summary[title]))
     axes[0][0].legend(fontsize=8, loc="upper right")
-    title = (f"{args.base} {' '.join([*args.overrides, *args.ie])}: outputs on real ({args.split} split) and generated "
+    ie_options = args.ie if "ie" in chosen else []
+    title = (f"{args.base} {' '.join([*args.overrides, *ie_options])}: outputs on real ({args.split} split) and generated "
              f"data after {args.steps} generator steps at {args.ratio}:1 (AUC: the output as a real/fake score)")
     fig.suptitle(textwrap.fill(title, 45 * len(losses)), fontsize=9)  # wrapped to the panels' width
     fig.tight_layout()

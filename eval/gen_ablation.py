@@ -175,12 +175,16 @@ def main(argv: list[str] | None = None) -> int:
         head = {"grid": args.grid, "steps": grid["steps"], "budget": grid["budget"], "common": grid["common"],
                 "num_samples": args.num_samples}
         out = Path(args.out)
-        kept = earlier_cells(out, head)
+        kept = earlier_cells(out, head, grid)
         order = list(grid["cells"]) + [c for c in kept if c not in grid["cells"]]
         for name in names:
-            kept[name] = run_cell(name, grid["cells"][name], grid, Path(args.runs_root), args.num_samples,
-                                  args.device, args.train)
-            print(json.dumps(kept[name]), flush=True)
+            record = run_cell(name, grid["cells"][name], grid, Path(args.runs_root), args.num_samples,
+                              args.device, args.train)
+            print(json.dumps(record), flush=True)
+            if "skipped" in record and "skipped" not in kept.get(name, {"skipped": ""}):
+                log(f"{name}: {record['skipped']}; keeping its earlier result in {out}")
+                continue  # a measured result is never replaced by a skipped one
+            kept[name] = record
             cells = [kept[c] for c in order if c in kept]
             out.parent.mkdir(parents=True, exist_ok=True)
             tmp = out.with_name(out.name + ".tmp")
@@ -193,9 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def earlier_cells(out: Path, head: dict) -> dict[str, dict]:
+def earlier_cells(out: Path, head: dict, grid: dict) -> dict[str, dict]:
     """The cells an earlier call wrote to `out` with the same settings; none otherwise
-    (a file of other settings is replaced, and the log says so)."""
+    (a file of other settings is replaced, and the log says so). A cell whose config or
+    overrides differ from the grid's now is dropped: its result measured something else."""
     if not out.exists():
         return {}
     try:
@@ -206,6 +211,11 @@ def earlier_cells(out: Path, head: dict) -> dict[str, dict]:
         raise ConfigError(f"--out {out}: not a results file of eval.gen_ablation; name another file") from None
     if not same:
         log(f"{out} holds results of other settings (steps, budget, common, --num-samples): replacing them")
+    for name, c in list(cells.items()):
+        now = grid["cells"].get(name)
+        if now is not None and (c.get("config"), c.get("overrides")) != (now["config"], now.get("overrides", [])):
+            log(f"{out}: dropping {name}'s earlier result: the grid now gives it other options")
+            del cells[name]
     return cells
 
 

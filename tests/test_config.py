@@ -50,8 +50,10 @@ def test_overrides_are_typed_by_the_schema_not_by_yaml():
     ("run.dir=yes", "run.dir", "yes"),
     ("train.mixed_precision='no'", "train.mixed_precision", "no"),  # quoted, as a shell script may write it
     ('run.dir="/tmp/x y"', "run.dir", "/tmp/x y"),
-    ("run.dir='it''s'", "run.dir", "it's"),
+    ('run.dir="C:\\new"', "run.dir", "C:\\new"),  # inside the quotes literally: no YAML escapes
+    ("run.dir='it's'", "run.dir", "'it's'"),  # a quote inside: not quoted whole, the text as it is
     ("run.dir=it's", "run.dir", "it's"),
+    ("run.dir='", "run.dir", "'"),
     ("train.progress=no", "train.progress", False),
     ("train.progress=True", "train.progress", True),
     ("data.augment=null", "data.augment", None),

@@ -70,3 +70,25 @@ def test_results_of_earlier_calls_with_the_same_settings_are_kept(tmp_path, caps
     assert gen_ablation.main([*base, "--cells", "a"]) == 2
     assert "not a results file of eval.gen_ablation" in capsys.readouterr().err
     assert out.read_text() == "[1, 2]"  # nothing written over it
+
+
+def test_kept_results_are_never_replaced_by_skips_and_dropped_when_the_cell_changes(tmp_path, capsys):
+    grid_file = tmp_path / "grid.yaml"
+    grid_file.write_text("steps: 2\ncells: {a: {config: ie_digits}, b: {config: nsgan_cp_digits}}\n")
+    out = tmp_path / "res.json"
+    args = ["--grid", str(grid_file), "--runs-root", str(tmp_path / "nowhere"), "--out", str(out), "--no-train"]
+    assert gen_ablation.main([*args, "--cells", "b"]) == 0
+    results = json.loads(out.read_text())
+    measured = {"cell": "a", "config": "ie_digits", "overrides": [], "data_batches": 6, "fid": 1.5,
+                "fid_ema_copied_bn": 1.6, "fid_raw": 1.4, "kid": 0.01, "auc": 0.9, "overlap": 0.3}
+    results["cells"] = [measured, *results["cells"]]
+    out.write_text(json.dumps(results))
+    assert gen_ablation.main(args) == 0  # a wrong --runs-root: no checkpoints anywhere
+    cells = {c["cell"]: c for c in json.loads(out.read_text())["cells"]}
+    assert cells["a"] == measured and "skipped" in cells["b"]
+    assert "a: no checkpoint-000002" in capsys.readouterr().err
+    grid_file.write_text("steps: 2\ncells: {a: {config: ie_digits, overrides: [objective.mu_p=2.0]}, "
+                         "b: {config: nsgan_cp_digits}}\n")
+    assert gen_ablation.main([*args, "--cells", "b"]) == 0
+    assert [c["cell"] for c in json.loads(out.read_text())["cells"]] == ["b"]  # a measured other options
+    assert "dropping a's earlier result" in capsys.readouterr().err

@@ -171,3 +171,30 @@ def test_trainer_resumed_on_workers_equals_unbroken(disk_roots, tmp_path, cpu_on
     assert 0 < state(tmp_path / "twice")["data"]["index"] < 5  # 10 images, 2 a batch: the resume is mid-epoch
     train(tiny("prior_match_digits", tmp_path / "twice", *common, "train.steps=5", "run.resume=latest"))
     assert_same_state(state(tmp_path / "once"), state(tmp_path / "twice"))
+
+
+class _Drawing(_WhoDecodes):
+    """Its 'augmentation' draws from Python's and NumPy's generators, not torch's."""
+
+    def __getitem__(self, i):
+        import random
+
+        import numpy as np
+        return torch.tensor([float(i), random.random(), float(np.random.rand())]), 0
+
+
+def test_python_and_numpy_draws_are_seeded_per_item_too(disk_roots):
+    """A resumed stream (new workers) gives the same draws as the unbroken one, and the
+    process's own Python / NumPy state is untouched."""
+    import random
+
+    import numpy as np
+    cfg = disk_cfg(disk_roots, "imagefolder")
+    before = (random.getstate(), np.random.get_state()[1].copy())
+    unbroken = take(BatchStream(_Drawing(), 2, seed=3, data_cfg=cfg), 6)  # 1.5 epochs of 4 batches
+    resumed = BatchStream(_Drawing(), 2, seed=3, data_cfg=cfg)
+    resumed.load_state_dict({"epoch": 0, "index": 3})
+    assert_same_batches(take(resumed, 3), unbroken[3:])
+    assert random.getstate() == before[0] and np.array_equal(np.random.get_state()[1], before[1])
+    in_process = BatchStream(_Drawing(), 2, seed=3, data_cfg=DataConfig(name="imagefolder", num_workers=0))
+    assert_same_batches(take(in_process, 6), unbroken)  # workers or not, the same draws
