@@ -11,7 +11,8 @@ import sys
 
 from arena.config import annotated_yaml, load_config
 from arena.registry import ConfigError, cli_error
-from arena.trainer import NonFiniteLoss, Stopped, shutdown, train
+from arena.distributed import shutdown
+from arena.trainer import NonFiniteLoss, Stopped, train
 
 
 def hooks_for(cfg):

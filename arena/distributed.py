@@ -1,23 +1,30 @@
-"""Collectives that autograd differentiates through, and batch norm over the global batch.
+"""The process layout, the one gather, and batch norm over the global batch.
 
-For losses that compare samples across the batch (DIM's negatives) and for batch
-statistics, so that N processes with B/N images each train the objective of one
-process with B images. Plain torch.distributed (no accelerate: networks use these);
-with no process group, or one process, every function here is the identity.
+`processes()` is this program's layout (rank, world size, device, main process,
+barrier), the same for the trainer, the metrics and the probes. `gather` is the one
+collective that concatenates every process's rows: differentiable, for losses that
+compare samples across the batch (DIM's negatives) and batch statistics, so that N
+processes with B/N images each train the objective of one process with B images; and
+with `ragged=True` for results whose row counts differ between processes (metric
+samples). Networks use this module, so it imports accelerate only inside
+`processes()`, where the launcher's environment becomes a process group; with no
+process group, or one process, every collective here is the identity.
 
 Gradient scaling. The trainer averages parameter gradients over processes (a mean,
-arena.trainer._average_gradients), and the objective it optimizes is the mean of the
+the trainer), and the objective it optimizes is the mean of the
 processes' losses. A loss computed on gathered features depends on every process's
 shard, so the gradient reaching shard r must collect every process's loss:
 
     d/d(shard_r) [1/N sum_q L_q]  ->  sum_q dL_q/d(shard_r)   (then / N by the mean)
 
-which is what the backward of `all_gather` does (sum the gathered gradient over the
+which is what the backward of `gather` does (sum the gathered gradient over the
 processes, keep this process's rows). When every process computes the same loss on
 the gathered batch, L_q = L for all q, shard r's gradient is N dL/d(shard_r), and the
 trainer's mean over processes gives exactly the one-process gradient of L.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -28,30 +35,78 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-class _AllGather(torch.autograd.Function):
+@dataclass(frozen=True)
+class Processes:
+    """This program's processes: one, or those of `accelerate launch`."""
+
+    rank: int
+    world: int
+    device: torch.device
+    main: bool  # rank 0: writes files, prints, computes single-process metrics
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def gather(self, x: Tensor) -> Tensor:
+        """Every process's rows in rank order; row counts may differ (see `gather`)."""
+        return gather(x, ragged=True)
+
+
+def processes() -> Processes:
+    """The layout `accelerate launch` set up (a single process without it). The CPU is
+    pinned by ACCELERATE_USE_CPU (`accelerate launch --cpu`, or by hand) where a GPU exists."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    state = PartialState(cpu=not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU"))
+    return Processes(state.process_index, state.num_processes, state.device, state.is_main_process)
+
+
+def shutdown() -> None:
+    """End of a multi-process program: wait for every process, then tear the process
+    group down (a gloo group left to the interpreter's exit can abort the process)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+class _Gather(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        ctx.rank, ctx.rows = dist.get_rank(), x.shape[0]
-        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, x.contiguous())
-        return torch.cat(parts)
+    def forward(ctx, x: Tensor, sizes: list[int] | None) -> Tensor:
+        world, rank = dist.get_world_size(), dist.get_rank()
+        sizes = sizes or [x.shape[0]] * world
+        most = max(sizes)
+        padded = x.contiguous()
+        if x.shape[0] < most:
+            padded = torch.cat([padded, x.new_zeros((most - x.shape[0], *x.shape[1:]))])
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded)
+        ctx.start, ctx.rows = sum(sizes[:rank]), x.shape[0]
+        return torch.cat([part[:n] for part, n in zip(parts, sizes)])
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
+    def backward(ctx, grad: Tensor):
         # all_reduce works in place: never on autograd's own buffer. (A reduce-scatter
         # would move less data, but gloo has none; the features are small.)
         grad = grad.contiguous().clone()
         dist.all_reduce(grad)  # sum over processes
-        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
+        return grad[ctx.start : ctx.start + ctx.rows], None
 
 
-def all_gather(x: Tensor) -> Tensor:
+def gather(x: Tensor, ragged: bool = False) -> Tensor:
     """Every process's `x` concatenated along dim 0 in rank order, differentiable (see
-    the module docstring for the gradient). Every process must pass the same shape
-    (the trainer's per-process batches are equal)."""
+    the module docstring for the gradient). By default every process passes the same
+    shape (the trainer's per-process batches are equal) and nothing waits for the host;
+    `ragged=True` first exchanges the row counts (one small collective read on the host),
+    so processes may pass different numbers of rows and no padding is returned."""
     if world_size() == 1:
         return x
-    return _AllGather.apply(x)
+    sizes = None
+    if ragged:
+        counts = gather(torch.tensor([x.shape[0]], device=x.device))
+        sizes = counts.tolist()
+    return _Gather.apply(x, sizes)
 
 
 class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -81,7 +136,7 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         count = xf.new_full((1,), x.numel() // c)
         mean = xf.mean(dims)
         m2 = (xf - mean.view(shape)).pow(2).sum(dims)
-        stats = all_gather(torch.cat([count, mean, m2]).unsqueeze(0))  # [N, 1 + 2C]
+        stats = gather(torch.cat([count, mean, m2]).unsqueeze(0))  # [N, 1 + 2C]
         counts, means, m2s = stats[:, :1], stats[:, 1 : 1 + c], stats[:, 1 + c :]
         n = counts.sum()
         g_mean = (counts * means).sum(0) / n

@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from accelerate import PartialState
-from accelerate.utils import broadcast, parse_flag_from_env, reduce
+from accelerate.utils import broadcast, reduce
 from torch import Tensor, nn
 
 from . import checkpoint as ckpt
 from .config import Config
 from .data import build_dataset
+from .distributed import Processes, processes
 from .images import save_grid
 from .objective import Objective, Phase, build_objective, data_info
 from .registry import ConfigError
@@ -75,9 +75,7 @@ class Run:
 
     cfg: Config
     objective: Objective
-    rank: int
-    world: int
-    gather: Callable[[Tensor], Tensor]
+    procs: Processes
 
 
 def make_optimizer(cfg: Config, player: str, net: nn.Module) -> torch.optim.Optimizer:
@@ -182,8 +180,8 @@ def _ema_update(ema: nn.Module, net: nn.Module, decay: float) -> None:
 
 def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
     # -- processes, device, seeds ------------------------------------------------
-    state = _process_state()
-    rank, world, device, main = state.process_index, state.num_processes, state.device, state.is_main_process
+    procs = processes()
+    rank, world, device, main = procs.rank, procs.world, procs.device, procs.main
     run_dir = Path(cfg.run.dir)
     amp_dtype = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.mixed_precision]
     if not cfg.run.resume:
@@ -239,7 +237,7 @@ def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
             return objective
 
     if unreadable:  # the same list on every process
-        state.wait_for_everyone()  # every process is done reading them
+        procs.barrier()  # every process is done reading them
         if main:
             for bad in unreadable:  # aside, so that rotation never keeps them in place of good ones
                 _warn(f"moved the unreadable {bad.name} aside to {ckpt.move_aside(bad).name}")
@@ -257,8 +255,7 @@ def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
     log = _Logger(run_dir, main, start=step)
     if main and log.dropped:
         print(f"[arena] metrics.jsonl: dropped {log.dropped} rows after step {step} (steps this run does again)")
-    gather = state_gather if world > 1 else (lambda t: t)
-    run = Run(cfg, objective, rank, world, gather)
+    run = Run(cfg, objective, procs)
 
     # -- one phase: forward, backward, average over processes, clip, step, EMA ----------
     sums: dict[str, Tensor] = {}  # running sums since the last log, on the device
@@ -337,7 +334,7 @@ def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
                                    f"{_saved_so_far(cfg)}")
         if main:
             ckpt.prepare(run_dir, at)
-        state.wait_for_everyone()
+        procs.barrier()
         tmp = ckpt.tmp_dir(run_dir, at)
         ckpt.write(tmp / f"rng-rank{rank}.pt", ckpt.rng_state())
         if main:
@@ -354,10 +351,10 @@ def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
                 "version": __version__,
                 "world_size": world,
             })
-        state.wait_for_everyone()
+        procs.barrier()
         if main:
             ckpt.commit(run_dir, at, cfg.train.keep_checkpoints)
-        state.wait_for_everyone()
+        procs.barrier()
 
     # -- the loop ---------------------------------------------------------------------
     from tqdm.auto import tqdm
@@ -532,14 +529,6 @@ def _check_resume_point(cfg: Config, run_dir: Path, loaded: ckpt.Loaded) -> None
             f"out of {run_dir / 'checkpoints'}")
 
 
-def shutdown() -> None:
-    """End of a multi-process program: wait for every process, then tear the process
-    group down (a gloo group left to the interpreter's exit can abort the process)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        PartialState().wait_for_everyone()
-        torch.distributed.destroy_process_group()
-
-
 def _average_gradients(net: nn.Module) -> None:
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in net.parameters() if p.requires_grad]
     if not grads:
@@ -565,38 +554,3 @@ def _sync_buffers(net: nn.Module) -> None:
         for b in bufs:
             b.copy_(flat[offset : offset + b.numel()].view_as(b))
             offset += b.numel()
-
-
-def _process_state() -> PartialState:
-    # ACCELERATE_USE_CPU (set by `accelerate launch --cpu`, or by hand) pins the CPU where a GPU exists
-    return PartialState(cpu=not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU"))
-
-
-@dataclass
-class Processes:
-    """This program's processes as the trainer sees them (one, or those of `accelerate
-    launch`), for callers that split other work the same way (eval.reproduce)."""
-
-    rank: int
-    world: int
-    device: torch.device
-    main: bool
-    barrier: Callable[[], None]
-    gather: Callable[[Tensor], Tensor] | None  # state_gather with several processes
-
-
-def processes() -> Processes:
-    state = _process_state()
-    return Processes(state.process_index, state.num_processes, state.device, state.is_main_process,
-                     state.wait_for_everyone, state_gather if state.num_processes > 1 else None)
-
-
-def state_gather(t: Tensor) -> Tensor:
-    """Concatenate every process's tensor along dim 0, in rank order; the first dims
-    may differ between processes (padding is removed, so nothing is duplicated)."""
-    from accelerate.utils import gather, pad_across_processes
-
-    sizes = gather(torch.tensor([t.shape[0]], device=t.device)).tolist()
-    padded = gather(pad_across_processes(t.contiguous(), dim=0))
-    per = padded.shape[0] // len(sizes)
-    return torch.cat([padded[i * per : i * per + n] for i, n in enumerate(sizes)])

@@ -9,7 +9,7 @@ it, eq. 8) and ``prior_D`` (if gamma > 0). Schedule: ``prior`` on a fresh batch,
 ``encoder`` on the same batch. Players, schedule, occlusion and where the sigmoid goes
 are explained in docs/dim.md, "The dim objective".
 
-N processes: the MI critics score the gathered global batch (arena.distributed.all_gather,
+N processes: the MI critics score the gathered global batch (arena.distributed.gather,
 differentiable), so the JSD / NCE / DV terms and their gradients equal one process's on
 the same global batch; `model.sync_bn: true` also makes the encoder's (and coordinate
 predictors') batch norm use global-batch statistics, which that equality needs.
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from arena.distributed import all_gather, convert_sync_batchnorm
+from arena.distributed import convert_sync_batchnorm, gather
 from arena.objective import OBJECTIVES, Batch, DataInfo, Objective, Phase, resolve_schedule
 from arena.prior import PriorConfig, PriorDiscriminator, check_prior, discriminator_loss, encoder_loss, lazy_penalty_log, sample_prior
 from arena.registry import ConfigError
@@ -233,11 +233,11 @@ class DIM(EncoderObjective):
         # process's features (gradients flow back to each shard), so they equal the
         # one-process terms on the same global batch. The prior and coordinate terms are
         # per-image means: the trainer's gradient average over processes makes them global.
-        y_all = all_gather(y_global)  # alpha or beta is > 0 (check_config)
+        y_all = gather(y_global)  # alpha or beta is > 0 (check_config)
         if o.alpha > 0:
-            terms["global_mi"] = self.mi(player["global_critic"](y_all, all_gather(out["conv"])))
+            terms["global_mi"] = self.mi(player["global_critic"](y_all, gather(out["conv"])))
         if o.beta > 0:
-            terms["local_mi"] = self.mi(player["local_critic"](y_all, all_gather(out["local"])))
+            terms["local_mi"] = self.mi(player["local_critic"](y_all, gather(out["local"])))
         if o.gamma > 0:
             terms["prior"] = encoder_loss(self.nets["prior_D"], self.prior_input(out["y"]), o.prior.encoder_loss)
         modes = coord_modes(o.coord)

@@ -48,7 +48,8 @@ from arena.config import Config, load_config
 from arena.data import build_dataset, dataset_signature
 from arena.objective import OBJECTIVES
 from arena.registry import ConfigError, cli_error
-from arena.trainer import Stopped, processes, shutdown
+from arena.distributed import processes, shutdown
+from arena.trainer import Stopped
 
 from .dim_probes import LAYERS
 from .tables import GENERATOR_MEASURES, PROBE_MEASURES, Row, RunSpec, Table, get_table, parse_number, select_rows

@@ -30,9 +30,9 @@ def test_train_honours_accelerate_use_cpu_where_a_gpu_is_reported(tmp_path, monk
     """`ACCELERATE_USE_CPU=true` (what `accelerate launch --cpu` sets, and the tests' way to pin
     the CPU) must keep train() off a GPU that torch reports. Simulated: train() is told a GPU
     exists when it picks its device (the rest of the run sees the real machine)."""
-    import arena.trainer
+    import accelerate
 
-    real_state, real_available = arena.trainer.PartialState, torch.cuda.is_available
+    real_state, real_available = accelerate.PartialState, torch.cuda.is_available
     asked = {}
 
     def state(cpu: bool = False, **kwargs):
@@ -40,7 +40,7 @@ def test_train_honours_accelerate_use_cpu_where_a_gpu_is_reported(tmp_path, monk
         monkeypatch.setattr(torch.cuda, "is_available", real_available)
         return real_state(cpu=cpu, **kwargs)
 
-    monkeypatch.setattr(arena.trainer, "PartialState", state)
+    monkeypatch.setattr(accelerate, "PartialState", state)  # arena.distributed.processes() asks it
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     objective = train(tiny("prior_match_digits", tmp_path, *PRIOR_SMALL))
     assert asked == {"cpu": True} and device_of(objective).type == "cpu"

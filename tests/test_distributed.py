@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from arena import checkpoint as ckpt
-from arena.distributed import SyncBatchNorm, all_gather, convert_sync_batchnorm
+from arena.distributed import SyncBatchNorm, convert_sync_batchnorm, gather
 from arena.objective import Batch, DataInfo
 from arena.trainer import train
 from dim import DIM
@@ -63,7 +63,7 @@ def encoder_step(objective: DIM, x: torch.Tensor) -> dict:
 
 def test_one_process_gather_is_the_identity_and_sync_bn_is_batch_norm():
     x = torch.randn(6, 3, 4, 4)
-    assert all_gather(x) is x
+    assert gather(x) is x and gather(x, ragged=True) is x
     bn = nn.Sequential(nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3), nn.BatchNorm1d(2, momentum=None))
     with torch.no_grad():
         bn[1].running_mean.fill_(0.3)
@@ -103,7 +103,8 @@ import sys, torch
 sys.path.insert(0, {str(ROOT)!r})
 from accelerate import PartialState
 from arena.objective import Batch
-from arena.trainer import _average_gradients, shutdown, train
+from arena.distributed import gather, shutdown
+from arena.trainer import _average_gradients, train
 from tests.helpers import tiny
 from tests.test_distributed import CASES, TRAIN, build, encoder_step, global_batch
 state = PartialState(cpu=True)
@@ -123,11 +124,22 @@ for case in CASES:
     results[case] = {{"out": {{k: v.detach() for k, v in out.items()}}, "mean_loss": loss / world,
                      "grads": {{n: p.grad.clone() for n, p in player.named_parameters() if p.grad is not None}},
                      "buffers": {{n: b.clone() for n, b in player.named_buffers()}}}}
+# ragged: rank r passes r + 1 rows; everyone gets the 3 rows in rank order, and the
+# gradient of sum(k * row_k) reaches each process's own rows, summed over the processes
+mine = torch.full((rank + 1, 2), float(rank), requires_grad=True)
+got = gather(mine, ragged=True)
+(got * torch.arange(1.0, 4.0)[:, None]).sum().backward()
+results["ragged"] = {{"rows": got.detach(), "grad": mine.grad}}
 torch.save(results, {str(tmp_path)!r} + f"/rank{{rank}}.pt")
 train(tiny("dim_l_digits", {str(tmp_path / 'two')!r}, *TRAIN))
 shutdown()
 """)
     launch_two_cpu_processes(script)
+    for rank in (0, 1):
+        ragged = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)["ragged"]
+        assert torch.equal(ragged["rows"], torch.tensor([[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]))
+        rows = [[1.0], [2.0, 3.0]][rank]  # each of the 2 processes' losses weighs row k by k
+        assert torch.equal(ragged["grad"], 2 * torch.tensor(rows)[:, None].expand(-1, 2))
     x = global_batch()
     for case in CASES:
         ref = encoder_step(build(tmp_path / "unused", case), x)

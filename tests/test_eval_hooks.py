@@ -56,12 +56,12 @@ sys.path.insert(0, {str(root)!r})
 import implicit_gen
 from accelerate import PartialState
 from arena.runs import load_run
-from arena.trainer import shutdown, state_gather
+from arena.distributed import gather, shutdown
 from eval.fidelity import evaluate_generator
 state = PartialState(cpu=True)
 cfg, objective, _ = load_run({str(tmp_path / 'run')!r})
 out = evaluate_generator(objective, cfg, rank=state.process_index, world_size=state.num_processes,
-                         gather=state_gather, **{kwargs!r})
+                         gather=lambda t: gather(t, ragged=True), **{kwargs!r})
 if state.is_main_process:
     json.dump(out, open({str(tmp_path / 'out.json')!r}, "w"))
 shutdown()

@@ -57,7 +57,8 @@ def test_two_process_gan_equals_one_process_on_the_same_global_batch(tmp_path, m
 import sys
 sys.path.insert(0, {str(ROOT)!r})
 from arena.objective import OBJECTIVES
-from arena.trainer import shutdown, train
+from arena.distributed import shutdown
+from arena.trainer import train
 from tests.helpers import tiny
 from tests.test_processes import GAN, GlobalNoiseGAN
 OBJECTIVES.register("test_global_noise_gan")(GlobalNoiseGAN)

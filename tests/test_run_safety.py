@@ -366,10 +366,11 @@ import torch
 sys.path.insert(0, {str(ROOT)!r})
 from accelerate import PartialState
 from tests.helpers import tiny
-from arena.trainer import Hook, Stopped, shutdown, train
+from arena.distributed import shutdown
+from arena.trainer import Hook, Stopped, train
 
 def signal_rank1(run, step):  # only rank 1 is told; rank 0 must stop with it
-    if run.rank == 1 and step == 2:
+    if run.procs.rank == 1 and step == 2:
         os.kill(os.getpid(), signal.SIGTERM)
 
 cfg = tiny("prior_match_digits", {str(tmp_path / 'run')!r}, *{SMALL!r}, "train.steps=50", "train.checkpoint_every=50")
@@ -403,7 +404,8 @@ sys.path.insert(0, {str(ROOT)!r})
 from accelerate import PartialState
 from tests.helpers import tiny
 from arena.prior_match import PriorMatch
-from arena.trainer import NonFiniteLoss, processes, shutdown, train
+from arena.distributed import processes, shutdown
+from arena.trainer import NonFiniteLoss, train
 
 rank = processes().rank  # the trainer's process layout (a bare PartialState() would not pin the CPU)
 calls = [0]

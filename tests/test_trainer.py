@@ -138,7 +138,8 @@ sys.path.insert(0, {str(ROOT)!r})
 from accelerate import PartialState
 from accelerate.utils import gather
 from tests.helpers import tiny
-from arena.trainer import shutdown, train
+from arena.distributed import shutdown
+from arena.trainer import train
 cfg = tiny("prior_match_digits", {str(tmp_path / 'run')!r}, *{SMALL!r}, "train.steps=3", "train.checkpoint_every=3")
 objective = train(cfg)
 flat = torch.cat([p.detach().flatten() for p in objective.nets.parameters()])
