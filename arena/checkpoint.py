@@ -8,8 +8,13 @@ A save goes to `.tmp-checkpoint-000500/` and is renamed into place only when eve
 file is written, so a run killed mid-save leaves the previous checkpoint whole.
 Everything stored is tensors, numbers, strings, lists and dicts, so loading uses
 `torch.load(weights_only=True)`. A file that cannot be read (truncated, empty, not a
-checkpoint) is named in a ConfigError; 'latest' falls back past such checkpoints to the
-newest one that loads, and says which it skipped.
+checkpoint, or a readable file that is not one of ours: a foreign `state.pt` lacking
+'nets' or 'config') is named in a ConfigError; 'latest' falls back past such checkpoints
+to the newest one that loads, and says which it skipped. A save that fails (a full
+disk) removes its temporary directory and stops with a ConfigError naming the reason
+and the newest checkpoint, which it left intact. A resume that finds no RNG file for
+a process (deleted, or more processes than saved) says so: it continues, but not
+bit-exactly.
 """
 from __future__ import annotations
 
@@ -122,10 +127,25 @@ def prepare(run_dir: str | Path, step: int) -> Path:
 
 
 def write(path: Path, obj) -> None:
-    with open(path, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
+    """Write one file of a save in progress (under its .tmp-checkpoint-* directory). On an
+    OS error (ENOSPC, EDQUOT, EIO) the temporary directory is removed, so the failed save
+    leaves nothing behind, and a ConfigError says what happened; the checkpoints already
+    committed are untouched, as a save only replaces them after every file is written."""
+    try:
+        with open(path, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        shutil.rmtree(path.parent, ignore_errors=True)
+        run_dir = path.parent.parent.parent
+        found = checkpoint_dirs(run_dir)
+        kept = (f"the newest checkpoint, {found[-1]}, is intact" if found
+                else f"no checkpoint exists under {run_dir / 'checkpoints'} yet")
+        raise ConfigError(f"run.dir: cannot write {path.parent.name.removeprefix('.tmp-')} to "
+                          f"{run_dir / 'checkpoints'} ({err.strerror or err}); the partial save was removed and "
+                          f"{kept}. Free space (or fix the file system) and continue with "
+                          f"run.resume=latest") from None
 
 
 def commit(run_dir: str | Path, step: int, keep: int) -> Path:
@@ -155,12 +175,42 @@ def _read(path: Path):
                           f"{reason})") from None
 
 
+# What every reader of a state.pt indexes, and the type it expects there.
+_STATE_KEYS = {"step": int, "nets": dict, "optimizers": dict, "ema": dict, "scalers": dict, "data": dict, "data_info": dict,
+               "config": str}
+
+
+def check_state(state, path: Path) -> None:
+    """A ConfigError naming the file and the first missing or mistyped key when a readable
+    state.pt is not a checkpoint of this toolkit."""
+    if not isinstance(state, dict):
+        raise ConfigError(f"checkpoint file {path} is not a checkpoint of this toolkit (it holds a "
+                          f"{type(state).__name__}, not a dict of nets, optimizers, ...)")
+    for key, kind in _STATE_KEYS.items():
+        if key not in state:
+            raise ConfigError(f"checkpoint file {path} is not a checkpoint of this toolkit: it has no '{key}' "
+                              f"(it has {', '.join(map(repr, list(state)[:8])) or 'no keys'})")
+        if not isinstance(state[key], kind) or isinstance(state[key], bool):
+            raise ConfigError(f"checkpoint file {path} is not a checkpoint of this toolkit: its '{key}' is a "
+                              f"{type(state[key]).__name__}, not a {kind.__name__}")
+
+
 def load(path: Path, rank: int = 0) -> tuple[dict, dict | None]:
     """-> (state, this rank's RNG states or None). Every rank's RNG file is read, so that
     every process judges a checkpoint readable or not alike."""
     state = _read(path / "state.pt")
+    check_state(state, path / "state.pt")
     rngs = {p.name: _read(p) for p in sorted(path.glob("rng-rank*.pt"))}
     return state, rngs.get(f"rng-rank{rank}.pt")
+
+
+def missing_rng(where: Path, world: int) -> str | None:
+    """A warning when a resume on `world` processes finds no RNG file for some of them."""
+    missing = [f"rng-rank{r}.pt" for r in range(world) if not (where / f"rng-rank{r}.pt").is_file()]
+    if not missing:
+        return None
+    return (f"{where} has no {', '.join(missing)}: those processes continue from a fresh random state, so this "
+            f"resume is not exact (its noise differs from an unbroken run's)")
 
 
 @dataclass
@@ -172,10 +222,20 @@ class Loaded:
 
 
 def load_checkpoint(run_dir: str | Path, which: str, rank: int = 0, key: str = "run.resume",
-                    warn: Callable[[str], None] | None = None) -> Loaded:
+                    warn: Callable[[str], None] | None = None, world: int | None = None) -> Loaded:
     """Resolve and load `which` ('latest' or a checkpoint directory). 'latest' is the newest
     checkpoint that loads: unreadable newer ones are reported through `warn` and skipped;
-    a named directory that cannot be read is an error naming the file."""
+    a named directory that cannot be read is an error naming the file. With `world` (a
+    resume on that many processes), RNG files missing for any of them are reported
+    through `warn`."""
+    loaded = _load_checkpoint(run_dir, which, rank, key, warn)
+    message = missing_rng(loaded.where, world) if world else None
+    if message and warn is not None:
+        warn(message)
+    return loaded
+
+
+def _load_checkpoint(run_dir, which, rank, key, warn) -> Loaded:
     if which != "latest":
         where = resolve_checkpoint(run_dir, which, key)
         try:

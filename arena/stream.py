@@ -2,8 +2,11 @@
 
 The order is a function of (seed, epoch) only: every process computes the same
 permutation, takes its slice of each global batch, and the stream's position
-(epoch, batch index) is two integers, saved with every checkpoint, so a resumed run
-sees exactly the batches it would have seen.
+(epoch, images of the epoch's order read so far) is two integers, saved with every
+checkpoint, so a resumed run sees exactly the batches it would have seen. The position
+counts images, not batches: a run resumed with another `train.batch_size` (or another
+number of processes) continues at the same image of the order, and sees the rest of
+the epoch once.
 
 Disk datasets decode in DataLoader workers, and their random augmentation (flips,
 crops) must not depend on which worker decodes an item or on where a resumed run
@@ -58,7 +61,8 @@ def _stop_signals_blocked():
 
 
 class _Slice(Sampler[tuple[int, int]]):
-    """This process's (index, augmentation seed) pairs for batches `start..` of one epoch.
+    """This process's (index, augmentation seed) pairs for the batches of one epoch from
+    the stream's position on.
 
     The item at position p of the epoch's order gets seed base + p: the same on every
     process and every worker, and the same whether the run was resumed or not."""
@@ -69,13 +73,14 @@ class _Slice(Sampler[tuple[int, int]]):
     def __iter__(self):
         s = self.stream
         perm, base = s.permutation(s.epoch), s.augment_seed(s.epoch)
-        for b in range(s.index, s.batches_per_epoch):
-            lo = b * s.global_batch + s.rank * s.batch_size
+        for start in range(s.position, s.epoch_end() + 1, s.global_batch):
+            lo = start + s.rank * s.batch_size
             for pos, i in enumerate(perm[lo : lo + s.batch_size].tolist(), start=lo):
                 yield i, base + pos
 
     def __len__(self) -> int:
-        return (self.stream.batches_per_epoch - self.stream.index) * self.stream.batch_size
+        s = self.stream
+        return max(0, (s.epoch_end() - s.position) // s.global_batch + 1) * s.batch_size
 
 
 class _Seeded(Dataset):
@@ -117,7 +122,7 @@ class BatchStream:
                 f"train.batch_size: {global_batch} is larger than the training set ({len(dataset)} images)"
             )
         self.device = torch.device(device)
-        self.epoch, self.index = 0, 0
+        self.epoch, self.position = 0, 0  # images of the epoch's order read so far
         self._loader_kwargs = {} if dataset.in_memory else make_loader_kwargs(dataset, data_cfg, self.device)
         self._loader, self._it, self._it_epoch = None, None, -1
         self._perm, self._perm_epoch = None, -1
@@ -137,17 +142,22 @@ class BatchStream:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch + 0x5EED_0000_0000)
         return int(torch.randint(2**62, (), generator=g))
 
+    def epoch_end(self) -> int:
+        """The last position a global batch may start at: an epoch ends where fewer than a
+        global batch of its order remain (those images wait for a later epoch's order)."""
+        return len(self.dataset) - self.global_batch
+
     def _epoch_permutation(self) -> torch.Tensor:
         if self._perm_epoch != self.epoch:  # computed once per epoch, not per batch
             self._perm, self._perm_epoch = self.permutation(self.epoch).to(self.device), self.epoch
         return self._perm
 
     def __next__(self) -> Batch:
-        if self.index >= self.batches_per_epoch:
-            self.epoch, self.index = self.epoch + 1, 0
+        if self.position > self.epoch_end():
+            self.epoch, self.position = self.epoch + 1, 0
         if self.dataset.in_memory:
             # No workers: index the uint8 tensor and convert on the device.
-            lo = self.index * self.global_batch + self.rank * self.batch_size
+            lo = self.position + self.rank * self.batch_size
             idx = self._epoch_permutation()[lo : lo + self.batch_size]
             x, y = to_float(self._images[idx]), self._labels[idx]
         else:
@@ -155,15 +165,15 @@ class BatchStream:
                 self._it, self._it_epoch = self._epoch_iterator(), self.epoch
             x, y = next(self._it)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        self.index += 1
+        self.position += self.global_batch
         if self.device.type == "cuda":  # the layout the conv nets run in there (trainer)
             x = x.contiguous(memory_format=torch.channels_last)
         return Batch(x, y)
 
     def _epoch_iterator(self):
-        """The loader's iterator over batches `index..` of this epoch. The loader is built
+        """The loader's iterator over this epoch's batches from the position on. The loader is built
         once: its workers (persistent) decode every epoch, and a new iterator only resets
-        them with the new order (_Slice reads the epoch and index when it starts)."""
+        them with the new order (_Slice reads the epoch and position when it starts)."""
         if self._loader is None:
             # The generator gives the workers their base seed (drawn once: they persist);
             # without one the DataLoader would draw it from the process's RNG. Items never
@@ -183,8 +193,12 @@ class BatchStream:
             it.close()
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "index": self.index}
+        return {"epoch": self.epoch, "position": self.position}
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue at a saved position. Checkpoints that counted batches ({"epoch",
+        "index"}) are read at this stream's batch size, the one they were saved with
+        unless train.batch_size changed."""
         self.close()
-        self.epoch, self.index = int(state["epoch"]), int(state["index"])
+        position = state["position"] if "position" in state else int(state["index"]) * self.global_batch
+        self.epoch, self.position = int(state["epoch"]), int(position)

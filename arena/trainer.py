@@ -14,9 +14,9 @@ metrics.jsonl keeps only the rows up to the step training starts from.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
-import os
 import signal
 import sys
 import threading
@@ -31,6 +31,7 @@ from accelerate.utils import broadcast, reduce
 from torch import Tensor, nn
 
 from . import checkpoint as ckpt
+from . import rundir
 from .config import Config
 from .data import build_dataset
 from .distributed import Processes, processes
@@ -116,7 +117,7 @@ class _Logger:
         self.path = run_dir / "metrics.jsonl"
         self.tb = None
         if enabled:
-            self.dropped = self._drop_after(start)
+            self.dropped = rundir.drop_metrics_after(self.path, start)
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
@@ -135,32 +136,9 @@ class _Logger:
                     self.tb.add_scalar(k, v, step)
             self.tb.flush()
 
-    def _drop_after(self, start: int) -> int:
-        """Rows of steps after `start` came from steps this run is about to redo (a run
-        killed after its last checkpoint, or before its first one): drop
-        them so that no step appears twice. Returns how many were dropped."""
-        if not self.path.is_file():
-            return 0
-        lines = self.path.read_text().splitlines(keepends=True)
-        # every row is written with its newline: a last line without one is a write cut short by a kill
-        keep = [line for line in lines if line.endswith("\n") and not _row_after(line, start)]
-        if keep != lines:
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text("".join(keep))
-            os.replace(tmp, self.path)
-        return len(lines) - len(keep)
-
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
-
-
-def _row_after(line: str, start: int) -> bool:
-    try:
-        step = json.loads(line).get("step")
-    except (ValueError, AttributeError):
-        return False  # not ours to judge: keep it
-    return isinstance(step, int) and step > start
 
 
 def _set_requires_grad(objective: Objective, players: tuple[str, ...]) -> None:
@@ -179,18 +157,21 @@ def _ema_update(ema: nn.Module, net: nn.Module, decay: float) -> None:
 
 
 def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
-    # -- processes, device, seeds ------------------------------------------------
     procs = processes()
+    # the run directory checked and locked for this run; run.resume=auto decided
+    with rundir.claim(cfg, procs) as resume:
+        return _train(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, resume=resume)), hooks, procs)
+
+
+def _train(cfg: Config, hooks: list[Hook], procs: Processes) -> Objective:
+    # -- processes, device, seeds ------------------------------------------------
     rank, world, device, main = procs.rank, procs.world, procs.device, procs.main
     run_dir = Path(cfg.run.dir)
     amp_dtype = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.mixed_precision]
-    if not cfg.run.resume:
-        _check_fresh_run_dir(run_dir)
 
     # -- data and objective (same weights on every process) ---------------------
     train_set = build_dataset(cfg.data, "train")
     info = data_info(train_set)
-    ckpt.check_writable(run_dir)  # now, not at the first save after hours of training
     torch.manual_seed(cfg.run.seed)
     objective = build_objective(cfg, info)
     objective.nets.to(device)
@@ -212,7 +193,7 @@ def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
     # -- resume --------------------------------------------------------------------
     step, unreadable = 0, []
     if cfg.run.resume:
-        loaded = ckpt.load_checkpoint(run_dir, cfg.run.resume, rank, warn=_warn if main else None)
+        loaded = ckpt.load_checkpoint(run_dir, cfg.run.resume, rank, warn=_warn if main else None, world=world)
         where, saved, rng, unreadable = loaded.where, loaded.state, loaded.rng, loaded.skipped
         _check_resume_point(cfg, run_dir, loaded)
         ckpt.restore(objective, saved, where, ema_players=ema_decay)
@@ -252,7 +233,8 @@ def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
     # Phase run counts (lazy regularization reads them): a function of the step, so a
     # resumed run continues the same schedule without saving them.
     objective.calls = {name: step * runs for name, runs in objective.runs_per_step().items()}
-    log = _Logger(run_dir, main, start=step)
+    # a branch off another run's checkpoint keeps no earlier rows: none of them are its own
+    log = _Logger(run_dir, main, start=0 if rundir.branches(run_dir, cfg.run.resume) else step)
     if main and log.dropped:
         print(f"[arena] metrics.jsonl: dropped {log.dropped} rows after step {step} (steps this run does again)")
     run = Run(cfg, objective, procs)
@@ -500,18 +482,6 @@ def _saved_so_far(cfg: Config) -> str:
     if found:
         return f"The newest checkpoint is {found[-1]} (step {ckpt.step_of(found[-1])})."
     return f"No checkpoint exists under {Path(cfg.run.dir) / 'checkpoints'}: none was saved before this step."
-
-
-def _check_fresh_run_dir(run_dir: Path) -> None:
-    """A fresh run into a directory holding another run's checkpoints would mix the two:
-    rotation keeps the newest steps (the old run's) and deletes the new saves, and a later
-    resume would pick up the old run. Refuse before any work."""
-    found = ckpt.checkpoint_dirs(run_dir)
-    if found:
-        raise ConfigError(
-            f"run.dir: {run_dir} already holds checkpoints of a run ({found[-1].name} is the newest); to continue "
-            f"it, set run.resume=latest; to start a new run, set run.dir to a new directory (or remove "
-            f"{run_dir / 'checkpoints'})")
 
 
 def _check_resume_point(cfg: Config, run_dir: Path, loaded: ckpt.Loaded) -> None:

@@ -42,8 +42,8 @@ def test_ranks_partition_each_global_batch_and_epochs_roll_over():
     for k in range(7):  # two epochs and one batch of the third
         epoch, index = divmod(k, 3)
         # the rollover happens when the next batch is drawn: a finished epoch reads (e, 3)
-        assert whole.state_dict() == ({"epoch": epoch - 1, "index": 3} if index == 0 and k else
-                                      {"epoch": epoch, "index": index})
+        assert whole.state_dict() == ({"epoch": epoch - 1, "position": 18} if index == 0 and k else
+                                      {"epoch": epoch, "position": 6 * index})
         batch = next(whole)
         halves = [next(p) for p in parts]
         assert torch.equal(torch.cat([h.x for h in halves]), batch.x)  # rank order = global batch order
@@ -51,7 +51,7 @@ def test_ranks_partition_each_global_batch_and_epochs_roll_over():
         order = whole.permutation(epoch)[index * 6:(index + 1) * 6]
         assert torch.equal(batch.x, ds.images[order].float() / 127.5 - 1)
         seen.append(order)
-    assert whole.state_dict() == {"epoch": 2, "index": 1}
+    assert whole.state_dict() == {"epoch": 2, "position": 6}
     epoch0, epoch1 = torch.cat(seen[:3]), torch.cat(seen[3:6])
     assert len(set(epoch0.tolist())) == 18 and len(set(epoch1.tolist())) == 18  # no image twice in an epoch
     assert not torch.equal(epoch0, epoch1)  # a fresh order each epoch
@@ -63,8 +63,11 @@ def test_resumed_in_memory_stream_continues_the_order():
     ds = build_dataset(DataConfig(name="shapes", resolution=8, num_images=22), "train")
     unbroken = take(BatchStream(ds, 6, seed=1), 5)
     resumed = BatchStream(ds, 6, seed=1)
-    resumed.load_state_dict({"epoch": 0, "index": 2})
+    resumed.load_state_dict({"epoch": 0, "position": 12})
     assert_same_batches(take(resumed, 3), unbroken[2:])
+    legacy = BatchStream(ds, 6, seed=1)  # a checkpoint that counted batches
+    legacy.load_state_dict({"epoch": 0, "index": 2})
+    assert_same_batches(take(legacy, 3), unbroken[2:])
 
 
 # ---------------------------------------------------------------------------- disk + workers
@@ -168,7 +171,7 @@ def test_trainer_resumed_on_workers_equals_unbroken(disk_roots, tmp_path, cpu_on
 
     train(tiny("prior_match_digits", tmp_path / "once", *common, "train.steps=5"))
     train(tiny("prior_match_digits", tmp_path / "twice", *common, "train.steps=2"))
-    assert 0 < state(tmp_path / "twice")["data"]["index"] < 5  # 10 images, 2 a batch: the resume is mid-epoch
+    assert 0 < state(tmp_path / "twice")["data"]["position"] < 10  # 10 images, 2 a batch: the resume is mid-epoch
     train(tiny("prior_match_digits", tmp_path / "twice", *common, "train.steps=5", "run.resume=latest"))
     assert_same_state(state(tmp_path / "once"), state(tmp_path / "twice"))
 
