@@ -33,7 +33,9 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 class RunConfig:
     dir: str = ""  # "" -> runs/<config name>
     seed: int = 0
-    resume: str = ""  # "" (start fresh), "latest", or a checkpoint directory
+    # "" (start fresh), "latest", "auto" (latest when run.dir holds a checkpoint, else fresh:
+    # a requeued job reruns the same command), or a checkpoint directory
+    resume: str = ""
 
 
 @dataclass

@@ -167,7 +167,7 @@ def read_metrics(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         return []
-    return [row for _, row in _rows(path.read_bytes())]
+    return [row for _, row in _rows(path.read_bytes()) if row is not None]
 
 
 def _rows(data: bytes):
