@@ -48,6 +48,7 @@ from arena.config import Config, load_config
 from arena.data import build_dataset, dataset_signature
 from arena.objective import OBJECTIVES
 from arena.registry import ConfigError, cli_error
+from arena.rundir import read_metrics
 from arena.distributed import processes, shutdown
 from arena.trainer import Stopped
 
@@ -530,17 +531,8 @@ def load_results(path: Path) -> dict:
 
 
 def steps_per_s(run_dir: Path) -> float | None:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    vals = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if "steps_per_s" in rec:
-            vals.append(rec["steps_per_s"])
+    vals = [rec["steps_per_s"] for rec in read_metrics(run_dir / "metrics.jsonl")
+            if isinstance(rec.get("steps_per_s"), (int, float))]  # objects only: other lines are skipped
     return round(statistics.median(vals), 3) if vals else None
 
 
