@@ -122,7 +122,10 @@ def prepare(run_dir: str | Path, step: int) -> Path:
     """Main process: a fresh temporary directory for the save of `step`."""
     tmp = tmp_dir(run_dir, step)
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as err:
+        raise ConfigError(f"run.dir: cannot create {tmp} for the save of step {step} ({err.strerror or err})") from None
     return tmp
 
 
@@ -207,10 +210,15 @@ def load(path: Path, rank: int = 0) -> tuple[dict, dict | None]:
 def missing_rng(where: Path, world: int) -> str | None:
     """A warning when a resume on `world` processes finds no RNG file for some of them."""
     missing = [f"rng-rank{r}.pt" for r in range(world) if not (where / f"rng-rank{r}.pt").is_file()]
-    if not missing:
-        return None
-    return (f"{where} has no {', '.join(missing)}: those processes continue from a fresh random state, so this "
-            f"resume is not exact (its noise differs from an unbroken run's)")
+    extra = sorted(p.name for p in where.glob("rng-rank*.pt") if p.name[len("rng-rank"):-3].isdigit()
+                   and int(p.name[len("rng-rank"):-3]) >= world)
+    if missing:
+        return (f"{where} has no {', '.join(missing)}: those processes continue from a fresh random state, so "
+                f"this resume is not exact (its noise differs from an unbroken run's)")
+    if extra:
+        return (f"{where} was saved by more processes than the {world} of this resume ({', '.join(extra)} are "
+                f"not used), so this resume is not exact (its noise differs from an unbroken run's)")
+    return None
 
 
 @dataclass

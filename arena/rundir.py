@@ -78,8 +78,11 @@ def lock(run_dir: str | Path) -> None:
     if key in _HELD:
         raise ConfigError(f"run.dir: {run_dir} is in use by another trainer in this process; one run "
                           f"directory takes one trainer at a time")
-    # O_NOFOLLOW: a link planted after check_links is not followed either
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:  # O_NOFOLLOW: a link planted after check_links is not followed either
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as err:  # a directory or a link by that name, or no permission
+        raise ConfigError(f"run.dir: cannot open the lock file {path} ({err.strerror or err}); remove it if "
+                          f"it is not a file") from None
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:
@@ -156,6 +159,8 @@ def claim(cfg, procs):
     try:
         if error:
             raise ConfigError(error)
+        if not procs.main:  # each process writes its RNG file there (another node may see another mount)
+            ckpt.check_writable(run_dir)
         yield resume
     finally:
         if locked:

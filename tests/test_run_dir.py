@@ -28,8 +28,10 @@ from tests.test_run_safety import SMALL, metric_steps, run, steps_of
 
 
 def tree(path: Path) -> dict[str, bytes]:
-    """Every file under path with its bytes: what must not change."""
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+    """Every file under path with its bytes: what must not change (the lock file names its
+    latest holder)."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
+            if p.is_file() and p.name != rundir.LOCK_NAME}
 
 
 # -- a resume from another run's checkpoint ----------------------------------------------
@@ -283,3 +285,18 @@ def test_metrics_lines_that_are_not_objects_do_not_stop_a_resume_or_a_reader(tmp
     from eval.reproduce import steps_per_s
 
     assert steps_per_s(tmp_path) > 0  # a table's throughput column reads past the junk too
+
+
+def test_a_resume_on_fewer_processes_than_saved_says_it_is_not_exact(tmp_path, capsys):
+    run(tmp_path, "train.steps=2")
+    where = tmp_path / "checkpoints" / "checkpoint-000002"
+    (where / "rng-rank1.pt").write_bytes((where / "rng-rank0.pt").read_bytes())  # as if 2 processes saved it
+    run(tmp_path, "train.steps=3", "run.resume=latest")
+    assert (f"warning: {where} was saved by more processes than the 1 of this resume (rng-rank1.pt are not used)"
+            in capsys.readouterr().err)
+
+
+def test_a_lock_file_that_is_a_directory_is_a_message(tmp_path):
+    (tmp_path / ".lock").mkdir()
+    with pytest.raises(ConfigError, match=rf"run.dir: cannot open the lock file {tmp_path / '.lock'} \("):
+        run(tmp_path, "train.steps=1")
