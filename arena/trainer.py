@@ -158,19 +158,20 @@ def _ema_update(ema: nn.Module, net: nn.Module, decay: float) -> None:
 
 def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
     procs = processes()
+    train_set = build_dataset(cfg.data, "train")  # a wrong data root fails before the run dir is touched
     # the run directory checked and locked for this run; run.resume=auto decided
     with rundir.claim(cfg, procs) as resume:
-        return _train(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, resume=resume)), hooks, procs)
+        return _train(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, resume=resume)), hooks, procs,
+                      train_set)
 
 
-def _train(cfg: Config, hooks: list[Hook], procs: Processes) -> Objective:
+def _train(cfg: Config, hooks: list[Hook], procs: Processes, train_set) -> Objective:
     # -- processes, device, seeds ------------------------------------------------
     rank, world, device, main = procs.rank, procs.world, procs.device, procs.main
     run_dir = Path(cfg.run.dir)
     amp_dtype = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.mixed_precision]
 
     # -- data and objective (same weights on every process) ---------------------
-    train_set = build_dataset(cfg.data, "train")
     info = data_info(train_set)
     torch.manual_seed(cfg.run.seed)
     objective = build_objective(cfg, info)
