@@ -7,7 +7,8 @@ The latents come from torch.Generator().manual_seed(seed), so a seed gives the s
 grid every time (for the same checkpoint, device and --n). With --interpolate each
 row walks from one seeded latent to another in nrow steps: linear by default
 (`--interp lerp`, stays inside any convex latent set), or spherical (`--interp slerp`,
-keeps the norm of Gaussian latents).
+keeps the norm of Gaussian latents). Images smaller than --cell pixels (64 by default)
+are upscaled by nearest neighbour, so a grid of 16 px digits is readable.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from arena.images import save_grid
+from arena.images import READABLE_CELL, save_grid
 from arena.registry import ConfigError, cli_error
 from arena.runs import load_run
 
@@ -70,12 +71,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="use the EMA generator")
     p.add_argument("--interpolate", action="store_true", help="rows interpolate between seeded latents")
     p.add_argument("--interp", choices=("lerp", "slerp"), default="lerp", help="interpolation path")
+    p.add_argument("--cell", type=int, default=READABLE_CELL,
+                   help="upscale small images (nearest neighbour) to cells of at least this many pixels; 0: as they are")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", required=True, help="PNG file to write")
     args = p.parse_args(argv)
     try:
         if args.n < 1 or args.nrow < 1:
             raise ConfigError(f"--n and --nrow must be >= 1, got {args.n} and {args.nrow}")
+        if args.cell < 0:
+            raise ConfigError(f"--cell must be >= 0 (0 = no upscaling), got {args.cell}")
         if Path(args.out).is_dir():
             raise ConfigError(f"--out: {args.out} is a directory; give the PNG file to write, "
                               f"e.g. {Path(args.out) / 'grid.png'}")
@@ -85,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         z = grid_latents(objective.latent, args.n, args.nrow, args.seed, args.interpolate, args.interp)
         images = objective.generate(z, ema=args.ema)  # one batch: the grid never depends on batching
         try:
-            out = save_grid(images, args.out, args.nrow)
+            out = save_grid(images, args.out, args.nrow, args.cell)
         except OSError as e:  # unwritable folder, full disk, a file where a folder should be
             raise ConfigError(f"--out: cannot write {args.out}: {e.strerror or e}") from None
     except ConfigError as e:

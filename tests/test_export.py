@@ -1,0 +1,95 @@
+"""eval.export: programs that torch alone loads (no toolkit on the path) give the toolkit's outputs."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from arena.data import to_float
+from arena.runs import load_run
+from arena.trainer import train
+from eval import export as X
+from tests.helpers import tiny
+
+DIM = ["data.resolution=16", "model.width=0.125", "model.y_dim=8", "model.mi_units=64", "train.batch_size=8",
+       "train.steps=2", "train.checkpoint_every=2"]
+IE = ["data.resolution=16", "model.width=8", "model.z_dim=8", "train.batch_size=8", "train.steps=2",
+      "train.checkpoint_every=2", "train.sample_every=100", "objective.ema_bn_batches=2"]
+
+# Runs in `python -I -S` (isolated: no PYTHONPATH, no user site, no .pth files, so no editable
+# install of the toolkit, not even the script's folder on sys.path) from an empty folder, with
+# torch's own site-packages folder as the one path added: only torch is there to load the files.
+CLEAN = """
+import sys
+sys.path.append(sys.argv.pop(1))
+import torch
+try:
+    import arena
+    sys.exit("the toolkit is importable here")
+except ImportError:
+    pass
+model = torch.export.load(sys.argv[1]).module()
+torch.save(model(torch.load(sys.argv[2])), sys.argv[3])
+"""
+
+
+def run_clean(tmp_path, program, x):
+    """program(x) computed by torch alone in a fresh isolated interpreter."""
+    folder = tmp_path / "clean"
+    folder.mkdir(exist_ok=True)
+    torch.save(x, folder / "x.pt")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    site = os.path.dirname(os.path.dirname(torch.__file__))
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", CLEAN, site, str(program), "x.pt", "y.pt"], cwd=folder, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return torch.load(folder / "y.pt")
+
+
+def test_exported_encoder_loads_without_the_toolkit_and_matches(tmp_path):
+    run = tmp_path / "run"
+    train(tiny("dim_l_digits", run, *DIM))
+    (run / "metrics.jsonl").write_text('{"step": 2, "svm": {"y": {"mean": 55.5}}, "settings": {"runs": 1}}\n')
+    assert X.main(["--run", str(run), "--out", str(tmp_path / "out")]) == 0
+    _, objective, _ = load_run(run)
+    x = torch.randint(0, 256, (5, 1, 16, 16), dtype=torch.uint8)  # not the traced batch size
+    want = objective.features(to_float(x))
+    got8 = run_clean(tmp_path, tmp_path / "out" / "model_uint8.pt2", x)
+    got = run_clean(tmp_path, tmp_path / "out" / "model.pt2", x.float() / 255)
+    for k in ("conv", "fc", "y"):
+        torch.testing.assert_close(got8[k], want[k], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-5)
+    card = json.loads((tmp_path / "out" / "card.json").read_text())
+    assert card["kind"] == "encoder" and card["resolution"] == 16 and card["channels"] == 1
+    assert card["layers"] == {k: [v.shape[1]] for k, v in want.items()}
+    assert card["config"]["model"]["y_dim"] == 8 and card["step"] == 2
+    assert card["figures"] == {"svm/y/mean": {"value": 55.5, "step": 2}}
+    # the critics are not part of the encoder's file
+    n_encoder = sum(p.numel() for p in objective.encoder.parameters())
+    n_all = sum(p.numel() for p in objective.nets.parameters())
+    assert (tmp_path / "out" / "model.pt2").stat().st_size < 4 * n_encoder + 4 * (n_all - n_encoder)
+
+
+@pytest.mark.parametrize("config", ["ie_digits", "wgan_gp_digits"])
+def test_exported_generator_loads_without_the_toolkit_and_matches(tmp_path, config):
+    run = tmp_path / "run"
+    train(tiny(config, run, *IE))
+    assert X.main(["--run", str(run), "--out", str(tmp_path / "out")]) == 0
+    _, objective, _ = load_run(run)
+    z = objective.latent(3, torch.Generator().manual_seed(1))
+    want = (objective.generate(z, ema=True) + 1) / 2
+    got = run_clean(tmp_path, tmp_path / "out" / "model.pt2", z)
+    torch.testing.assert_close(got, want.clamp(0, 1), rtol=1e-5, atol=1e-5)
+    card = json.loads((tmp_path / "out" / "card.json").read_text())
+    assert card["kind"] == "generator" and card["z_dim"] == 8 and card["files"] == {"model.pt2": "latents"}
+
+
+def test_export_of_an_objective_without_encoder_or_generator_is_refused(tmp_path, capsys):
+    run = tmp_path / "run"
+    train(tiny("prior_match_digits", run, "train.steps=1", "train.checkpoint_every=1"))
+    assert X.main(["--run", str(run), "--out", str(tmp_path / "out")]) == 2
+    assert "neither generates images nor has an encoder" in capsys.readouterr().err
