@@ -5,7 +5,8 @@
 
 The data is any dataset of the registry (`--data NAME` and `data.KEY=VALUE` overrides
 over the run's own data section, whose resolution the encoder needs); `imagefolder`
-reads root/train/<class>/* and root/test/<class>/*. The file holds, row i for image i
+reads root/train/<class>/* and root/test/<class>/* (labelled), or, where root has no
+train/ folder, every image below root (sorted paths, no labels, --split ignored). The file holds, row i for image i
 in the dataset's order: `paths` (the file, or NAME:SPLIT:INDEX for datasets held in
 memory), `labels` where the data has labels, and one float32 array per layer
 (`y`, `fc`, `conv`: the probe points of dim_probes). With N processes each process
@@ -30,7 +31,8 @@ import torch
 from tqdm import tqdm
 
 from arena.config import build_dataclass, merge, parse_overrides
-from arena.data import DataConfig, build_dataset
+from arena.data import IMAGE_EXTENSIONS, DataConfig, FileDataset, build_dataset
+from arena.data.registry import root_of
 from arena.distributed import processes, shutdown
 from arena.images import atomic_file
 from arena.registry import ConfigError, cli_error
@@ -46,6 +48,26 @@ def data_config(run_data: DataConfig, overrides: list[str]) -> DataConfig:
             raise ConfigError(f"override '{item}': only data.KEY=VALUE overrides are read here")
     raw = merge(dataclasses.asdict(run_data), parse_overrides(overrides).get("data", {}))
     return build_dataclass(DataConfig, raw, "data")
+
+
+def flat_folder(data: DataConfig):
+    """An image folder without train/ and test/: every image below data.root (sorted paths,
+    subfolders included), unlabeled, decoded as the imagefolder dataset decodes."""
+    root = root_of(data)
+    if not root.is_dir():
+        raise ConfigError(f"data.root: {root} is not a directory")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if not files:
+        raise ConfigError(f"data.root: no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root}")
+    return FileDataset("imagefolder", "all", files, torch.full((len(files),), -1), resolution=data.resolution,
+                       num_classes=0, augment=False, skip_bad_files=data.skip_bad_files)
+
+
+def dataset(data: DataConfig, split: str):
+    """The registry's dataset, or for an image folder with no train/ subfolder all its images."""
+    if data.name == "imagefolder" and not (root_of(data) / "train").is_dir():
+        return flat_folder(data)
+    return build_dataset(data, split)
 
 
 def item_names(ds, split: str) -> list[str]:
@@ -72,7 +94,7 @@ def embed(run: str | Path, overrides: list[str] = (), split: str = "train", laye
     procs = processes()
     cfg, objective, step = load_encoder_run(run, checkpoint, procs.device)
     data = dataclasses.replace(data_config(cfg.data, list(overrides)), augment=False)
-    ds = build_dataset(data, split)
+    ds = dataset(data, split)
     info = objective.info
     if (ds.channels, ds.resolution) != (info.channels, info.resolution):
         raise ConfigError(f"data: {ds.describe()}, but the encoder of {run} reads {info.channels}x{info.resolution}"

@@ -90,10 +90,10 @@ def plot_runs(runs: list[str | Path], out: str | Path, metrics: str | None = Non
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
     labels = disambiguate(list(per_run))
     for ax, name in zip(axes.flat, names):
-        for run, label in zip(per_run, labels):
-            if name in per_run[run]:
+        for i, (run, label) in enumerate(zip(per_run, labels)):
+            if name in per_run[run]:  # a run keeps its colour in every panel, present there or not
                 xs, ys = per_run[run][name]
-                ax.plot(xs, ys, marker="o" if len(xs) <= 20 else None, ms=3, lw=1.2, label=label)
+                ax.plot(xs, ys, marker="o" if len(xs) <= 20 else None, ms=3, lw=1.2, label=label, color=f"C{i % 10}")
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=8)
@@ -101,8 +101,12 @@ def plot_runs(runs: list[str | Path], out: str | Path, metrics: str | None = Non
     for ax in axes.flat[len(names):]:
         ax.axis("off")
     if len(runs) > 1:
-        handles, texts = axes.flat[0].get_legend_handles_labels()
-        fig.legend(handles, texts, loc="upper center", ncol=min(len(runs), 4), fontsize=9)
+        legend = {}  # label -> line, from whichever panels hold the run
+        for ax in axes.flat:
+            for line, text in zip(*ax.get_legend_handles_labels()):
+                legend.setdefault(text, line)
+        shown = [label for label in labels if label in legend]  # in the order of --run
+        fig.legend([legend[label] for label in shown], shown, loc="upper center", ncol=min(len(runs), 4), fontsize=9)
         fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (3.0 * rows)))
     else:
         fig.suptitle(labels[0], fontsize=11)

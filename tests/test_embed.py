@@ -60,6 +60,14 @@ def test_embed_from_python_on_the_test_split(folder_run, cpu_only):
     np.testing.assert_allclose(feats["fc"], by_hand(run, feats["paths"], "fc"), rtol=1e-5, atol=1e-6)
 
 
+def test_embed_a_plain_folder_of_images(folder_run, tmp_path, cpu_only):
+    run, root = folder_run
+    feats = E.embed(run, ["data.name=imagefolder", f"data.root={root / 'test'}"], layers=("y",))
+    files = [root / "test" / p for p in ("cat/x.png", "cat/y.jpg", "dog/z.png")]  # all images below, sorted
+    assert list(feats["paths"]) == [str(f) for f in files] and "labels" not in feats
+    np.testing.assert_allclose(feats["y"], by_hand(run, files, "y"), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--layer", "z"], "--layer: unknown layer(s) z"),
     (["train.steps=3"], "only data.KEY=VALUE overrides"),
