@@ -15,10 +15,10 @@ Writes into --out (torch.export programs, loaded with torch.export.load(path).mo
 
 The toolkit's [-1, 1] pixel convention lives inside the programs (x / 127.5 - 1 for uint8,
 2x - 1 for [0, 1]; (G(z) + 1) / 2 out), as does the batch norm in eval mode; the batch size
-is free. torch.export, not TorchScript: torch.jit is deprecated (FutureWarning from torch
-2.10 on), torch.export.save/load exist from torch 2.1 with a batch dimension declared
-dynamic, and a program holds the weights and the graph, no Python source. One program per
-input dtype because torch.export fixes dtypes.
+is free. torch.export, not TorchScript: torch.jit warns that it is deprecated (torch 2.14
+here), while torch.export (non-strict, batch dimension declared dynamic, save/load) is in
+every torch this project supports (>= 2.4); a program holds the graph and the weights, no
+Python source. One program per input dtype because torch.export fixes dtypes.
 """
 from __future__ import annotations
 
