@@ -100,6 +100,8 @@ def embed(run: str | Path, overrides: list[str] = (), split: str = "train", laye
         raise ConfigError(f"data: {ds.describe()}, but the encoder of {run} reads {info.channels}x{info.resolution}"
                           f"x{info.resolution} images (set data.resolution={info.resolution}; channels come from "
                           f"the data and must match)")
+    if len(ds) < procs.world:  # every process needs a row to gather
+        raise ConfigError(f"data: {ds.describe()}: fewer images than the {procs.world} processes; use fewer")
     idx = shard(len(ds), procs.rank, procs.world)
     batches = image_batches(ds, idx, batch_size, data_cfg=data)
     bar = tqdm(batches, desc=f"embed {ds.name} {split}", unit="batch", disable=not (progress and procs.main),
