@@ -71,9 +71,9 @@ def dataset(data: DataConfig, split: str):
 
 
 def item_names(ds, split: str) -> list[str]:
-    """What to call each image: its file (or database key), else NAME:SPLIT:INDEX."""
-    if hasattr(ds, "_item_name"):
-        return [ds._item_name(i) for i in range(len(ds))]
+    """What to call each image: its file, else NAME:SPLIT:INDEX."""
+    if hasattr(ds, "files"):
+        return [str(f) for f in ds.files]
     return [f"{ds.name}:{split}:{i}" for i in range(len(ds))]
 
 
@@ -92,7 +92,7 @@ def embed(run: str | Path, overrides: list[str] = (), split: str = "train", laye
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     procs = processes()
-    cfg, objective, step = load_encoder_run(run, checkpoint, procs.device)
+    cfg, objective, _ = load_encoder_run(run, checkpoint, procs.device)
     data = dataclasses.replace(data_config(cfg.data, list(overrides)), augment=False)
     ds = dataset(data, split)
     info = objective.info
