@@ -15,10 +15,11 @@ Writes into --out (torch.export programs, loaded with torch.export.load(path).mo
 
 The toolkit's [-1, 1] pixel convention lives inside the programs (x / 127.5 - 1 for uint8,
 2x - 1 for [0, 1]; (G(z) + 1) / 2 out), as does the batch norm in eval mode; the batch size
-is free. torch.export, not TorchScript: torch.jit warns that it is deprecated (torch 2.14
-here), while torch.export (non-strict, batch dimension declared dynamic, save/load) is in
-every torch this project supports (>= 2.4); a program holds the graph and the weights, no
-Python source. One program per input dtype because torch.export fixes dtypes.
+is free; a program runs on the device it was exported on (--device, default cpu).
+torch.export, not TorchScript: torch.jit warns that it is deprecated (torch 2.14 here),
+while torch.export (non-strict, batch dimension declared dynamic, save/load) is in every
+torch this project supports (>= 2.4); a program holds the graph and the weights, no Python
+source. One program per input dtype because torch.export fixes dtypes.
 """
 from __future__ import annotations
 
@@ -39,8 +40,9 @@ from .plot_run import NOT_VALUES, flatten, read_metrics
 
 
 def to_model_range(x: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] -> x / 127.5 - 1; float [0, 1] -> 2x - 1: the toolkit's [-1, 1] images."""
-    return x.float() / 127.5 - 1 if x.dtype == torch.uint8 else x.float() * 2 - 1
+    """uint8 [0, 255] -> x / 127.5 - 1; float [0, 1] -> 2x - 1: the toolkit's [-1, 1] images.
+    Type promotion makes the float32: no explicit conversion, whose device a program records."""
+    return x / 127.5 - 1 if x.dtype == torch.uint8 else x * 2 - 1
 
 
 class EncoderProgram(nn.Module):
@@ -81,7 +83,7 @@ class GeneratorProgram(nn.Module):
         self.G = G
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return ((self.G(z).float() + 1) / 2).clamp(0, 1)
+        return ((self.G(z) + 1) / 2).clamp(0, 1)
 
 
 def export_program(module: nn.Module, example: torch.Tensor, path: Path) -> None:
@@ -110,16 +112,19 @@ def run_figures(run_dir: Path) -> dict:
     return figures
 
 
-def export(run: str | Path, out: str | Path, checkpoint: str = "latest", ema: bool = True) -> dict:
-    """Write the program(s) and card.json of `run` into the folder `out` (CPU weights); -> the card."""
-    cfg, objective, step = load_run(run, checkpoint, "cpu")
+def export(run: str | Path, out: str | Path, checkpoint: str = "latest", ema: bool = True,
+           device: str = "cpu") -> dict:
+    """Write the program(s) and card.json of `run` into the folder `out`; -> the card. A program
+    runs on the device it was exported on (torch.export records it)."""
+    cfg, objective, step = load_run(run, checkpoint, device)
     info, out = objective.info, Path(out)
     card = {"run": str(run), "objective": cfg.objective.name, "step": step, "ema": ema,
-            "resolution": info.resolution, "channels": info.channels, "torch": torch.__version__,
+            "resolution": info.resolution, "channels": info.channels, "device": str(device),
+            "torch": torch.__version__,
             "load": "torch.export.load(path).module()"}
     out.mkdir(parents=True, exist_ok=True)
     if objective.generates:
-        z = objective.latent(2, torch.Generator().manual_seed(0))
+        z = objective.latent(2, torch.Generator().manual_seed(0)).to(device)
         objective.generate(z, ema=ema)  # settles the EMA generator's batch norm statistics first
         program = GeneratorProgram(objective.net("G", ema)).eval()
         export_program(program, z, out / "model.pt2")
@@ -127,7 +132,8 @@ def export(run: str | Path, out: str | Path, checkpoint: str = "latest", ema: bo
                  "input": f"z float32 [B, {z.shape[1]}], standard normal",
                  "output": f"images float32 [B, {info.channels}, {info.resolution}, {info.resolution}] in [0, 1]"}
     elif callable(getattr(objective, "features", None)):
-        x = torch.rand(2, info.channels, info.resolution, info.resolution, generator=torch.Generator().manual_seed(0))
+        x = torch.rand(2, info.channels, info.resolution, info.resolution,
+                       generator=torch.Generator().manual_seed(0)).to(device)
         program = EncoderProgram(objective, ema, x).eval()
         layers = {k: list(v.shape[1:]) for k, v in program(x).items()}
         export_program(program, x, out / "model.pt2")
@@ -152,13 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", default="latest", help="'latest' or a checkpoint directory")
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
                    help="the EMA weights where the run keeps them (generators: G's EMA)")
+    p.add_argument("--device", default="cpu", help="where the programs will run (cpu, cuda, cuda:1, ...)")
     p.add_argument("--out", required=True, help="folder to write model.pt2 (model_uint8.pt2) and card.json into")
     args = p.parse_args(argv)
     try:
         if Path(args.out).is_file():
             raise ConfigError(f"--out: {args.out} is a file; give the folder to write the model files into")
         try:
-            card = export(args.run, args.out, args.checkpoint, args.ema)
+            card = export(args.run, args.out, args.checkpoint, args.ema, args.device)
         except OSError as e:
             raise ConfigError(f"--out: cannot write into {args.out}: {e.strerror or e}") from None
     except ConfigError as e:

@@ -44,8 +44,8 @@ def run_clean(tmp_path, program, x):
     torch.save(x, folder / "x.pt")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     site = os.path.dirname(os.path.dirname(torch.__file__))
-    proc = subprocess.run([sys.executable, "-I", "-S", "-c", CLEAN, site, str(program), "x.pt", "y.pt"], cwd=folder, env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", CLEAN, site, str(program), "x.pt", "y.pt"],
+                          cwd=folder, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return torch.load(folder / "y.pt")
 
