@@ -9,7 +9,10 @@ import torch
 from PIL import Image
 
 from arena.images import save_grid, upscale
+from arena.trainer import train
 from eval import plot_run as P
+from eval import sample_grid
+from tests.helpers import tiny
 
 
 def write_run(folder, lines):
@@ -70,3 +73,16 @@ def test_grid_cells_are_nearest_neighbour_blocks(tmp_path):
     png = np.asarray(Image.open(path).convert("L"))
     assert png.shape == (2 + 2 * 66, 2 + 2 * 66)  # torchvision's grid: 2 px padding around 64 px cells
     assert (png[2:66, 2:66] == big[0, 0].numpy()).all()
+
+
+def test_training_grids_of_16_px_digits_have_64_px_cells(tmp_path):
+    cfg = tiny("ie_digits", tmp_path, "data.resolution=16", "model.width=8", "model.z_dim=8", "train.batch_size=8",
+               "train.steps=1", "train.sample_every=1", "train.num_samples=4")
+    train(cfg)
+    w, h = Image.open(tmp_path / "samples" / "step-000001.png").size
+    assert (w, h) == (2 + 2 * 66, 2 + 2 * 66)  # 4 samples, 2 a row, each 16 px drawn 4x
+
+
+def test_sample_grid_cell_must_not_be_negative(tmp_path, capsys):
+    assert sample_grid.main(["--run", str(tmp_path), "--cell", "-1", "--out", str(tmp_path / "g.png")]) == 2
+    assert "--cell must be >= 0" in capsys.readouterr().err
