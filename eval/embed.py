@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--ema", action="store_true", help="the encoder's EMA weights (where the run keeps them)")
     p.add_argument("--out", required=True, help=".npz file to write")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # overrides may come before, between and after the options
     procs = processes()
     try:
         if Path(args.out).is_dir():

@@ -63,6 +63,10 @@ def test_embed_from_python_on_the_test_split(folder_run, cpu_only):
 def test_embed_a_plain_folder_of_images(folder_run, tmp_path, cpu_only):
     run, root = folder_run
     feats = E.embed(run, ["data.name=imagefolder", f"data.root={root / 'test'}"], layers=("y",))
+    out = tmp_path / "flat.npz"  # the same from the command line, overrides among the options
+    assert E.main(["--run", str(run), "data.name=imagefolder", "--layer", "y", f"data.root={root / 'test'}",
+                   "--out", str(out)]) == 0
+    np.testing.assert_array_equal(np.load(out)["y"], feats["y"])
     files = [root / "test" / p for p in ("cat/x.png", "cat/y.jpg", "dog/z.png")]  # all images below, sorted
     assert list(feats["paths"]) == [str(f) for f in files] and "labels" not in feats
     np.testing.assert_allclose(feats["y"], by_hand(run, files, "y"), rtol=1e-5, atol=1e-6)
