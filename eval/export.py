@@ -118,7 +118,7 @@ def export(run: str | Path, out: str | Path, checkpoint: str = "latest", ema: bo
     runs on the device it was exported on (torch.export records it)."""
     cfg, objective, step = load_run(run, checkpoint, device)
     info, out = objective.info, Path(out)
-    card = {"run": str(run), "objective": cfg.objective.name, "step": step, "ema": ema,
+    card = {"run": str(run), "objective": cfg.objective.name, "step": step, "ema": ema and bool(objective.ema),
             "resolution": info.resolution, "channels": info.channels, "device": str(device),
             "torch": torch.__version__,
             "load": "torch.export.load(path).module()"}

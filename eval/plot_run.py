@@ -17,6 +17,7 @@ import re
 import sys
 from pathlib import Path
 
+from arena.images import atomic_file
 from arena.registry import ConfigError, cli_error
 
 # Keys of a metrics row that are not values over steps: the x axis, and the settings
@@ -111,10 +112,11 @@ def plot_runs(runs: list[str | Path], out: str | Path, metrics: str | None = Non
     else:
         fig.suptitle(labels[0], fontsize=11)
         fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_file(out) as tmp:  # same suffix: matplotlib picks the format from it
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
     return names
 
 
