@@ -117,11 +117,13 @@ def export(run: str | Path, out: str | Path, checkpoint: str = "latest", ema: bo
     """Write the program(s) and card.json of `run` into the folder `out`; -> the card. A program
     runs on the device it was exported on (torch.export records it)."""
     cfg, objective, step = load_run(run, checkpoint, device)
+    if not (objective.generates or callable(getattr(objective, "features", None))):
+        raise ConfigError(f"--run: objective '{cfg.objective.name}' neither generates images nor has an "
+                          f"encoder with features(); export covers encoders (dim, supervised) and generators")
     info, out = objective.info, Path(out)
     card = {"run": str(run), "objective": cfg.objective.name, "step": step, "ema": ema and bool(objective.ema),
             "resolution": info.resolution, "channels": info.channels, "device": str(device),
-            "torch": torch.__version__,
-            "load": "torch.export.load(path).module()"}
+            "torch": torch.__version__, "load": "torch.export.load(path).module()"}
     out.mkdir(parents=True, exist_ok=True)
     if objective.generates:
         z = objective.latent(2, torch.Generator().manual_seed(0)).to(device)
@@ -131,7 +133,7 @@ def export(run: str | Path, out: str | Path, checkpoint: str = "latest", ema: bo
         card |= {"kind": "generator", "files": {"model.pt2": "latents"}, "z_dim": z.shape[1],
                  "input": f"z float32 [B, {z.shape[1]}], standard normal",
                  "output": f"images float32 [B, {info.channels}, {info.resolution}, {info.resolution}] in [0, 1]"}
-    elif callable(getattr(objective, "features", None)):
+    else:
         x = torch.rand(2, info.channels, info.resolution, info.resolution,
                        generator=torch.Generator().manual_seed(0)).to(device)
         program = EncoderProgram(objective, ema, x).eval()
@@ -143,9 +145,6 @@ def export(run: str | Path, out: str | Path, checkpoint: str = "latest", ema: bo
                  "layers": layers, "input": f"images float32 {shape} in [0, 1] (model.pt2), "
                                             f"uint8 {shape} in [0, 255] (model_uint8.pt2)",
                  "output": {k: f"float32 [B, {', '.join(map(str, d))}]" for k, d in layers.items()}}
-    else:
-        raise ConfigError(f"--run: objective '{cfg.objective.name}' neither generates images nor has an "
-                          f"encoder with features(); export covers encoders (dim, supervised) and generators")
     card |= {"figures": run_figures(Path(run)), "config": dataclasses.asdict(cfg)}
     with atomic_file(out / "card.json") as tmp:
         Path(tmp).write_text(json.dumps(card, indent=1, default=str) + "\n")

@@ -92,3 +92,4 @@ def test_export_of_an_objective_without_encoder_or_generator_is_refused(tmp_path
     train(tiny("prior_match_digits", run, "train.steps=1", "train.checkpoint_every=1"))
     assert X.main(["--run", str(run), "--out", str(tmp_path / "out")]) == 2
     assert "neither generates images nor has an encoder" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
