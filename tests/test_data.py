@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import os
-import pickle
-import string
 import sys
 from dataclasses import replace
 
@@ -11,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from arena.data import (DATASETS, DataConfig, build_dataset, dataset_signature, make_loader_kwargs, to_float)
+from arena.data import (DATASETS, DataConfig, build_dataset, dataset_signature, lmdb_keys, lsun, make_loader_kwargs,
+                        to_float)
 from arena.registry import ConfigError
 from tests import fixtures
 
@@ -38,8 +37,17 @@ def with_lsun_marked(names):
     return [pytest.param(n, marks=needs_lmdb) if n == "lsun" else n for n in names]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def lsun_key_cache(tmp_path_factory):
+    """LSUN's key lists go to a fresh private folder, not the user's ~/.cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        folder = tmp_path_factory.mktemp("lsun-keys") / "cache"
+        mp.setenv(lmdb_keys.CACHE_ENV, str(folder))
+        yield folder
+
+
 @pytest.fixture(scope="module")
-def roots(tmp_path_factory) -> dict[str, tuple[str, dict]]:
+def roots(lsun_key_cache, tmp_path_factory) -> dict[str, tuple[str, dict]]:
     """One fixture folder per dataset, shared by the tests of this module (read-only use);
     no LSUN folder without lmdb, which writes it."""
     out = {}
@@ -174,12 +182,14 @@ def test_celeba_attributes_are_multilabel(roots):
 
 
 @needs_lmdb
-def test_lsun_labels_categories_and_keeps_cache_out_of_cwd(tmp_path, monkeypatch):
+def test_lsun_labels_categories_and_writes_nothing_beside_the_data(tmp_path, monkeypatch):
     for c in ("bedroom", "tower"):
         fixtures.make_lsun(tmp_path / "lsun", c)
+    before = sorted(os.listdir(tmp_path / "lsun"))
     workdir = tmp_path / "cwd"
     workdir.mkdir()
     monkeypatch.chdir(workdir)
+    monkeypatch.setenv(lmdb_keys.CACHE_ENV, str(tmp_path / "keys"))
     cfg = DataConfig(name="lsun", root=str(tmp_path / "lsun"), categories=["bedroom", "tower"], resolution=16)
     ds = build_dataset(cfg, "train")
     assert len(ds) == 10 and ds.labels.tolist() == [0] * 5 + [1] * 5 and ds.num_classes == 2
@@ -187,18 +197,29 @@ def test_lsun_labels_categories_and_keeps_cache_out_of_cwd(tmp_path, monkeypatch
     assert check_item(ds, 7, 16)[1] == 1
     assert build_dataset(cfg, "test").labels.tolist() == [0] * 3 + [1] * 3
     assert os.listdir(workdir) == [] and os.getcwd() == str(workdir)
-    assert any(p.name.startswith("_cache_") for p in (tmp_path / "lsun").iterdir())
+    assert sorted(os.listdir(tmp_path / "lsun")) == before
+    cache = lmdb_keys.cache_dir()
+    assert len(list(cache.glob("*.keys"))) == 4 and (cache.stat().st_mode & 0o777) == 0o700
 
 
 @needs_lmdb
 def test_lsun_rebuilds_a_stale_key_cache(tmp_path):
+    import lmdb
+
     counts = fixtures.make_lsun(tmp_path, "church_outdoor")
-    path = str(tmp_path / "church_outdoor_train_lmdb")
-    stale = tmp_path / ("_cache_" + "".join(c for c in path if c in string.ascii_letters))
-    stale.write_bytes(pickle.dumps([b"old-key"]))  # keys of an older database at the same path
-    ds = build_dataset(DataConfig(name="lsun", root=str(tmp_path), categories=["church_outdoor"]), "train")
-    assert len(ds) == counts["train"] and ds[counts["train"] - 1][0].shape == (3, 32, 32)
-    assert len(pickle.loads(stale.read_bytes())) == counts["train"]
+    cfg = DataConfig(name="lsun", root=str(tmp_path), categories=["church_outdoor"], resolution=16)
+    first = build_dataset(cfg, "train")
+    keys = list(first._locate(0)[0].keys)
+    (cache,) = [p for p in lmdb_keys.cache_dir().glob("church_outdoor_train_lmdb-*.keys")]
+    assert cache.read_text().splitlines()[1:] == [k.hex() for k in keys]
+    lsun._lsun_dbs.clear()  # as a new process: the database changes on disk, then is read again
+    env = lmdb.open(str(tmp_path / "church_outdoor_train_lmdb"))
+    with env.begin(write=True) as txn:
+        txn.put(b"0-new-key-first", txn.get(keys[0]))
+    env.close()
+    ds = build_dataset(cfg, "train")
+    assert len(ds) == counts["train"] + 1 and ds._locate(0)[0].keys[0] == b"0-new-key-first"
+    assert len(cache.read_text().splitlines()) == counts["train"] + 2  # header + keys
 
 
 @needs_lmdb

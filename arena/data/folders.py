@@ -1,7 +1,10 @@
-"""Folders of image files: Tiny ImageNet's layout and generic class subfolders."""
+"""Folders of image files: Tiny ImageNet's layout and generic class subfolders.
+
+Folders are listed by `walk.list_images`: symbolic links are followed (also to places
+outside data.root; files are only read), every walk ends, and each image counts once.
+"""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -9,9 +12,10 @@ import torch
 from arena.registry import ConfigError
 
 from .base import FileDataset, ImageDataset
-from .registry import DATASETS, DataConfig, augment_flag, require, root_of
+from .registry import DATASETS, DataConfig, augment_flag, read_text, require, root_of
+from .walk import IMAGE_EXTENSIONS, list_images
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+__all__ = ["IMAGE_EXTENSIONS"]
 
 
 @DATASETS.register("tinyimagenet")
@@ -20,26 +24,20 @@ def _tinyimagenet(cfg: DataConfig, split: str) -> ImageDataset:
     root = root_of(cfg)
     base = root if (root / "wnids.txt").is_file() else root / "tiny-imagenet-200"
     layout = "Tiny ImageNet (wnids.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG, val/val_annotations.txt)"
-    require(base, f"{layout} there")
-    wnids = sorted(require(base / "wnids.txt", f"{layout} in {base}").read_text().split())
+    require(base, f"{layout} there", kind="dir")
+    wnids_file = require(base / "wnids.txt", f"{layout} in {base}", kind="file")
+    wnids = sorted(read_text(wnids_file).split())
+    if len(set(wnids)) != len(wnids):
+        raise ConfigError(f"data.root: {wnids_file} lists a class more than once")
     class_to_idx = {w: k for k, w in enumerate(wnids)}
     files, labels = [], []
     if split == "train":
-        for w in wnids:
-            images = sorted(require(base / "train" / w / "images", f"{layout} in {base}").glob("*.JPEG"))
+        folders = [require(base / "train" / w / "images", f"{layout} in {base}", kind="dir") for w in wnids]
+        for k, images in enumerate(list_images(folders, recursive=False, extensions=(".jpeg",))):
             files += images
-            labels += [class_to_idx[w]] * len(images)
+            labels += [k] * len(images)
     else:
-        # val_annotations.txt: tab-separated filename, wnid, bounding box x0 y0 x1 y1
-        annotations = require(base / "val" / "val_annotations.txt", f"{layout} in {base}")
-        for line in annotations.read_text().splitlines():
-            if not line.strip():
-                continue
-            filename, wnid = line.split("\t")[:2]
-            if wnid not in class_to_idx:
-                raise ConfigError(f"data.root: {annotations} names class {wnid!r}, which is not in wnids.txt")
-            files.append(base / "val" / "images" / filename)
-            labels.append(class_to_idx[wnid])
+        files, labels = _tiny_val(base, class_to_idx, layout)
     if not files:
         raise ConfigError(f"data.root: no {split} images found in {base}; expected {layout}")
     return FileDataset("tinyimagenet", split, files, torch.tensor(labels), resolution=cfg.resolution,
@@ -47,12 +45,24 @@ def _tinyimagenet(cfg: DataConfig, split: str) -> ImageDataset:
                        skip_bad_files=cfg.skip_bad_files)
 
 
-def _has_images(folder: Path) -> bool:
-    """Whether `folder` holds an image file anywhere below it (stops at the first)."""
-    for _, _, filenames in os.walk(folder, followlinks=True):
-        if any(f.lower().endswith(IMAGE_EXTENSIONS) for f in filenames):
-            return True
-    return False
+def _tiny_val(base: Path, class_to_idx: dict[str, int], layout: str) -> tuple[list[Path], list[int]]:
+    """val_annotations.txt: tab-separated filename, wnid, bounding box x0 y0 x1 y1; one line per image."""
+    annotations = require(base / "val" / "val_annotations.txt", f"{layout} in {base}", kind="file")
+    files, labels, seen = [], [], set()
+    for number, line in enumerate(read_text(annotations).splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) < 2 or not fields[0] or fields[0] in seen:
+            problem = "repeats an image" if len(fields) >= 2 and fields[0] else "is not '<file>\\t<wnid>\\t<box>'"
+            raise ConfigError(f"data.root: {annotations} line {number} {problem}: {line[:80]!r}")
+        filename, wnid = fields[:2]
+        if wnid not in class_to_idx:
+            raise ConfigError(f"data.root: {annotations} line {number} names class {wnid!r}, which is not in wnids.txt")
+        seen.add(filename)
+        files.append(base / "val" / "images" / filename)
+        labels.append(class_to_idx[wnid])
+    return files, labels
 
 
 @DATASETS.register("imagefolder")
@@ -60,28 +70,26 @@ def _imagefolder(cfg: DataConfig, split: str) -> ImageDataset:
     """root/train/<class>/** and root/test/<class>/**; classes are train's sorted subfolders."""
     root = root_of(cfg)
     layout = "an image folder: train/<class>/<images> and test/<class>/<images>"
-    train_dir = require(root / "train", f"{layout} under {root}")
+    train_dir = require(root / "train", f"{layout} under {root}", kind="dir")
     classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir())
     if not classes:
         raise ConfigError(f"data.root: {train_dir} has no class subfolders; expected {layout}")
     # Every subfolder of train/ is a class: one without images would be a class no image has
-    # (a classifier output never trained); an error, not a silent extra class.
-    empty = [c for c in classes if not _has_images(train_dir / c)]
+    # (a classifier output never trained); an error, not a silent extra class. For the test
+    # split one image per class is enough to tell.
+    found = list_images([train_dir / c for c in classes], limit=None if split == "train" else 1)
+    empty = [c for c, images in zip(classes, found) if not images]
     if empty:
         raise ConfigError(f"data.root: class folder(s) without images ({', '.join(IMAGE_EXTENSIONS)}) in {train_dir}: "
                           f"{', '.join(empty)}; every subfolder of train/ is a class: add its images or remove it")
-    class_to_idx = {c: k for k, c in enumerate(classes)}
-    split_dir = require(root / split, f"{layout} under {root}")
-    unknown = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and d.name not in class_to_idx)
+    split_dir = require(root / split, f"{layout} under {root}", kind="dir")
+    unknown = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and d.name not in classes)
     if unknown:
         raise ConfigError(f"data.root: {split_dir} has classes not in {train_dir}: {', '.join(unknown)}")
-    files, labels = [], []
-    for c in classes:
-        for dirpath, _, filenames in sorted(os.walk(split_dir / c, followlinks=True)):
-            for f in sorted(filenames):
-                if f.lower().endswith(IMAGE_EXTENSIONS):
-                    files.append(Path(dirpath) / f)
-                    labels.append(class_to_idx[c])
+    if split != "train":
+        found = list_images([split_dir / c for c in classes])  # a class absent from test/ has no images
+    files = [f for images in found for f in images]
+    labels = [k for k, images in enumerate(found) for _ in images]
     if not files:
         raise ConfigError(f"data.root: no images ({', '.join(IMAGE_EXTENSIONS)}) found in {split_dir}")
     return FileDataset("imagefolder", split, files, torch.tensor(labels), resolution=cfg.resolution,

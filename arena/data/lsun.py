@@ -2,12 +2,9 @@
 from __future__ import annotations
 
 import bisect
-import contextlib
+import io
 import os
-import string
-import tempfile
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -16,6 +13,7 @@ from PIL import Image
 from arena.registry import ConfigError, suggest
 
 from .base import DecodedDataset, ImageDataset
+from .lmdb_keys import database_keys
 from .registry import DATASETS, OPTION_CHECKS, DataConfig, augment_flag, require, root_of
 
 
@@ -27,9 +25,8 @@ LSUN_CATEGORIES = ("bedroom", "bridge", "church_outdoor", "classroom", "conferen
 class LSUNDataset(DecodedDataset):
     """LSUN lmdb databases (values are encoded WEBP/JPEG images), one per category, concatenated.
 
-    Each database is read by torchvision's LSUNClass (what torchvision's LSUN concatenates
-    for classes=[f"{c}_train", ...]); we hold them in `_open_lsun_db`'s per-process table
-    because py-lmdb refuses to open one environment twice in a process.
+    Each database is a `_LmdbImages`, held in `_open_lsun_db`'s per-process table because
+    py-lmdb refuses to open one environment twice in a process.
     """
 
     def __init__(self, paths: list[Path], split: str, **kwargs):
@@ -40,35 +37,54 @@ class LSUNDataset(DecodedDataset):
         names = [p.name.rsplit("_", 2)[0] for p in paths]  # bedroom_train_lmdb -> bedroom
         super().__init__("lsun", split, labels, num_classes=len(paths), class_names=names, **kwargs)
 
-    def _locate(self, i: int) -> tuple[object, int]:
+    def _locate(self, i: int) -> tuple[_LmdbImages, int]:
         k = bisect.bisect_right(self.starts, i) - 1
         return _open_lsun_db(self.paths[k]), i - self.starts[k]
 
     def _decode(self, i: int) -> Image.Image:
         db, j = self._locate(i)
-        img, _ = db[j]
-        return img
+        return db.image(j)
 
     def _item_name(self, i: int) -> str:
         db, j = self._locate(i)
         return f"{db.root} key {db.keys[j].decode(errors='replace')}"
 
 
-_lsun_dbs: dict[str, object] = {}  # lmdb folder -> torchvision LSUNClass, for this process
+class _LmdbImages:
+    """One lmdb database of encoded images, read-only: its keys in order (`lmdb_keys`) and
+    the image of the j-th key. The options are those LSUN's own reader uses (no lock file
+    written beside read-only data; no readahead on random access)."""
+
+    def __init__(self, path: Path):
+        import lmdb
+
+        self.root = str(path)
+        try:
+            self.env = lmdb.open(self.root, max_readers=1, readonly=True, lock=False, readahead=False, meminit=False)
+            self.keys = database_keys(self.env, path)
+        except (lmdb.Error, OSError) as e:
+            raise ConfigError(f"data.root: {path} is not a readable lmdb database ({type(e).__name__}: {e}); "
+                              f"expected the unzipped folder from LSUN's download.py (data.mdb inside)") from None
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def image(self, j: int) -> Image.Image:
+        with self.env.begin(write=False) as txn:
+            value = txn.get(self.keys[j])
+        if value is None:
+            raise KeyError("the key is not in the database")
+        with Image.open(io.BytesIO(value)) as img:
+            return img.convert("RGB")
+
+
+_lsun_dbs: dict[str, _LmdbImages] = {}  # real path of an lmdb folder -> its reader, for this process
 _lsun_pid = os.getpid()
 
 
-def _open_lsun_db(path: Path):
-    """torchvision's LSUNClass for one lmdb folder, opened once per process.
-
-    LSUNClass lists all keys once and pickles them to `_cache_<letters of the path>`
-    in the current directory. We open it inside the dataset root (or the temp dir if
-    that is read-only) so the cache sits next to the data instead of littering the
-    working directory, and rebuild a cache whose key count disagrees with the db.
-    """
+def _open_lsun_db(path: Path) -> _LmdbImages:
+    """The reader of one lmdb folder, opened once per process."""
     global _lsun_pid
-    from torchvision.datasets.lsun import LSUNClass
-
     if _lsun_pid != os.getpid():
         # Forked (DataLoader workers): an LMDB environment must not be used across
         # fork(), and py-lmdb only lets us reopen it once the inherited copy is closed.
@@ -76,28 +92,10 @@ def _open_lsun_db(path: Path):
             db.env.close()
         _lsun_dbs.clear()
         _lsun_pid = os.getpid()
-    key = str(path)
+    key = os.path.realpath(path)
     if key not in _lsun_dbs:
-        cache_dir = path.parent if os.access(path.parent, os.W_OK) else Path(tempfile.gettempdir())
-        with _working_directory(cache_dir):
-            db = LSUNClass(root=key)
-            if len(db.keys) != db.length:  # a cache left by an older database at this path
-                db.env.close()
-                (cache_dir / ("_cache_" + "".join(c for c in key if c in string.ascii_letters))).unlink()
-                db = LSUNClass(root=key)
-        _lsun_dbs[key] = db
+        _lsun_dbs[key] = _LmdbImages(Path(key))
     return _lsun_dbs[key]
-
-
-@contextlib.contextmanager
-def _working_directory(path: Path) -> Iterator[None]:
-    # chdir is process-wide; it is only held while torchvision writes its key cache.
-    old = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
 
 
 @DATASETS.register("lsun")
@@ -109,10 +107,14 @@ def _lsun(cfg: DataConfig, split: str) -> ImageDataset:
         raise ConfigError("data.name: lsun needs the 'lmdb' package to read LSUN's databases (pip install lmdb)") from e
     root = root_of(cfg)
     suffix = "train" if split == "train" else "val"
-    for c in cfg.categories:
-        require(root / f"{c}_{suffix}_lmdb", f"LSUN's lmdb database for category '{c}' "
-                 f"(the unzipped {c}_{suffix}_lmdb folder from LSUN's download.py) there")
-    return LSUNDataset([root / f"{c}_{suffix}_lmdb" for c in cfg.categories], split, resolution=cfg.resolution,
+    paths = [require(root / f"{c}_{suffix}_lmdb", f"LSUN's lmdb database for category '{c}' (the unzipped "
+                     f"{c}_{suffix}_lmdb folder from LSUN's download.py) there", kind="dir") for c in cfg.categories]
+    real = [os.path.realpath(p) for p in paths]
+    if len(set(real)) != len(real):  # links making two categories one database: its images would count twice
+        same = [p for p, r in zip(paths, real) if real.count(r) > 1]
+        raise ConfigError(f"data.root: {', '.join(map(str, same))} are one database ({os.path.realpath(same[0])}) "
+                          f"through symbolic links; each category needs its own")
+    return LSUNDataset(paths, split, resolution=cfg.resolution,
                        augment=augment_flag(cfg, split), skip_bad_files=cfg.skip_bad_files)
 
 

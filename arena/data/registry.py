@@ -44,12 +44,32 @@ def root_of(cfg: DataConfig) -> Path:
     return Path(os.path.abspath(os.path.expanduser(cfg.root)))
 
 
-def require(path: Path, expected: str, downloadable: bool = False) -> Path:
-    """`path` must exist; else name it and what belongs there."""
+def require(path: Path, expected: str, downloadable: bool = False, kind: str | None = None) -> Path:
+    """`path` must exist, and with `kind` be a folder ("dir") or a regular file ("file");
+    else name it and what belongs there. A file where a folder belongs (or a FIFO where a
+    list belongs, which would block the read) is named as such, not as missing."""
     if not path.exists():
+        if path.is_symlink():
+            raise ConfigError(f"data.root: {path} is a symbolic link to {os.readlink(path)}, which does not exist "
+                              f"(or is a loop of links); expected {expected}")
         hint = ", or set data.download: true" if downloadable else ""
         raise ConfigError(f"data.root: {path} not found; expected {expected}{hint}")
+    if kind == "dir" and not path.is_dir():
+        raise ConfigError(f"data.root: {path} is a file, not a folder; expected {expected}")
+    if kind == "file" and not path.is_file():
+        found = "a folder" if path.is_dir() else "not a regular file (a FIFO, socket or device)"
+        raise ConfigError(f"data.root: {path} is {found}; expected {expected}")
     return path
+
+
+def read_text(path: Path) -> str:
+    """A dataset's text file (lists, annotations) as UTF-8; one that is not is a ConfigError naming it."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"data.root: {path} is not UTF-8 text ({e})") from None
+    except OSError as e:
+        raise ConfigError(f"data.root: {path} could not be read ({e.strerror or e})") from None
 
 
 DOWNLOADABLE = ("cifar10", "cifar100", "stl10")  # torchvision fetches these; the rest are manual

@@ -10,7 +10,7 @@ import torch
 from arena.registry import ConfigError
 
 from .base import ImageDataset, resize_uint8, to_float
-from .registry import DATASETS, DataConfig, augment_flag, require, root_of
+from .registry import DATASETS, DataConfig, augment_flag, read_text, require, root_of
 
 
 # Labels are 1-based uint8, one byte per image.
@@ -58,7 +58,7 @@ class STL10Dataset(ImageDataset):
 
 def _stl_class_names(folder: Path) -> list[str]:
     path = folder / "class_names.txt"
-    return path.read_text().split() if path.is_file() else []
+    return read_text(path).split() if path.is_file() else []
 
 
 @DATASETS.register("stl10")
@@ -70,25 +70,28 @@ def _stl10(cfg: DataConfig, split: str) -> ImageDataset:
         from torchvision.datasets import STL10
         STL10(str(root), split="test", download=True)  # downloads + extracts everything; loads only test
     what = "STL-10's binary files (train_X.bin, train_y.bin, test_X.bin, test_y.bin, unlabeled_X.bin)"
-    folder = require(root / "stl10_binary", f"{what} there", downloadable=True)
+    folder = require(root / "stl10_binary", f"{what} there", downloadable=True, kind="dir")
     pairs = [("train_X.bin", "train_y.bin"), ("unlabeled_X.bin", None)] if split == "train" \
         else [("test_X.bin", "test_y.bin")]
     if cfg.labeled_only:
         pairs = pairs[:1]
     parts, labels = [], []
     for images_file, labels_file in pairs:
-        path = require(folder / images_file, f"{what} in {folder}", downloadable=True)
+        path = require(folder / images_file, f"{what} in {folder}", downloadable=True, kind="file")
         size = path.stat().st_size
-        if size % (3 * STL_SIDE * STL_SIDE):
-            raise ConfigError(f"data.root: {path} has {size} bytes, not a multiple of one 3x96x96 image")
+        if size % (3 * STL_SIDE * STL_SIDE) or not size:
+            raise ConfigError(f"data.root: {path} has {size} bytes, not a positive multiple of one 3x96x96 image "
+                              f"({3 * STL_SIDE * STL_SIDE} bytes); the file may be truncated")
         n = size // (3 * STL_SIDE * STL_SIDE)
         if labels_file is None:
             y = torch.full((n,), -1, dtype=torch.long)
         else:
-            y = torch.from_numpy(np.fromfile(require(folder / labels_file, f"{what} in {folder}", True),
-                                             dtype=np.uint8).astype(np.int64)) - 1  # 1-based on disk
+            labels_path = require(folder / labels_file, f"{what} in {folder}", True, kind="file")
+            y = torch.from_numpy(np.fromfile(labels_path, dtype=np.uint8).astype(np.int64)) - 1  # 1-based on disk
             if len(y) != n:
-                raise ConfigError(f"data.root: {folder / labels_file} has {len(y)} labels for {n} images")
+                raise ConfigError(f"data.root: {labels_path} has {len(y)} labels for {n} images")
+            if ((y < 0) | (y > 9)).any():
+                raise ConfigError(f"data.root: {labels_path} has labels outside 1..10 (STL-10's classes, 1-based)")
         parts.append(path)
         labels.append(y)
     return STL10Dataset(split, parts, torch.cat(labels), cfg.resolution, augment_flag(cfg, split, default=True))
