@@ -436,3 +436,17 @@ def test_stl10_labels_outside_its_classes_and_empty_files_are_named(tmp_path):
     (folder / "test_X.bin").write_bytes(b"")
     with pytest.raises(ConfigError, match=f"{folder / 'test_X.bin'} has 0 bytes, not a positive multiple"):
         build_dataset(DataConfig(name="stl10", root=str(tmp_path)), "test")
+
+
+def test_a_listed_image_that_is_a_fifo_or_folder_is_named_not_waited_for(tmp_path):
+    fixtures.make_celeba(tmp_path)
+    images = tmp_path / "celeba" / "img_align_celeba"
+    (images / "000002.jpg").unlink()
+    os.mkfifo(images / "000002.jpg")  # the list names it; opening it for reading would block forever
+    (images / "000003.jpg").unlink()
+    (images / "000003.jpg").mkdir()
+    ds = build_dataset(DataConfig(name="celeba", root=str(tmp_path), resolution=16), "train")
+    for k in (1, 2):
+        with deadline(20), pytest.raises(ConfigError, match=rf"unreadable image {images / f'00000{k + 1}.jpg'} "
+                                                           r"\(ValueError: not a regular file"):
+            ds[k]

@@ -7,6 +7,8 @@ trainer can batch them without a DataLoader; big ones decode from disk per item.
 """
 from __future__ import annotations
 
+import os
+import stat
 import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -206,8 +208,15 @@ class FileDataset(DecodedDataset):
         self.files = files
 
     def _decode(self, i: int) -> Image.Image:
-        with Image.open(self.files[i]) as img:
-            return to_8bit(img).convert("RGB")  # forces the full decode inside the `with`
+        # Opened without blocking, then checked: a FIFO (or device) named like an image
+        # would otherwise block the read forever; O_NONBLOCK changes nothing for a file.
+        fd = os.open(self.files[i], os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ValueError("not a regular file (a folder, FIFO, socket or device)")
+        with os.fdopen(fd, "rb") as f:
+            with Image.open(f) as img:
+                return to_8bit(img).convert("RGB")  # forces the full decode inside the `with`
 
     def _item_name(self, i: int) -> str:
         return str(self.files[i])

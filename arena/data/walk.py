@@ -37,15 +37,19 @@ def list_images(folders: list[Path], recursive: bool = True, extensions: tuple[s
     owner: dict[_Key, int] = {}  # folder -> index of the listed folder whose tree holds it
     counted: set[_Key] = set()
     found: list[list[Path]] = [[] for _ in folders]
+    real: set[_Key] = set()  # the folders the first pass entered: their own files are counted
     for follow in (False, True):
         entered: set[_Key] = set()  # per pass: the second pass re-reads real folders for their links
         for i, top in enumerate(folders):
-            _walk(i, top, follow, owner, entered, counted, found[i], recursive, extensions, limit)
+            _walk(i, top, follow, owner, entered, real if follow else set(), counted, found[i], recursive,
+                  extensions, limit)
+        real = entered
     return [sorted(files, key=str) for files in found]
 
 
-def _walk(i: int, top: Path, follow: bool, owner: dict[_Key, int], entered: set[_Key], counted: set[_Key],
-          out: list[Path], recursive: bool, extensions: tuple[str, ...], limit: int | None) -> None:
+def _walk(i: int, top: Path, follow: bool, owner: dict[_Key, int], entered: set[_Key], real: set[_Key],
+          counted: set[_Key], out: list[Path], recursive: bool, extensions: tuple[str, ...],
+          limit: int | None) -> None:
     stack = [str(top)]  # depth first, explicit: no recursion limit on deep trees
     while stack and (limit is None or len(out) < limit):
         folder = stack.pop()
@@ -57,6 +61,7 @@ def _walk(i: int, top: Path, follow: bool, owner: dict[_Key, int], entered: set[
         if key in entered or owner.setdefault(key, i) != i:
             continue
         entered.add(key)
+        links_only = key in real  # its other files were counted by the first pass
         try:
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
@@ -64,11 +69,12 @@ def _walk(i: int, top: Path, follow: bool, owner: dict[_Key, int], entered: set[
             continue
         subfolders = []
         for entry in entries:
-            if entry.is_symlink() and not follow:
+            link = entry.is_symlink()
+            if link and not follow:  # the first pass leaves links to the second
                 continue
             if _is_dir(entry):
                 subfolders.append(entry.path)
-            elif entry.name.lower().endswith(extensions):
+            elif entry.name.lower().endswith(extensions) and (link or not links_only):
                 _count(entry, follow, counted, out)
         if recursive:
             stack.extend(reversed(subfolders))
