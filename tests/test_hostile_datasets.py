@@ -436,6 +436,9 @@ def test_stl10_labels_outside_its_classes_and_empty_files_are_named(tmp_path):
     (folder / "test_X.bin").write_bytes(b"")
     with pytest.raises(ConfigError, match=f"{folder / 'test_X.bin'} has 0 bytes, not a positive multiple"):
         build_dataset(DataConfig(name="stl10", root=str(tmp_path)), "test")
+    (folder / "class_names.txt").write_text("airplane\nbird\n")
+    with pytest.raises(ConfigError, match=f"{folder / 'class_names.txt'} lists 2 class names; STL-10 has 10"):
+        build_dataset(DataConfig(name="stl10", root=str(tmp_path)), "train")
 
 
 def test_a_listed_image_that_is_a_fifo_or_folder_is_named_not_waited_for(tmp_path):

@@ -57,8 +57,12 @@ class STL10Dataset(ImageDataset):
 
 
 def _stl_class_names(folder: Path) -> list[str]:
+    """class_names.txt (optional): STL-10's 10 class names, one a line."""
     path = folder / "class_names.txt"
-    return read_text(path).split() if path.is_file() else []
+    names = read_text(path).split() if path.is_file() else []
+    if names and len(names) != 10:
+        raise ConfigError(f"data.root: {path} lists {len(names)} class names; STL-10 has 10, one a line")
+    return names
 
 
 @DATASETS.register("stl10")
