@@ -74,8 +74,10 @@ def test_a_bad_image_read_by_a_worker_is_named_in_one_line(tmp_path):
     ds = build_dataset(DataConfig(name="imagefolder", root=str(tmp_path), resolution=16), "train")
     with pytest.raises(ConfigError) as without_workers:
         list(torch.utils.data.DataLoader(ds, batch_size=3))
+    batches = iter(NamedErrors(torch.utils.data.DataLoader(ds, batch_size=3, num_workers=1)))
     with pytest.raises(ConfigError) as with_workers:
-        list(NamedErrors(torch.utils.data.DataLoader(ds, batch_size=3, num_workers=1)))
+        list(batches)
+    batches.close()  # the worker ends now, not when the error's traceback is collected
     assert str(with_workers.value) == str(without_workers.value)
     assert str(with_workers.value).startswith(f"unreadable image {victim}")
 
@@ -100,12 +102,13 @@ def stream_with_workers(root, **kw) -> BatchStream:
 def test_closing_the_stream_after_a_workers_error_ends_the_workers(tmp_path):
     fixtures.make_imagefolder(tmp_path)
     (tmp_path / "train" / "cat" / "b.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    earlier = set(multiprocessing.active_children())  # children of earlier tests are not this stream's
     stream = stream_with_workers(tmp_path)
     # the error stays alive, as it does while train() unwinds through its `finally: stream.close()`
     with pytest.raises(ConfigError, match="unreadable image") as err:
         for _ in range(3):  # one epoch: every image once
             next(stream)
-    workers = multiprocessing.active_children()
+    workers = [w for w in multiprocessing.active_children() if w not in earlier]
     assert workers, "the stream should read with a worker process"
     stream.close()
     alive = [w.pid for w in workers if w.is_alive()]
