@@ -453,3 +453,32 @@ def test_a_listed_image_that_is_a_fifo_or_folder_is_named_not_waited_for(tmp_pat
         with deadline(20), pytest.raises(ConfigError, match=rf"unreadable image {images / f'00000{k + 1}.jpg'} "
                                                            r"\(ValueError: not a regular file"):
             ds[k]
+
+
+# ---------------------------------------------------------------------------- downloads
+
+
+@pytest.mark.parametrize("name,make", [("cifar10", fixtures.make_cifar10), ("cifar100", fixtures.make_cifar100),
+                                       ("stl10", fixtures.make_stl10)])
+def test_download_fetches_only_the_archive_and_names_a_failure(tmp_path, monkeypatch, name, make):
+    import torchvision.datasets as tvd
+    import torchvision.datasets.utils as tv_utils
+
+    cfg = DataConfig(name=name, root=str(tmp_path), download=True, resolution=16)
+    with pytest.raises(ConfigError, match=rf"^data.download: could not fetch {name} from https?://.* into {tmp_path} "
+                                          r"\(URLError: .*\); put its files there by hand"):
+        build_dataset(cfg, "train")  # the tests run offline: the fetch fails
+    fetched = []
+
+    def fake_fetch(url, root, filename, md5):  # what the archive unpacks to
+        fetched.append(filename)
+        make(root)
+
+    def unpickling_class(*args, **kwargs):
+        raise AssertionError("torchvision's dataset class would read (unpickle) the files")
+
+    monkeypatch.setattr(tv_utils, "download_and_extract_archive", fake_fetch)
+    for cls in (tvd.CIFAR10, tvd.CIFAR100, tvd.STL10):
+        monkeypatch.setattr(cls, "__init__", unpickling_class)
+    assert len(build_dataset(cfg, "train")) > 0 and len(fetched) == 1
+    assert len(build_dataset(cfg, "test")) > 0 and len(fetched) == 1  # the files are there: nothing fetched

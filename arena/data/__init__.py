@@ -3,11 +3,13 @@
 One module per family of formats, each registering its builders in `DATASETS`:
 cifar (cifar10, cifar100), stl10, celeba, lsun, folders (tinyimagenet, imagefolder),
 synthetic (digits, shapes). `base` holds the dataset classes and pixel conversions,
-`registry` the options and `build_dataset`, `loader` the DataLoader options and cache keys.
+`registry` the options and `build_dataset`, `loader` the DataLoader options and cache keys;
+`walk` lists image folders (links followed, loops ended, each file once), `pickles` reads
+CIFAR's pickles without running code, `lmdb_keys` keeps LSUN's key lists.
 
 No network unless `data.download: true` (only cifar10, cifar100 and stl10 can be
-downloaded, through torchvision). A missing root fails with the path and what the
-loader expected there.
+downloaded: torchvision fetches and checks the archive). A missing root fails with the
+path and what the loader expected there; a malformed file with its name (and line).
 """
 from . import celeba, cifar, folders, lsun, stl10, synthetic  # each registers its datasets
 from .base import (DecodedDataset, FileDataset, ImageDataset, InMemoryDataset, pil_to_uint8, resize_uint8, to_float,

@@ -10,7 +10,7 @@ from arena.registry import ConfigError
 
 from .base import ImageDataset, InMemoryDataset, resize_uint8
 from .pickles import load_plain_pickle
-from .registry import DATASETS, DataConfig, no_augment, require, root_of
+from .registry import DATASETS, DataConfig, download, no_augment, require, root_of
 
 
 def _read_batch(path: Path, label_key: str, num_classes: int) -> tuple[np.ndarray, list[int]]:
@@ -68,11 +68,9 @@ def _cifar(cfg: DataConfig, split: str, name: str) -> ImageDataset:
         folder, num_classes, label_key, meta, names_key = "cifar-100-python", 100, "fine_labels", "meta", "fine_label_names"
         files = [split]  # files named "train" and "test"
         what = "CIFAR-100's python files (train, test, meta)"
-    if cfg.download:
-        # torchvision downloads, checks the archive's md5 and extracts; we read the
-        # pickles ourselves (its loader also md5-checks every file, which a re-saved copy fails).
+    if cfg.download and not all((root / folder / f).is_file() for f in files):
         from torchvision.datasets import CIFAR10, CIFAR100
-        (CIFAR10 if name == "cifar10" else CIFAR100)(str(root), train=split == "train", download=True)
+        download(name, root, CIFAR10 if name == "cifar10" else CIFAR100)  # checks the archive's md5, unpacks
     path = require(root / folder, f"{what} there", downloadable=True, kind="dir")
     for f in files:
         require(path / f, f"{what} in {path}", downloadable=True, kind="file")

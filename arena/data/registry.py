@@ -72,6 +72,20 @@ def read_text(path: Path) -> str:
         raise ConfigError(f"data.root: {path} could not be read ({e.strerror or e})") from None
 
 
+def download(name: str, root: Path, archive) -> None:
+    """Fetch and unpack the archive of torchvision's dataset class `archive` (its url, file name
+    and md5) into `root`. Only the archive is used: torchvision's dataset classes would then
+    unpickle the files themselves. No network or a wrong checksum is a ConfigError."""
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    try:
+        download_and_extract_archive(archive.url, str(root), filename=archive.filename, md5=archive.tgz_md5)
+    except (OSError, RuntimeError) as e:  # URLError is an OSError; a checksum mismatch a RuntimeError
+        raise ConfigError(f"data.download: could not fetch {name} from {archive.url} into {root} "
+                          f"({type(e).__name__}: {e}); put its files there by hand and set data.download: false") \
+            from None
+
+
 DOWNLOADABLE = ("cifar10", "cifar100", "stl10")  # torchvision fetches these; the rest are manual
 
 

@@ -10,7 +10,7 @@ import torch
 from arena.registry import ConfigError
 
 from .base import ImageDataset, resize_uint8, to_float
-from .registry import DATASETS, DataConfig, augment_flag, read_text, require, root_of
+from .registry import DATASETS, DataConfig, augment_flag, download, read_text, require, root_of
 
 
 # Labels are 1-based uint8, one byte per image.
@@ -70,9 +70,10 @@ def _stl10(cfg: DataConfig, split: str) -> ImageDataset:
     """train = 5k labeled train + 100k unlabeled (label -1), or the 5k alone with
     data.labeled_only; test = 8k labeled test."""
     root = root_of(cfg)
-    if cfg.download:
+    names = ("train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin", "unlabeled_X.bin")
+    if cfg.download and not all((root / "stl10_binary" / f).is_file() for f in names):
         from torchvision.datasets import STL10
-        STL10(str(root), split="test", download=True)  # downloads + extracts everything; loads only test
+        download("stl10", root, STL10)  # checks the archive's md5, unpacks
     what = "STL-10's binary files (train_X.bin, train_y.bin, test_X.bin, test_y.bin, unlabeled_X.bin)"
     folder = require(root / "stl10_binary", f"{what} there", downloadable=True, kind="dir")
     pairs = [("train_X.bin", "train_y.bin"), ("unlabeled_X.bin", None)] if split == "train" \
