@@ -482,3 +482,14 @@ def test_download_fetches_only_the_archive_and_names_a_failure(tmp_path, monkeyp
         monkeypatch.setattr(cls, "__init__", unpickling_class)
     assert len(build_dataset(cfg, "train")) > 0 and len(fetched) == 1
     assert len(build_dataset(cfg, "test")) > 0 and len(fetched) == 1  # the files are there: nothing fetched
+
+
+def test_a_file_that_is_no_image_is_named_once_in_the_message(tmp_path):
+    fixtures.make_imagefolder(tmp_path)
+    victim = tmp_path / "train" / "cat" / "a.png"
+    victim.write_text("hello, not an image")
+    ds = build_dataset(DataConfig(name="imagefolder", root=str(tmp_path)), "train")
+    with pytest.raises(ConfigError) as err:
+        ds[[str(f) for f in ds.files].index(str(victim))]
+    assert str(err.value).startswith(f"unreadable image {victim} (UnidentifiedImageError: cannot identify image file: "
+                                     f"not an image format PIL reads); fix or remove it")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from arena.registry import ConfigError
 
@@ -215,7 +215,11 @@ class FileDataset(DecodedDataset):
             os.close(fd)
             raise ValueError("not a regular file (a folder, FIFO, socket or device)")
         with os.fdopen(fd, "rb") as f:
-            with Image.open(f) as img:
+            try:
+                img = Image.open(f)
+            except UnidentifiedImageError:  # PIL would name the file object; the caller names the path
+                raise UnidentifiedImageError("cannot identify image file: not an image format PIL reads") from None
+            with img:
                 return to_8bit(img).convert("RGB")  # forces the full decode inside the `with`
 
     def _item_name(self, i: int) -> str:
