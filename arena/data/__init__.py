@@ -14,7 +14,7 @@ path and what the loader expected there; a malformed file with its name (and lin
 from . import celeba, cifar, folders, lsun, stl10, synthetic  # each registers its datasets
 from .base import (DecodedDataset, FileDataset, ImageDataset, InMemoryDataset, pil_to_uint8, resize_uint8, to_float,
                    to_uint8)
-from .folders import IMAGE_EXTENSIONS
+from .walk import IMAGE_EXTENSIONS
 from .loader import NamedErrors, dataset_signature, make_loader_kwargs
 from .lsun import LSUN_CATEGORIES, LSUNDataset
 from .registry import DATASETS, DOWNLOADABLE, SPLITS, DataConfig, build_dataset, check_config

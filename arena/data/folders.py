@@ -15,8 +15,6 @@ from .base import FileDataset, ImageDataset
 from .registry import DATASETS, DataConfig, augment_flag, read_text, require, root_of
 from .walk import IMAGE_EXTENSIONS, list_images
 
-__all__ = ["IMAGE_EXTENSIONS"]
-
 
 @DATASETS.register("tinyimagenet")
 def _tinyimagenet(cfg: DataConfig, split: str) -> ImageDataset:
