@@ -493,3 +493,27 @@ def test_a_file_that_is_no_image_is_named_once_in_the_message(tmp_path):
         ds[[str(f) for f in ds.files].index(str(victim))]
     assert str(err.value).startswith(f"unreadable image {victim} (UnidentifiedImageError: cannot identify image file: "
                                      f"not an image format PIL reads); fix or remove it")
+
+
+def test_unreadable_dataset_folders_and_files_are_named(tmp_path, monkeypatch):
+    """No permission (simulated: the tests may run as root, whom permissions do not stop)."""
+    fixtures.make_imagefolder(tmp_path / "folder")
+    fixtures.make_stl10(tmp_path / "stl")
+    denied = {tmp_path / "folder" / "train", tmp_path / "stl" / "stl10_binary" / "test_y.bin"}
+    real_iterdir, real_read_bytes = Path.iterdir, Path.read_bytes
+
+    def refuse(real):
+        def call(self, *args):
+            if self in denied:
+                raise PermissionError(13, "Permission denied", str(self))
+            return real(self, *args)
+        return call
+
+    monkeypatch.setattr(Path, "iterdir", refuse(real_iterdir))
+    monkeypatch.setattr(Path, "read_bytes", refuse(real_read_bytes))
+    with pytest.raises(ConfigError, match=f"data.root: {tmp_path / 'folder' / 'train'} could not be read "
+                                          r"\(Permission denied\)"):
+        build_dataset(DataConfig(name="imagefolder", root=str(tmp_path / "folder")), "train")
+    with pytest.raises(ConfigError, match=f"data.root: {tmp_path / 'stl' / 'stl10_binary' / 'test_y.bin'} could "
+                                          r"not be read \(Permission denied\)"):
+        build_dataset(DataConfig(name="stl10", root=str(tmp_path / "stl")), "test")

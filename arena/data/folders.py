@@ -12,7 +12,7 @@ import torch
 from arena.registry import ConfigError
 
 from .base import FileDataset, ImageDataset
-from .registry import DATASETS, DataConfig, augment_flag, read_text, require, root_of
+from .registry import DATASETS, DataConfig, augment_flag, read_text, require, root_of, subfolders
 from .walk import IMAGE_EXTENSIONS, list_images
 
 
@@ -69,7 +69,7 @@ def _imagefolder(cfg: DataConfig, split: str) -> ImageDataset:
     root = root_of(cfg)
     layout = "an image folder: train/<class>/<images> and test/<class>/<images>"
     train_dir = require(root / "train", f"{layout} under {root}", kind="dir")
-    classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir())
+    classes = subfolders(train_dir)
     if not classes:
         raise ConfigError(f"data.root: {train_dir} has no class subfolders; expected {layout}")
     # Every subfolder of train/ is a class: one without images would be a class no image has
@@ -81,7 +81,7 @@ def _imagefolder(cfg: DataConfig, split: str) -> ImageDataset:
         raise ConfigError(f"data.root: class folder(s) without images ({', '.join(IMAGE_EXTENSIONS)}) in {train_dir}: "
                           f"{', '.join(empty)}; every subfolder of train/ is a class: add its images or remove it")
     split_dir = require(root / split, f"{layout} under {root}", kind="dir")
-    unknown = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and d.name not in classes)
+    unknown = [c for c in subfolders(split_dir) if c not in classes]
     if unknown:
         raise ConfigError(f"data.root: {split_dir} has classes not in {train_dir}: {', '.join(unknown)}")
     if split != "train":

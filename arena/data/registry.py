@@ -5,10 +5,11 @@ Each family of formats registers its builder in `DATASETS` from its own module
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from arena.registry import ConfigError, Registry
 
@@ -62,14 +63,33 @@ def require(path: Path, expected: str, downloadable: bool = False, kind: str | N
     return path
 
 
-def read_text(path: Path) -> str:
-    """A dataset's text file (lists, annotations) as UTF-8; one that is not is a ConfigError naming it."""
+@contextlib.contextmanager
+def reading(path: Path) -> Iterator[None]:
+    """An OSError while reading `path` (no permission, an I/O error) is a ConfigError naming it."""
     try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"data.root: {path} is not UTF-8 text ({e})") from None
+        yield
     except OSError as e:
         raise ConfigError(f"data.root: {path} could not be read ({e.strerror or e})") from None
+
+
+def subfolders(path: Path) -> list[str]:
+    """The names of the folders in `path` (links to folders included), sorted."""
+    with reading(path):
+        return sorted(d.name for d in path.iterdir() if d.is_dir())
+
+
+def read_bytes(path: Path) -> bytes:
+    with reading(path):
+        return path.read_bytes()
+
+
+def read_text(path: Path) -> str:
+    """A dataset's text file (lists, annotations) as UTF-8; one that is not is a ConfigError naming it."""
+    with reading(path):
+        try:
+            return path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"data.root: {path} is not UTF-8 text ({e})") from None
 
 
 def download(name: str, root: Path, archive) -> None:

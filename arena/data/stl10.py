@@ -10,7 +10,7 @@ import torch
 from arena.registry import ConfigError
 
 from .base import ImageDataset, resize_uint8, to_float
-from .registry import DATASETS, DataConfig, augment_flag, download, read_text, require, root_of
+from .registry import DATASETS, DataConfig, augment_flag, download, read_bytes, read_text, require, root_of
 
 
 # Labels are 1-based uint8, one byte per image.
@@ -92,7 +92,7 @@ def _stl10(cfg: DataConfig, split: str) -> ImageDataset:
             y = torch.full((n,), -1, dtype=torch.long)
         else:
             labels_path = require(folder / labels_file, f"{what} in {folder}", True, kind="file")
-            y = torch.from_numpy(np.fromfile(labels_path, dtype=np.uint8).astype(np.int64)) - 1  # 1-based on disk
+            y = torch.from_numpy(np.frombuffer(read_bytes(labels_path), np.uint8).astype(np.int64)) - 1  # 1-based
             if len(y) != n:
                 raise ConfigError(f"data.root: {labels_path} has {len(y)} labels for {n} images")
             if ((y < 0) | (y > 9)).any():
