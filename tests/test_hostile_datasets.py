@@ -150,6 +150,15 @@ def test_a_crafted_cifar_batch_is_refused_and_never_runs(tmp_path, payload):
     assert not marker.exists()
 
 
+def test_a_crafted_cifar_meta_file_is_refused_and_never_runs(tmp_path):
+    fixtures.make_cifar100(tmp_path)
+    marker, meta = tmp_path / "ran", tmp_path / "cifar-100-python" / "meta"
+    meta.write_bytes(pickle.dumps({"fine_label_names": Payload(open, str(marker), "w")}, protocol=4))
+    with pytest.raises(ConfigError, match=f"^data.root: {meta} refers to the Python object (io|builtins).open"):
+        build_dataset(DataConfig(name="cifar100", root=str(tmp_path)), "test")
+    assert not marker.exists()
+
+
 def test_training_on_a_crafted_cifar_batch_stops_with_one_line(tmp_path, capsys):
     folder = cifar10_root(tmp_path / "data")
     marker = tmp_path / "ran"
