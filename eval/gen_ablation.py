@@ -14,8 +14,9 @@ config and its overrides:
       ie_base: {config: ie_digits}
       ie_real_mean: {config: ie_digits, overrides: [objective.g_target=real_mean]}
 
-Each cell trains into RUNS_ROOT/<cell> with arena.trainer.train (skipped when a
-checkpoint of that many steps is there, as in eval.ablation), then is measured:
+Each cell trains into RUNS_ROOT/<cell> through arena.runs.ensure_trained (a finished
+run is reused, a stopped one resumed, a cell whose options changed trains beside the
+old run), then is measured (eval.experiment drives it):
 
 - FID (and KID) of --num-samples samples in the data's domain features (digits: the
   shipped digits-32 extractor) for three generators: the EMA G with BatchNorm
@@ -26,51 +27,53 @@ checkpoint of that many steps is there, as in eval.ablation), then is measured:
   the output as a real/fake score and histogram overlap (eval.figure14);
 - the data batches the cell drew (steps x batches per step).
 
-Prints one JSON line per cell and a Markdown table at the end. --out is rewritten after
-each cell; when it already holds results of the same grid settings (steps, budget,
-common overrides, sample count), the cells not measured in this call are kept, so a
-grid can be filled a few cells at a time.
+Prints one JSON line per cell and a Markdown table at the end. --out (and the .md beside
+it) is rewritten after each cell; when it already holds results of the same grid
+settings (steps, budget, common overrides, sample count), the cells not measured in this
+call are kept, so a grid can be filled a few cells at a time. Cell names become
+directory names: letters, digits and _ . + = - only.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from arena.config import load_config
 from arena.objective import DataInfo
 from arena.registry import ConfigError
-from arena.trainer import NonFiniteLoss, train
 
-from .ablation import has_checkpoint
+from . import experiment as X
 from .fid_is import load_run
 from .fidelity import evaluate_generator
 
+GRID_KEYS = ("steps", "budget", "common", "cells")
+
 
 def read_grid(path: str) -> dict:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"--grid: {p} is not a file")
-    grid = yaml.safe_load(p.read_text()) or {}
-    unknown = set(grid) - {"steps", "budget", "common", "cells"}
+    grid = X.read_yaml_mapping(path, "--grid")
+    where = f"--grid {path}"
+    unknown = set(grid) - set(GRID_KEYS)
     if unknown:
-        raise ConfigError(f"--grid {p}: unknown key(s) {', '.join(sorted(unknown))}; "
-                          f"valid: steps, budget, common, cells")
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; valid: {', '.join(GRID_KEYS)}")
     if grid.setdefault("budget", "steps") not in ("steps", "data"):
-        raise ConfigError(f"--grid {p}: budget '{grid['budget']}' is not one of steps, data")
-    if not isinstance(grid.get("steps"), int) or grid["steps"] < 1:
-        raise ConfigError(f"--grid {p}: 'steps' must be an integer >= 1")
+        raise ConfigError(f"{where}: budget '{grid['budget']}' is not one of steps, data")
+    steps = grid.get("steps")
+    if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= 10**9:
+        raise ConfigError(f"{where}: 'steps' must be an integer from 1 to 10^9")
     if not isinstance(grid.get("cells"), dict) or not grid["cells"]:
-        raise ConfigError(f"--grid {p}: 'cells' must map cell names to {{config, overrides}}")
+        raise ConfigError(f"{where}: 'cells' must map cell names to {{config, overrides}}")
+    grid["common"] = X.string_list(grid.get("common") or [], f"{where}: common")
     for name, cell in grid["cells"].items():
+        X.safe_name(name, f"{where}: cell")
         if not isinstance(cell, dict) or "config" not in cell or set(cell) - {"config", "overrides"}:
-            raise ConfigError(f"--grid {p}: cell '{name}' needs 'config' (and optionally 'overrides') only")
-    grid.setdefault("common", [])
+            raise ConfigError(f"{where}: cell '{name}' needs 'config' (and optionally 'overrides') only")
+        if not isinstance(cell["config"], str):
+            raise ConfigError(f"{where}: cell '{name}': config must be a config name, got {cell['config']!r:.80}")
+        cell["overrides"] = X.string_list(cell.get("overrides") or [], f"{where}: cell '{name}' overrides")
     return grid
 
 
@@ -112,35 +115,25 @@ def log(msg: str) -> None:
     print(f"[gen_ablation] {msg}", file=sys.stderr, flush=True)
 
 
+def cell_config(name: str, grid: dict, root: Path):
+    """The resolved config of one cell: the grid's common overrides, the cell's, its budget."""
+    cell = grid["cells"][name]
+    cfg = load_config(cell["config"], [*grid["common"], *cell["overrides"]])
+    steps = grid["steps"]
+    if grid["budget"] == "data":  # every cell reads `steps` data batches
+        from arena.objective import build_objective
+
+        steps = max(1, steps // build_objective(cfg, DataInfo(1, cfg.data.resolution)).data_batches_per_step())
+    return load_config(cell["config"], [*grid["common"], *cell["overrides"], f"train.steps={steps}",
+                                        f"run.dir={root / name}", f"train.checkpoint_every={steps}",
+                                        "train.progress=false"])
+
+
 def cell_steps(cell: dict, grid: dict) -> int:
     """budget: steps -> every cell trains `steps` steps; budget: data -> every cell reads
     `steps` data batches, i.e. steps // (its batches per step) steps."""
-    if grid["budget"] == "steps":
-        return grid["steps"]
-    from arena.trainer import build_objective
-
-    cfg = load_config(cell["config"], [*grid["common"], *cell.get("overrides", [])])
-    per_step = build_objective(cfg, DataInfo(1, cfg.data.resolution)).data_batches_per_step()
-    return max(1, grid["steps"] // per_step)
-
-
-def run_cell(name: str, cell: dict, grid: dict, root: Path, num_samples: int, device: str, do_train: bool) -> dict:
-    steps, run_dir = cell_steps(cell, grid), root / name
-    record = {"cell": name, "config": cell["config"], "overrides": cell.get("overrides", [])}
-    if not has_checkpoint(run_dir, steps):
-        if not do_train:
-            return {**record, "skipped": f"no checkpoint-{steps:06d} under {run_dir} (--no-train)"}
-        cfg = load_config(cell["config"], [*grid["common"], *cell.get("overrides", []), f"train.steps={steps}",
-                                           f"run.dir={run_dir}", f"train.checkpoint_every={steps}",
-                                           "train.progress=false"])
-        log(f"training {name} for {steps} steps")
-        t0 = time.perf_counter()
-        try:
-            train(cfg)
-        except NonFiniteLoss as err:
-            return {**record, "skipped": f"diverged: {err}"}
-        record["train_seconds"] = round(time.perf_counter() - t0, 1)
-    return {**record, **measure(run_dir, steps, num_samples, device)}
+    one = {**grid, "cells": {"cell": {"overrides": [], **cell}}}
+    return cell_config("cell", one, Path("runs")).train.steps
 
 
 def table(cells: list[dict]) -> str:
@@ -153,70 +146,65 @@ def table(cells: list[dict]) -> str:
             continue
         rows.append(f"| {c['cell']} | {over} | {c['data_batches']} | {c['fid']:.2f} | {c['fid_ema_copied_bn']:.2f} "
                     f"| {c['fid_raw']:.2f} | {c['kid']:.3f} | {c['auc']:.3f} | {c['overlap']:.2f} |")
-    return "\n".join(rows)
+    return "\n".join(rows) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def drop_changed(results: X.Results, grid: dict) -> None:
+    """An earlier cell whose config or overrides differ from the grid's now measured something else."""
+    for name, c in list(results.records.items()):
+        now = grid["cells"].get(name)
+        if now is not None and (c.get("config"), c.get("overrides")) != (now["config"], now["overrides"]):
+            log(f"{results.path}: dropping {name}'s earlier result: the grid now gives it other options")
+            del results.records[name]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m eval.gen_ablation", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--grid", required=True, help="YAML grid (see above)")
     p.add_argument("--runs-root", default="runs/gen_ablation")
-    p.add_argument("--out", required=True, help="JSON file for the results")
+    p.add_argument("--out", required=True, help="JSON file for the results (a Markdown table goes beside it)")
     p.add_argument("--cells", default="", help="comma-separated subset of the grid's cells")
     p.add_argument("--num-samples", type=int, default=5000)
     p.add_argument("--no-train", dest="train", action="store_false", help="measure existing runs only")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = p.parse_args(argv)
-    try:
-        grid = read_grid(args.grid)
-        names = [c for c in args.cells.split(",") if c] or list(grid["cells"])
-        missing = [c for c in names if c not in grid["cells"]]
-        if missing:
-            raise ConfigError(f"--cells: {', '.join(missing)} not in {args.grid} ({', '.join(grid['cells'])})")
-        head = {"grid": args.grid, "steps": grid["steps"], "budget": grid["budget"], "common": grid["common"],
-                "num_samples": args.num_samples}
-        out = Path(args.out)
-        kept = earlier_cells(out, head, grid)
-        order = list(grid["cells"]) + [c for c in kept if c not in grid["cells"]]
-        for name in names:
-            record = run_cell(name, grid["cells"][name], grid, Path(args.runs_root), args.num_samples,
-                              args.device, args.train)
-            print(json.dumps(record), flush=True)
-            if "skipped" in record and "skipped" not in kept.get(name, {"skipped": ""}):
-                log(f"{name}: {record['skipped']}; keeping its earlier result in {out}")
-                continue  # a measured result is never replaced by a skipped one
-            kept[name] = record
-            cells = [kept[c] for c in order if c in kept]
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_name(out.name + ".tmp")
-            tmp.write_text(json.dumps({**head, "cells": cells}, indent=1) + "\n")
-            tmp.replace(out)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(table([kept[c] for c in order if c in kept]))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return X.run_cli("gen_ablation", lambda: _run(args))
+
+
+def _run(args) -> int:
+    grid = read_grid(args.grid)
+    if not 1 <= args.num_samples <= 10**7:
+        raise ConfigError(f"--num-samples must be from 1 to 10^7, got {args.num_samples}")
+    names = [c for c in args.cells.split(",") if c] or list(grid["cells"])
+    missing = [c for c in names if c not in grid["cells"]]
+    if missing:
+        raise ConfigError(f"--cells: {', '.join(missing)} not in {args.grid} ({', '.join(grid['cells'])})")
+    head = {"grid": args.grid, "steps": grid["steps"], "budget": grid["budget"], "common": grid["common"],
+            "num_samples": args.num_samples}
+    results = X.Results(X.output_file(args.out, "--out"), head, field="cells", key="cell",
+                        render=lambda d: table(d["cells"]), compare=["steps", "budget", "common", "num_samples"],
+                        say=log, command="eval.gen_ablation")
+    drop_changed(results, grid)
+    root = Path(args.runs_root)
+    specs = [X.Spec(n, cell_config(n, grid, root), {"config": grid["cells"][n]["config"],
+                                                    "overrides": grid["cells"][n]["overrides"]}) for n in names]
+
+    def measure_cell(spec, state, procs):
+        if not procs.main:
+            return None
+        out = measure(state.run_dir, state.steps, args.num_samples, args.device)
+        print(json.dumps({"cell": spec.key, **spec.record, **out}), flush=True)
+        return out
+
+    results.order = list(grid["cells"])
+    X.run_specs(specs, measure_cell, results, train=args.train, say=log)
+    print(table(results.data()["cells"]), end="")
     return 0
-
-
-def earlier_cells(out: Path, head: dict, grid: dict) -> dict[str, dict]:
-    """The cells an earlier call wrote to `out` with the same settings; none otherwise
-    (a file of other settings is replaced, and the log says so). A cell whose config or
-    overrides differ from the grid's now is dropped: its result measured something else."""
-    if not out.exists():
-        return {}
-    try:
-        earlier = json.loads(out.read_text())
-        same = all(earlier.get(k) == v for k, v in head.items() if k != "grid")
-        cells = {c["cell"]: c for c in earlier["cells"]} if same else {}
-    except (ValueError, KeyError, TypeError, AttributeError):
-        raise ConfigError(f"--out {out}: not a results file of eval.gen_ablation; name another file") from None
-    if not same:
-        log(f"{out} holds results of other settings (steps, budget, common, --num-samples): replacing them")
-    for name, c in list(cells.items()):
-        now = grid["cells"].get(name)
-        if now is not None and (c.get("config"), c.get("overrides")) != (now["config"], now.get("overrides", [])):
-            log(f"{out}: dropping {name}'s earlier result: the grid now gives it other options")
-            del cells[name]
-    return cells
 
 
 if __name__ == "__main__":

@@ -86,7 +86,7 @@ def test_kept_results_are_never_replaced_by_skips_and_dropped_when_the_cell_chan
     assert gen_ablation.main(args) == 0  # a wrong --runs-root: no checkpoints anywhere
     cells = {c["cell"]: c for c in json.loads(out.read_text())["cells"]}
     assert cells["a"] == measured and "skipped" in cells["b"]
-    assert "a: no checkpoint-000002" in capsys.readouterr().err
+    assert "a: not trained to step 2 under" in capsys.readouterr().err
     grid_file.write_text("steps: 2\ncells: {a: {config: ie_digits, overrides: [objective.mu_p=2.0]}, "
                          "b: {config: nsgan_cp_digits}}\n")
     assert gen_ablation.main([*args, "--cells", "b"]) == 0

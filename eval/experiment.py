@@ -1,0 +1,272 @@
+"""The one experiment driver: a grid of run specs -> each run trained, resumed or reused
+(arena.runs.ensure_trained) -> measured on all processes -> one record per spec -> a
+JSON file and a Markdown file, rewritten whole after every record.
+
+    results = Results(Path("out.json"), head={"steps": 600}, field="cells", render=to_markdown)
+    failed = run_specs(specs, measure, results, say=log)
+
+`eval.reproduce`, `eval.ablation`, `eval.gen_ablation` and `eval.figure14` are specs,
+measures and plots over it. A results file keeps the records of earlier calls made with
+the same settings (`head`), so a grid can be filled a few specs at a time and a stopped
+command rerun the same way finishes the work: finished runs are reused, a stopped one
+resumes, and a record whose `measure_key` is unchanged is not measured again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from arena.config import Config
+from arena.distributed import Processes, processes, shutdown
+from arena.registry import ConfigError, cli_error
+from arena.runs import RunState, ensure_trained, plan_run
+from arena.trainer import NonFiniteLoss, Stopped
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")
+MAX_GRID_BYTES = 1 << 20  # a grid file is a few lines; anything larger is not one
+
+
+@dataclass
+class Spec:
+    """One run of a grid and what its record starts with. cfg None: nothing to train (a
+    measure of the data itself, or of an encoder at step 0)."""
+
+    key: str  # the record's name: a cell, a table row
+    cfg: Config | None
+    record: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------- inputs
+
+
+def safe_name(name, what: str) -> str:
+    """A name from a grid or table that becomes a directory name: letters, digits and
+    _ . + = - only, not starting with a dot (no '/', no '..', nothing hidden)."""
+    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+        raise ConfigError(f"{what}: {name!r} cannot name a run directory; use letters, digits and _ . + = - "
+                          f"(no '/', no '..', not starting with '.')")
+    return name
+
+
+def read_yaml_mapping(path: str | Path, flag: str) -> dict:
+    """A small YAML file whose top level is a mapping, or a ConfigError naming flag and file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{flag}: {p} is not a file")
+    if p.stat().st_size > MAX_GRID_BYTES:
+        raise ConfigError(f"{flag} {p}: {p.stat().st_size} bytes; a grid file is at most {MAX_GRID_BYTES}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        where = getattr(err, "problem_mark", None)
+        at = f" (line {where.line + 1})" if where is not None else ""
+        raise ConfigError(f"{flag} {p}: not valid YAML{at}: {type(err).__name__}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{flag} {p}: the top level must be a mapping of keys, not a {type(data).__name__}")
+    return data
+
+
+def string_list(value, what: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{what}: expected a list of KEY=VALUE strings, got {value!r:.80}")
+    return list(value)
+
+
+def output_file(path: str | Path, flag: str) -> Path:
+    """--out as a file path: refused when it is a directory (before any training)."""
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{flag}: {p} is a directory; name a file (e.g. {p / 'results.json'})")
+    if p.parent.exists() and not p.parent.is_dir():
+        raise ConfigError(f"{flag}: {p.parent} is not a directory")
+    return p
+
+
+def metrics_rows(run_dir: Path) -> list[dict]:
+    """The object rows of run_dir/metrics.jsonl; other lines (damaged, or not objects) are skipped."""
+    path = Path(run_dir) / "metrics.jsonl"
+    rows = []
+    if path.is_file():
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------------------- results
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Written whole to a temporary file, then renamed: a reader (or a kill) never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class Results:
+    """The records of one experiment, written as `path` (JSON: head + records under `field`)
+    and, with `render`, beside it as .md. Records of an earlier call are kept when its head
+    equals this one's in every key of `compare` (default: all of head); a file of other
+    settings is replaced (`say` tells), a file that is not such a results file is an error."""
+
+    def __init__(self, path: Path, head: dict, field: str = "records", key: str = "key",
+                 render: Callable[[dict], str] | None = None, compare=None, say=print, command: str = "this command"):
+        self.path, self.head, self.field, self.key, self.render = path, head, field, key, render
+        self.md = path.with_suffix(".md") if render else None
+        self.records: dict[str, dict] = {}
+        self.order: list[str] = []
+        compare = list(head) if compare is None else compare
+        if path.exists():
+            try:
+                earlier = json.loads(path.read_text())
+                same = all(earlier.get(k) == head.get(k) for k in compare)
+                self.records = {r[key]: r for r in earlier[field]} if same else {}
+            except (ValueError, KeyError, TypeError, AttributeError):
+                raise ConfigError(f"--out {path}: not a results file of {command}; name another file") from None
+            if not same:
+                say(f"{path} holds results of other settings ({', '.join(compare)}): replacing them")
+
+    def put(self, key: str, record: dict, say=print) -> None:
+        """A skipped record never replaces a measured one (a wrong --runs-root loses nothing)."""
+        old = self.records.get(key)
+        if "skipped" in record and old is not None and "skipped" not in old:
+            say(f"{key}: {record['skipped']}; keeping its earlier result in {self.path}")
+            return
+        self.records[key] = {self.key: key, **record}
+
+    def data(self) -> dict:
+        keys = [k for k in self.order if k in self.records] + [k for k in self.records if k not in self.order]
+        return {**self.head, "updated": time.strftime("%Y-%m-%d %H:%M:%S"),
+                self.field: [self.records[k] for k in keys]}
+
+    def write(self) -> dict:
+        data = self.data()
+        write_atomic(self.path, json.dumps(data, indent=1) + "\n")
+        if self.md is not None:
+            write_atomic(self.md, self.render(data))
+        return data
+
+
+# ---------------------------------------------------------------------------- processes
+
+
+def main_then_all(procs: Processes, fn, marker: Path):
+    """Run fn on every process (it may use collectives), then let the other processes wait
+    for the main one by polling a file rather than in a collective: the main process's
+    part (probes, torch-fidelity) may outlast a collective's timeout.
+
+    Whatever fn raises on any process (a Ctrl-C included) is caught until every process
+    has passed the closing barrier, so none is left waiting for a marker or a barrier
+    that never comes; a process killed outright ends the whole job (accelerate launch
+    stops the others), so the poll needs no deadline."""
+    if procs.world == 1:
+        return fn()
+    if procs.main:
+        marker.unlink(missing_ok=True)
+    procs.barrier()
+    error, out, raised = None, None, None
+    try:
+        out = fn()
+    except BaseException as err:  # noqa: BLE001 - re-raised below, after the barrier
+        error, raised = f"{type(err).__name__}: {err}", err
+    if procs.main:
+        write_atomic(marker, json.dumps({"error": error}))
+    else:
+        while not marker.is_file():
+            time.sleep(2.0)
+        error = error or json.loads(marker.read_text())["error"]
+    procs.barrier()
+    if isinstance(raised, (KeyboardInterrupt, SystemExit)):
+        raise raised
+    if error:
+        raise RuntimeError(error)
+    return out
+
+
+# ---------------------------------------------------------------------------- the driver
+
+
+def _train(spec: Spec, train: bool, hooks, say) -> tuple[RunState | None, str]:
+    """-> (the run's state, '' or why it has no measurement)."""
+    if spec.cfg is None:
+        return None, ""
+    if not train:
+        state = plan_run(spec.cfg)
+        if state.how != "reuse":
+            return state, f"not trained to step {state.steps} under {state.run_dir} (--no-train)"
+        return state, ""
+    try:
+        return ensure_trained(spec.cfg, hooks(spec.cfg) if hooks else (), say=lambda m: say(f"{spec.key}: {m}")), ""
+    except NonFiniteLoss as err:
+        return None, f"diverged: {err}"
+
+
+def run_specs(specs: list[Spec], measure, results: Results, *, train: bool = True, hooks=None,
+              measure_key=None, say=print) -> list[str]:
+    """Each spec: ensure trained (or, train=False, reuse only), measure on every process
+    (`measure(spec, state, procs)` -> dict on the main process, None elsewhere), record,
+    write. `measure_key(spec, state)`: what a measurement depends on; an earlier record
+    with the same key is kept instead of measured again. -> the keys left unmeasured."""
+    procs = processes()
+    results.order = [s.key for s in specs] + [k for k in results.order if k not in {s.key for s in specs}]
+    failed = []
+    for spec in specs:
+        state, skipped = _train(spec, train, hooks, say)
+        record = dict(spec.record)
+        if state is not None:
+            record.update(run_dir=str(state.run_dir), trained=state.how)
+            if state.seconds:
+                record["train_seconds"] = round(state.seconds, 1)
+        if skipped:
+            failed.append(spec.key)
+            if procs.main:
+                results.put(spec.key, {**record, "skipped": skipped}, say)
+                results.write()
+            continue
+        key = json.loads(json.dumps(measure_key(spec, state))) if measure_key else None
+        old = results.records.get(spec.key, {})
+        if key is not None and "skipped" not in old and old.get("measure_key") == key:
+            say(f"{spec.key}: measured before with the same settings; kept")
+            continue
+        marker = results.path.parent / f".{results.path.name}.sync" / hashlib.sha1(spec.key.encode()).hexdigest()
+        t0 = time.perf_counter()
+        out = main_then_all(procs, lambda: measure(spec, state, procs), marker)
+        if procs.main:
+            record.update(out)
+            record["measure_seconds"] = round(time.perf_counter() - t0, 1)
+            if key is not None:
+                record["measure_key"] = key
+            results.put(spec.key, record, say)
+            results.write()
+    return failed
+
+
+def run_cli(name: str, body: Callable[[], int]) -> int:
+    """A command's body with its errors as messages and exit codes: a ConfigError -> the
+    message and 2; SIGTERM / Ctrl-C during training (the step saved) -> 128 + the signal,
+    and rerunning the same command finishes the work; Ctrl-C elsewhere -> 130."""
+    try:
+        return body()
+    except ConfigError as err:
+        return cli_error(err)
+    except Stopped as err:
+        shutdown()
+        print(f"[{name}] {err}; run the same command again to finish", file=sys.stderr)
+        return 128 + err.signum
+    except KeyboardInterrupt:
+        print(f"[{name}] interrupted; finished records are in the results file; rerun to continue", file=sys.stderr)
+        return 130
