@@ -113,13 +113,9 @@ def identity_hash(cfg: Config) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
-def saved_identity(run_dir: Path) -> dict | None:
-    """The identity of the config a run directory was trained with (None: no config.yaml).
-    A saved config this version cannot load (an older key set) is read as written, so it
-    differs from every config of today and is never trained over."""
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        return None
+def read_config_file(path: Path) -> dict:
+    """A run's config.yaml as a mapping, or a ConfigError naming the file (never a traceback:
+    damaged YAML, another encoding, a list at the top level)."""
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError, OSError) as err:
@@ -128,6 +124,31 @@ def saved_identity(run_dir: Path) -> dict | None:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} holds a {type(raw).__name__}, not a config mapping; repair or remove it, "
                           f"or choose another run directory")
+    return raw
+
+
+def read_run_config(run_dir: str | Path) -> Config:
+    """The config a run directory was trained with (its config.yaml), run.dir set to it."""
+    run_dir = Path(run_dir)
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"--run: {path} not found (the trainer writes it when a run starts)")
+    try:
+        cfg = config_from_dict(read_config_file(path), name=run_dir.name)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    cfg.run.dir = str(run_dir)
+    return cfg
+
+
+def saved_identity(run_dir: Path) -> dict | None:
+    """The identity of the config a run directory was trained with (None: no config.yaml).
+    A saved config this version cannot load (an older key set) is read as written, so it
+    differs from every config of today and is never trained over."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return None
+    raw = read_config_file(path)
     try:
         return identity(config_from_dict(raw, name=run_dir.name).to_dict())
     except ConfigError:

@@ -12,16 +12,19 @@ gamma) with each cell's value written in it and the best cell (highest accuracy 
 lowest NDM) framed; writes the numbers to the same path with .json. A cell with
 alpha = beta = 0 is not a DIM model (no MI term): it is skipped and drawn hatched.
 
-A cell whose run directory already holds a checkpoint of --steps steps is not trained
-again (delete the directory, or pass --retrain, to redo it); a cell stopped short of
---steps (SIGTERM, Ctrl-C) resumes from its newest checkpoint; a cell trained for another
---steps is refused (pass --retrain). Where the paper
-interpolated its heatmaps bilinearly, we show the grid values themselves.
+Each cell goes through arena.runs.ensure_trained and eval.experiment: a finished cell
+is reused (--retrain trains it again), a cell stopped short (SIGTERM, Ctrl-C) resumes
+from its newest checkpoint when the command is rerun, a cell of other options trains
+beside the old run; a measured cell is not probed again with the same settings (the
+.json keeps the records of earlier calls with the same config, overrides, steps and
+probe settings). Where the paper interpolated its heatmaps bilinearly, we show the grid
+values themselves.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -30,9 +33,9 @@ import torch
 
 from arena import checkpoint as ckpt
 from arena.config import load_config
-from arena.registry import ConfigError, cli_error
-from arena.trainer import NonFiniteLoss, train
+from arena.registry import ConfigError
 
+from . import experiment as X
 from .dim_probes import ProbeSettings, load_encoder_run, log, run_probes
 
 METRICS = (("svm_y", "SVM accuracy on Y (%)", "max"), ("ndm_y", "NDM on Y, no sigmoid (nats)", "min"),
@@ -50,56 +53,14 @@ def cell_name(a: float, b: float, g: float) -> str:
     return f"a{a:g}_b{b:g}_g{g:g}"
 
 
-def has_checkpoint(run_dir: Path, steps: int) -> bool:
-    return any(p.name == f"checkpoint-{steps:06d}" for p in ckpt.checkpoint_dirs(run_dir)) \
-        if (run_dir / "checkpoints").is_dir() else False
-
-
-def resume_point(run_dir: Path, steps: int) -> str:
-    """run.resume for a cell that has no checkpoint of `steps` steps: '' when it has none at
-    all, 'latest' when a run of `steps` steps stopped short; a run planned for another
-    number of steps is refused (continuing it would mix two step counts in one cell)."""
-    found = ckpt.checkpoint_dirs(run_dir)
-    if not found:
-        return ""
-    import yaml
-
-    saved = run_dir / "config.yaml"
-    planned = (yaml.safe_load(saved.read_text()) or {}).get("train", {}).get("steps") if saved.is_file() else None
-    if planned == steps and ckpt.step_of(found[-1]) < steps:
-        return "latest"
-    raise ConfigError(f"{run_dir} holds a run planned for {planned} steps (newest {found[-1].name}), not for "
-                      f"--steps {steps}; pass --retrain to train the cell again, or another --runs-root")
-
-
-def run_cell(config: str, a: float, b: float, g: float, steps: int, root: Path, overrides: list[str],
-             settings: ProbeSettings, retrain: bool) -> dict:
-    run_dir = root / cell_name(a, b, g)
-    cell = {"alpha": a, "beta": b, "gamma": g, "run": str(run_dir)}
-    t0 = time.perf_counter()
-    if retrain or not has_checkpoint(run_dir, steps):
-        if run_dir.exists() and retrain:
-            import shutil
-
-            shutil.rmtree(run_dir)
-        resume = resume_point(run_dir, steps)
-        cfg = load_config(config, [*overrides, f"objective.alpha={a}", f"objective.beta={b}",
-                                   f"objective.gamma={g}", f"train.steps={steps}", f"run.dir={run_dir}",
-                                   f"train.checkpoint_every={steps}", "train.progress=false",
-                                   *([f"run.resume={resume}"] if resume else [])])
-        log(f"training {run_dir.name} for {steps} steps" + (" (resuming)" if resume else ""))
-        train(cfg)
-        cell["train_seconds"] = round(time.perf_counter() - t0, 1)
-    else:
-        log(f"{run_dir.name}: reusing checkpoint-{steps:06d}")
-    t1 = time.perf_counter()
-    cfg, objective, step = load_encoder_run(run_dir, str(run_dir / "checkpoints" / f"checkpoint-{steps:06d}"),
+def probe_cell(state, settings: ProbeSettings) -> dict:
+    """SVM, NDM and MINE on Y of a cell's encoder at its last step."""
+    cfg, objective, step = load_encoder_run(state.run_dir, str(ckpt.final_dir(state.run_dir, state.steps)),
                                             settings.device)
     results, _ = run_probes(cfg, objective, settings)
-    cell.update(svm_y=results["svm"]["y"]["mean"], svm_y_std=results["svm"]["y"]["std"],
-                ndm_y=results["ndm"]["y"], ndm_sigmoid_y=results["ndm"]["sigmoid(y)"],
-                mine_y=results["mine"]["y"], step=step, probe_seconds=round(time.perf_counter() - t1, 1))
-    return cell
+    return {"run": str(state.run_dir), "svm_y": results["svm"]["y"]["mean"], "svm_y_std": results["svm"]["y"]["std"],
+            "ndm_y": results["ndm"]["y"], "ndm_sigmoid_y": results["ndm"]["sigmoid(y)"],
+            "mine_y": results["mine"]["y"], "step": step}
 
 
 def draw(cells: list[dict], alphas: list[float], betas: list[float], gammas: list[float], out: Path,
@@ -156,8 +117,9 @@ def _outline():
     return [patheffects.withStroke(linewidth=2, foreground="black")]
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m eval.ablation", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="a dim config (configs/NAME.yaml)")
     p.add_argument("--alpha", type=floats, default=[0.0, 0.5, 1.0])
     p.add_argument("--beta", type=floats, default=[0.0, 0.5, 1.0])
@@ -173,44 +135,61 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--retrain", action="store_true", help="train every cell again")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("overrides", nargs="*", help="extra config overrides, e.g. model.mi_units=256")
-    args = p.parse_args(argv)
-    out = Path(args.out)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return X.run_cli("ablation", lambda: _run(args))
+
+
+def cell_specs(args, gammas: list[float]) -> list[X.Spec]:
+    specs = []
+    for g in gammas:
+        for b in args.beta:
+            for a in args.alpha:
+                name = cell_name(a, b, g)
+                cfg = None if a == 0 and b == 0 else load_config(args.config, [
+                    *args.overrides, f"objective.alpha={a}", f"objective.beta={b}", f"objective.gamma={g}",
+                    f"train.steps={args.steps}", f"run.dir={Path(args.runs_root) / name}",
+                    f"train.checkpoint_every={args.steps}", "train.progress=false"])
+                specs.append(X.Spec(name, cfg, {"alpha": a, "beta": b, "gamma": g}))
+    return specs
+
+
+def _run(args) -> int:
+    out = X.output_file(args.out, "--out")
     t0 = time.perf_counter()
-    try:
-        base = load_config(args.config, args.overrides)
-        if base.objective.name != "dim":
-            raise ConfigError(f"--config: the ablation varies DIM's alpha/beta/gamma; {args.config} trains "
-                              f"'{base.objective.name}'")
-        gammas = args.gamma if args.gamma is not None else [base.objective.gamma]
-        settings = ProbeSettings(probes=("svm", "mine", "ndm"), layers=("y",), rep_layer="y",
-                                 runs=args.svm_runs, mine_steps=args.mine_steps, ndm_steps=args.ndm_steps,
-                                 max_train=args.max_train, max_test=args.max_test, device=args.device)
-        cells = []
-        for g in gammas:
-            for b in args.beta:
-                for a in args.alpha:
-                    if a == 0 and b == 0:
-                        log(f"{cell_name(a, b, g)}: alpha = beta = 0 has no MI term; skipped")
-                        cells.append({"alpha": a, "beta": b, "gamma": g, "skipped": "alpha = beta = 0"})
-                        continue
-                    try:
-                        cells.append(run_cell(args.config, a, b, g, args.steps, Path(args.runs_root),
-                                              args.overrides, settings, args.retrain))
-                    except NonFiniteLoss as err:
-                        log(f"{cell_name(a, b, g)}: {err}")
-                        cells.append({"alpha": a, "beta": b, "gamma": g, "skipped": f"diverged: {err}"})
-                    log(json.dumps(cells[-1]))
-    except ConfigError as err:
-        return cli_error(err)
-    record = {
-        "config": args.config, "overrides": args.overrides, "steps": args.steps, "alpha": args.alpha,
-        "beta": args.beta, "gamma": gammas, "cells": cells,
-        "probes": {"svm_runs": args.svm_runs, "mine_steps": args.mine_steps, "ndm_steps": args.ndm_steps,
-                   "max_train": args.max_train, "max_test": args.max_test},
-        "wall_seconds": round(time.perf_counter() - t0, 1),
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
+    # the probes' flags are checked before any cell trains
+    settings = ProbeSettings(probes=("svm", "mine", "ndm"), layers=("y",), rep_layer="y", runs=args.svm_runs,
+                             mine_steps=args.mine_steps, ndm_steps=args.ndm_steps, max_train=args.max_train,
+                             max_test=args.max_test, device=args.device)
+    settings.check(flags={"runs": "--svm-runs"})
+    base = load_config(args.config, args.overrides)
+    if base.objective.name != "dim":
+        raise ConfigError(f"--config: the ablation varies DIM's alpha/beta/gamma; {args.config} trains "
+                          f"'{base.objective.name}'")
+    gammas = args.gamma if args.gamma is not None else [base.objective.gamma]
+    specs = cell_specs(args, gammas)
+    probes = {k: getattr(settings, k) for k in ("runs", "mine_steps", "ndm_steps", "max_train", "max_test")}
+    head = {"config": args.config, "overrides": args.overrides, "steps": args.steps, "alpha": args.alpha,
+            "beta": args.beta, "gamma": gammas, "probes": probes}
+    results = X.Results(out.with_suffix(".json"), head, field="cells", key="cell",
+                        compare=["config", "overrides", "steps", "probes"], say=log, command="eval.ablation")
+    if args.retrain:
+        for spec in specs:
+            if spec.cfg is not None and Path(spec.cfg.run.dir).exists():
+                shutil.rmtree(spec.cfg.run.dir)
+    for spec in specs:
+        if spec.cfg is None:
+            log(f"{spec.key}: alpha = beta = 0 has no MI term; skipped")
+            results.put(spec.key, {**spec.record, "skipped": "alpha = beta = 0"}, log)
+    X.run_specs([s for s in specs if s.cfg is not None],
+                lambda spec, state, procs: probe_cell(state, settings) if procs.main else None, results,
+                measure_key=lambda spec, state: {"run_dir": str(state.run_dir), "step": state.steps, **probes},
+                say=log)
+    cells = [results.records[s.key] for s in specs if s.key in results.records]
+    record = {**results.write(), "cells": cells, "wall_seconds": round(time.perf_counter() - t0, 1)}
     draw(cells, args.alpha, args.beta, gammas, out,
          f"DIM ablation: {args.config}, {args.steps} steps per cell"
          + (f" ({' '.join(args.overrides)})" if args.overrides else ""))

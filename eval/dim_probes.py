@@ -32,18 +32,24 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import yaml
 
-from arena.config import config_from_dict
 from arena.data import ImageDataset, NamedErrors, build_dataset, make_loader_kwargs, to_uint8
 from arena.objective import build_objective, data_info
 from arena.registry import ConfigError, Registry, cli_error
-from arena.runs import load_run
+from arena.runs import load_run, read_run_config
 
 from . import probes as P
 
 LAYERS = ("conv", "fc", "y")
 DEFAULT_PROBES = ("svm", "mlp", "msssim", "mine", "ndm")  # semi fine-tunes the encoder: ask for it
+# The probes' counters (ProbeSettings fields, each a flag --NAME-WITH-DASHES): the one list
+# that the checks, the command line, the scaled settings of eval.reproduce and the
+# commands of its dry run read.
+COUNTS = ("runs", "mlp_epochs", "semi_epochs", "msssim_epochs", "mine_steps", "ndm_steps")
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def log(msg: str) -> None:
@@ -61,11 +67,7 @@ def load_encoder_run(run_dir: str | Path, checkpoint: str = "latest", device: st
     if not random_init:
         cfg, objective, step = load_run(run_dir, checkpoint, device)
     else:
-        path = run_dir / "config.yaml"
-        if not path.is_file():
-            raise ConfigError(f"--run: {path} not found (the trainer writes it when a run starts)")
-        cfg = config_from_dict(yaml.safe_load(path.read_text()), name=run_dir.name)
-        cfg.run.dir = str(run_dir)
+        cfg = read_run_config(run_dir)
         objective, step = untrained_objective(cfg, device), 0
     if not callable(getattr(objective, "features", None)):
         raise ConfigError(f"objective '{cfg.objective.name}' has no features(x); the probes need a DIM-style "
@@ -161,8 +163,10 @@ class ProbeSettings:
     device: str = "cpu"
     ema: bool = False
 
-    def check(self) -> None:
-        """ConfigError naming the flag of the first bad setting (before any model is loaded)."""
+    def check(self, flags: dict[str, str] | None = None) -> None:
+        """ConfigError naming the flag of the first bad setting (before any model is loaded);
+        `flags` names a caller's own flag for a field (e.g. {'runs': '--svm-runs'})."""
+        flags = flags or {}
         if not self.probes:
             raise ConfigError(f"--probes: empty; choose from {', '.join(PROBES.names())}")
         for p in self.probes:
@@ -173,12 +177,12 @@ class ProbeSettings:
             if k not in LAYERS:
                 raise ConfigError(f"--layers / --rep-layer: unknown layer '{k}'; valid choices: {', '.join(LAYERS)}")
         # a mean over 0 SVM runs is NaN, a batch of 0 never ends: counts are >= 1
-        for name in ("runs", "batch_size", "mlp_epochs", "semi_epochs", "msssim_epochs", "mine_steps", "ndm_steps"):
+        for name in (*COUNTS, "batch_size"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{flags.get(name, flag(name))} must be >= 1, got {getattr(self, name)}")
         for name in ("max_train", "max_test"):  # 0 means all; a negative number is a mistake, not "all"
             if getattr(self, name) < 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0 (0 = all), got {getattr(self, name)}")
+                raise ConfigError(f"{flags.get(name, flag(name))} must be >= 0 (0 = all), got {getattr(self, name)}")
         if not self.svm_c > 0:
             raise ConfigError(f"--svm-c must be > 0, got {self.svm_c}")
 
@@ -355,16 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probes", default=",".join(d.probes), help=f"comma list of {', '.join(PROBES.names())}")
     p.add_argument("--layers", default=",".join(d.layers), help="svm / mlp probe points: conv,fc,y")
     p.add_argument("--rep-layer", default=d.rep_layer, help="code for msssim, mine and ndm (default y)")
-    p.add_argument("--runs", type=int, default=d.runs, help="svm seeds (mean and std)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="feature extraction batch")
     p.add_argument("--svm-solver", choices=("sgd", "liblinear"), default=d.svm_solver)
     p.add_argument("--svm-c", type=float, default=d.svm_c)
-    p.add_argument("--mlp-epochs", type=int, default=d.mlp_epochs)
-    p.add_argument("--semi-epochs", type=int, default=d.semi_epochs)
-    p.add_argument("--msssim-epochs", type=int, default=d.msssim_epochs)
-    p.add_argument("--mine-steps", type=int, default=d.mine_steps)
-    p.add_argument("--ndm-steps", type=int, default=d.ndm_steps)
+    for name in COUNTS:  # --runs: the svm seeds (mean and std)
+        p.add_argument(flag(name), type=int, default=getattr(d, name))
     p.add_argument("--max-train", type=int, default=0, help="random subset of labeled train images (0 = all)")
     p.add_argument("--max-test", type=int, default=0, help="random subset of test images (0 = all)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -377,11 +377,20 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_from_args(args) -> ProbeSettings:
     split = lambda s: tuple(v.strip() for v in s.split(",") if v.strip())  # noqa: E731
     return ProbeSettings(
-        probes=split(args.probes), layers=split(args.layers), rep_layer=args.rep_layer, runs=args.runs,
-        seed=args.seed, batch_size=args.batch_size, svm_solver=args.svm_solver, svm_c=args.svm_c,
-        mlp_epochs=args.mlp_epochs, semi_epochs=args.semi_epochs, msssim_epochs=args.msssim_epochs,
-        mine_steps=args.mine_steps, ndm_steps=args.ndm_steps, max_train=args.max_train,
-        max_test=args.max_test, device=args.device, ema=args.ema)
+        probes=split(args.probes), layers=split(args.layers), rep_layer=args.rep_layer, seed=args.seed,
+        batch_size=args.batch_size, svm_solver=args.svm_solver, svm_c=args.svm_c, max_train=args.max_train,
+        max_test=args.max_test, device=args.device, ema=args.ema, **{n: getattr(args, n) for n in COUNTS})
+
+
+def probe_command(run_dir, s: ProbeSettings, random_init: bool = False) -> str:
+    """The `python -m eval.dim_probes` line that measures what run_probes(..., s) measures."""
+    d = ProbeSettings()
+    parts = [f"python -m eval.dim_probes --run {run_dir}", *(["--random-init"] if random_init else []),
+             f"--probes {','.join(s.probes)}", f"--layers {','.join(s.layers)}"]
+    for name in ("rep_layer", "seed", "batch_size", "svm_solver", "svm_c", *COUNTS, "max_train", "max_test"):
+        if getattr(s, name) != getattr(d, name):
+            parts.append(f"{flag(name)} {getattr(s, name)}")
+    return " ".join(parts + (["--ema"] if s.ema else []))
 
 
 def main(argv: list[str] | None = None) -> int:

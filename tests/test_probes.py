@@ -343,22 +343,11 @@ def test_ablation_cli_trains_probes_and_draws_each_cell(tmp_path, capsys):
     for key in [(1.0, 0.0), (0.0, 1.0), (1.0, 1.0)]:
         assert {"svm_y", "ndm_y", "mine_y"} <= set(cells[key])
     assert (tmp_path / "cells" / "a1_b1_g0.1" / "checkpoints").is_dir() and out.is_file()
-    assert ablation.main(args) == 0  # a second call reuses the trained cells
     capsys.readouterr()
-    assert ablation.main([*args[:7], "2", *args[8:]]) == 2  # --steps 2: the cells hold 1-step runs
-    assert (f"{tmp_path / 'cells' / 'a1_b0_g0.1'} holds a run planned for 1 steps (newest checkpoint-000001), "
-            f"not for --steps 2; pass --retrain") in capsys.readouterr().err
-
-
-def test_ablation_resumes_a_cell_stopped_short_of_its_steps(tmp_path):
-    from arena import checkpoint as ckpt
-    from eval import ablation
-    from tests.helpers import tiny
-
-    train(tiny("dim_l_digits", tmp_path, *TINY_DIM, "train.steps=2", "train.checkpoint_every=1"))
-    shutil.rmtree(tmp_path / "checkpoints" / "checkpoint-000002")  # as if stopped after step 1
-    assert ablation.resume_point(tmp_path, 2) == "latest"
-    with pytest.raises(ConfigError, match="planned for 2 steps"):
-        ablation.resume_point(tmp_path, 3)
-    assert ablation.resume_point(tmp_path / "new", 2) == ""
-    assert [ckpt.step_of(p) for p in ckpt.checkpoint_dirs(tmp_path)] == [1]
+    assert ablation.main(args) == 0  # a second call reuses the trained cells
+    assert "measured before with the same settings; kept" in capsys.readouterr().err  # nor probed again
+    assert ablation.main([*args[:7], "2", *args[8:]]) == 0  # --steps 2: beside the 1-step runs, which stay
+    beside = [p.name for p in (tmp_path / "cells").iterdir() if p.name.startswith("a1_b0_g0.1-")]
+    assert len(beside) == 1 and "a1_b0_g0.1 holds a run of another config (train.steps: 1 there, 2 now)" \
+        in capsys.readouterr().err
+    assert (tmp_path / "cells" / "a1_b0_g0.1" / "checkpoints" / "checkpoint-000001").is_dir()
