@@ -13,9 +13,10 @@ as a real/fake score and the overlap of the two histograms.
 
     python -m eval.figure14 --panels ie --ie objective.contractive=0 --out ie_c0.png model.width=16
 
-Each panel trains into RUNS/<objective>-<hash of its resolved config>: a panel whose
-config has a finished run there is read back instead of trained again (change one
-objective's options: only its panel trains, beside the earlier run).
+Each panel trains into RUNS/<objective> through arena.runs.ensure_trained: a panel whose
+config has a finished run there is read back instead of trained again, a stopped one
+resumes, and a panel whose options changed trains beside the earlier run (kept), in
+RUNS/<objective>-<hash of its config>.
 `--panels` draws a subset (by objective name) and `--ie` sets options of the IE panel
 only. The IE panel also states the separability E would have if its outputs were
 exactly its targets, N(mu_P, 1) on real and N(mu_Q, 1) on generated data:
@@ -25,9 +26,9 @@ puts the encoder on.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -37,8 +38,10 @@ import torch
 from arena import checkpoint as ckpt
 from arena.config import config_from_dict, merge, parse_overrides, resolve
 from arena.data import build_dataset
-from arena.runs import load_run
-from arena.trainer import train
+from arena.registry import ConfigError
+from arena.runs import ensure_trained, load_run
+
+from .experiment import run_cli, write_atomic
 
 # panel title -> (objective, overrides, phases at a 50:1 ratio, net whose output is shown).
 # A phase [name, "R"] runs R (--ratio) times in a row; ("R", [phases]) repeats the group R
@@ -72,9 +75,7 @@ def expand(phases: list, ratio: int) -> list[list]:
 
 def run_one(base: str, objective: str, extra: list[str], phases, ratio: int, steps: int, root: Path,
             common: list[str] = ()):
-    """Train one panel's run, or read it back. Each resolved config gets a directory of its
-    own, ROOT/<objective>-<hash of the config>, so a panel with changed options trains
-    anew beside the earlier run (kept) and an unchanged one is read back."""
+    """Train one panel's run, or read it back (arena.runs.ensure_trained decides) -> (cfg, objective)."""
     phases = expand(phases, ratio)
     root = Path(root).resolve()  # runs/f14 and ./runs/f14 are one place
     overrides = [*common, *extra, f"run.dir={root / objective}", f"train.steps={steps}",
@@ -84,15 +85,10 @@ def run_one(base: str, objective: str, extra: list[str], phases, ratio: int, ste
     if raw.get("objective", {}).get("name") != objective:
         raw["objective"] = {"name": objective}  # the base's data, nets and optimizer; this loss's defaults
     cfg = config_from_dict(merge(raw, parse_overrides(overrides)), name=f"figure14-{objective}")
-    run_dir = root / f"{objective}-{hashlib.sha256(cfg.to_yaml().encode()).hexdigest()[:8]}"
-    cfg.run.dir = str(run_dir)
-    done = run_dir / "checkpoints" / f"checkpoint-{steps:06d}"
-    if done in ckpt.checkpoint_dirs(run_dir):  # the directory's name is the config's hash
-        print(f"{run_dir}: reusing {done.name} (same config)")  # only changed panels train again
-        return cfg, load_run(run_dir, str(done))[1]
-    if ckpt.checkpoint_dirs(run_dir):  # this config's run, stopped early
-        cfg.run.resume = "latest"
-    return cfg, train(cfg)
+    state = ensure_trained(cfg, say=print)
+    if state.objective is None:  # reused
+        return state.cfg, load_run(state.run_dir, str(ckpt.final_dir(state.run_dir, steps)))[1]
+    return state.cfg, state.objective
 
 
 def separability(real: torch.Tensor, fake: torch.Tensor, bins: int = 40) -> dict[str, float]:
@@ -135,8 +131,9 @@ def outputs(objective, net: str, cfg, n: int, split: str = "test") -> tuple[torc
     return D(real).flatten().cpu(), D(fake).flatten().cpu()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m eval.figure14", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", default="ie_digits", help="config whose data and nets every panel uses")
     parser.add_argument("--ratio", type=int, default=50, help="discriminator updates per generator update")
     parser.add_argument("--steps", type=int, default=20, help="generator updates per loss")
@@ -151,11 +148,31 @@ def main() -> None:
     parser.add_argument("--ie", action="append", default=[], metavar="KEY=VALUE",
                         help="an override of the IE panel only (repeat for more)")
     parser.add_argument("overrides", nargs="*", help="overrides for every panel, e.g. model.width=16")
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_cli("figure14", lambda: draw(args))
+
+
+def check_args(args) -> list[str]:
+    """-> the chosen panels; a ConfigError names the first bad flag (before any training)."""
+    for flag, value, top in (("--ratio", args.ratio, 10**4), ("--steps", args.steps, 10**9),
+                             ("--samples", args.samples, 10**6)):
+        if not 1 <= value <= top:
+            raise ConfigError(f"{flag} must be from 1 to {top}, got {value}")
     chosen = [p for p in args.panels.split(",") if p] or list(PANELS)
     unknown = [p for p in chosen if p not in PANELS]
     if unknown:
-        parser.error(f"--panels: {', '.join(unknown)} unknown; choose from {', '.join(PANELS)}")
+        raise ConfigError(f"--panels: {', '.join(unknown)} unknown; choose from {', '.join(PANELS)}")
+    if Path(args.out).is_dir():
+        raise ConfigError(f"--out: {args.out} is a directory; name a PNG file")
+    return chosen
+
+
+def draw(args) -> int:
+    chosen = check_args(args)
     losses = {PANELS[p]: LOSSES[PANELS[p]] for p in chosen}
     import matplotlib
 
@@ -197,7 +214,7 @@ def main() -> None:
     fig.tight_layout()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=110)
-    Path(args.out).with_suffix(".json").write_text(json.dumps(summary, indent=1))
+    write_atomic(Path(args.out).with_suffix(".json"), json.dumps(summary, indent=1) + "\n")
     print(f"wrote {args.out}")
     print("\n| loss | real: mean +- std | fake: mean +- std | AUC | overlap |\n|---|---|---|---|---|")
     for title, v in summary.items():
@@ -207,5 +224,8 @@ def main() -> None:
             print(f"| (E on its targets N(mu_P, 1) / N(mu_Q, 1)) | | | {v['target_auc']:.3f} | {v['target_overlap']:.2f} |")
 
 
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
