@@ -91,21 +91,6 @@ def output_file(path: str | Path, flag: str) -> Path:
     return p
 
 
-def metrics_rows(run_dir: Path) -> list[dict]:
-    """The object rows of run_dir/metrics.jsonl; other lines (damaged, or not objects) are skipped."""
-    path = Path(run_dir) / "metrics.jsonl"
-    rows = []
-    if path.is_file():
-        for line in path.read_text(errors="replace").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
-    return rows
-
-
 # ---------------------------------------------------------------------------- results
 
 
@@ -134,7 +119,8 @@ class Results:
             try:
                 earlier = json.loads(path.read_text())
                 same = all(earlier.get(k) == head.get(k) for k in compare)
-                self.records = {r[key]: r for r in earlier[field]} if same else {}
+                # rows without a key are placeholders (a table's 'not run' rows): nothing to keep
+                self.records = {r[key]: r for r in earlier[field] if key in r} if same else {}
             except (ValueError, KeyError, TypeError, AttributeError):
                 raise ConfigError(f"--out {path}: not a results file of {command}; name another file") from None
             if not same:
@@ -242,6 +228,7 @@ def run_specs(specs: list[Spec], measure, results: Results, *, train: bool = Tru
         if key is not None and "skipped" not in old and old.get("measure_key") == key:
             say(f"{spec.key}: measured before with the same settings; kept")
             continue
+        say(f"{spec.key}: measuring")
         marker = results.path.parent / f".{results.path.name}.sync" / hashlib.sha1(spec.key.encode()).hexdigest()
         t0 = time.perf_counter()
         out = main_then_all(procs, lambda: measure(spec, state, procs), marker)

@@ -5,8 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from eval import reproduce
+from eval import experiment, reproduce
+from eval.row_measures import Measuring
 from eval.tables import TABLES, get_table, parse_number, select_rows, table_names
+from eval.tables.report import complete_rows, markdown
 
 TINY = ["--scale", "0.01", "--measure-scale", "0.01", "--no-progress"]
 
@@ -58,15 +60,15 @@ def test_paper_numbers_are_the_printed_ones():
 def test_unimplemented_models_keep_the_paper_numbers_and_are_never_shown_as_measured(tmp_path):
     t = get_table("table1")
     assert not any(t.row(n).implemented for n in ("vae", "aae", "bigan", "nat"))
-    args = reproduce.build_parser().parse_args(["table1", *_args(tmp_path)])
-    data = reproduce.assemble(t, {}, args, "python -m eval.reproduce table1")
+    data = {"command": "python -m eval.reproduce table1", "scale": 1, "measure_scale": 1, "updated": "now",
+            "notes": [], "rows": complete_rows(t, {})}
     by_key = {(r["row"], r["group"]): r for r in data["rows"]}
     assert by_key[("vae", "CIFAR10")]["status"] == "not implemented"
     assert by_key[("dim_l_nce", "CIFAR10")]["status"] == "not run"
     for r in data["rows"]:
         for c in r["cells"].values():
             assert c["measured"] is None and c["difference"] is None
-    md = reproduce.markdown(t, data)
+    md = markdown(t, data)
     line = next(ln for ln in md.splitlines() if ln.startswith("| DIM(L) (NCE) |"))
     # | model | run | step | conv | paper | Δ | ...: the paper's number sits in the paper column only
     assert [c.strip() for c in line.split("|")[4:7]] == ["not run", "75.21", ""]
@@ -82,14 +84,13 @@ def test_rows_are_picked_by_row_or_run_name():
 
 
 def test_probe_calls_ask_each_probe_only_at_its_own_layers(tmp_path):
-    args = reproduce.build_parser().parse_args(["digits", "--measure-scale", "0.1", *_args(tmp_path)])
     digits = get_table("digits")
-    calls = reproduce.probe_settings(digits, {c.label: c.measure for c in digits.groups[0].columns}, args)
+    calls = Measuring(digits, 0.1, "cpu").probe_settings({c.label: c.measure for c in digits.groups[0].columns})
     # the MLP at conv, fc, Y (+ NDM on Y), the SVM at Y only: two calls, not an SVM at conv and fc
     assert [(s.probes, s.layers) for s in calls] == [(("mlp", "ndm"), ("conv", "fc", "y")), (("svm",), ("y",))]
     assert calls[0].mlp_epochs == 5 and calls[0].ndm_steps == 100 and calls[1].runs == 1  # x 0.1, at least 1
     t3 = get_table("table3")
-    (call,) = reproduce.probe_settings(t3, {c.label: c.measure for c in t3.groups[0].columns}, args)
+    (call,) = Measuring(t3, 0.1, "cpu").probe_settings({c.label: c.measure for c in t3.groups[0].columns})
     assert call.probes == ("svm", "msssim", "mine", "ndm") and call.layers == ("conv", "fc", "y")
 
 
@@ -129,7 +130,7 @@ def test_missing_inception_weights_stop_a_generation_table_before_training(tmp_p
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_run_dir_of_another_config_is_refused(tmp_path, capsys):
+def test_a_run_dir_of_another_config_is_kept_and_the_row_trains_beside_it(tmp_path, capsys):
     run = tmp_path / "runs" / "dim_l_digits"
     (run / "checkpoints" / "checkpoint-000002").mkdir(parents=True)
     (run / "checkpoints" / "checkpoint-000002" / "state.pt").write_bytes(b"")
@@ -137,9 +138,10 @@ def test_a_run_dir_of_another_config_is_refused(tmp_path, capsys):
     (e,) = reproduce.plan(get_table("digits"), select_rows(get_table("digits"), "dim_l"), args)
     e.cfg.objective.alpha = 0.5  # a different experiment wrote this run dir
     (run / "config.yaml").write_text(e.cfg.to_yaml())
-    assert reproduce.main(["digits", "--rows", "dim_l", *_args(tmp_path)]) == 2
-    err = capsys.readouterr().err
-    assert "objective.alpha: 0.5 there, 0.0 now" in err and str(run) in err
+    (e,) = reproduce.plan(get_table("digits"), select_rows(get_table("digits"), "dim_l"), args)
+    assert e.state == "fresh" and Path(e.cfg.run.dir).name.startswith("dim_l_digits-")
+    assert reproduce.main(["digits", "--rows", "dim_l", "--dry-run", *_args(tmp_path)]) == 0
+    assert f"run.dir={e.cfg.run.dir}" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------------------- dry run
@@ -191,9 +193,9 @@ def test_digits_table_end_to_end_resumes_skips_and_writes_results(tmp_path, caps
 
     assert reproduce.main(argv) == 0
     out = capsys.readouterr().out
-    assert "dim_l/digits: representation: training dim_l_digits, 5 steps, resuming at step 2" in out
-    assert "ie/digits: generation: training ie_digits, 2 steps, from scratch" in out
     runs = tmp_path / "runs" / "scale-0.01"
+    assert f"dim_l/digits: representation: {runs / 'dim_l_digits'}: training 5 steps, resuming at step 2" in out
+    assert f"ie/digits: generation: {runs / 'ie_digits'}: training 2 steps, from scratch" in out
     assert [p.name for p in checkpoint_dirs(runs / "dim_l_digits")][-1] == "checkpoint-000005"
     results = tmp_path / "results"
     data = json.loads((results / "digits-x0.01-m0.01.json").read_text())
@@ -220,8 +222,8 @@ def test_digits_table_end_to_end_resumes_skips_and_writes_results(tmp_path, caps
     assert reproduce.main(argv) == 0
     out = capsys.readouterr().out
     assert ": training " not in out and ": measuring " not in out and "[arena]" not in out
-    assert "dim_l/digits: representation: dim_l_digits finished (5 steps); not retrained" in out
-    assert "ie/digits: generation: measured before at step 2; kept" in out
+    assert f"dim_l/digits: representation: {runs / 'dim_l_digits'}: finished at step 5; reused, not trained" in out
+    assert "ie/digits: generation: measured before with the same settings; kept" in out
     assert json.loads((results / "digits-x0.01-m0.01.json").read_text())["rows"] == data["rows"]
 
 
@@ -242,7 +244,7 @@ class _ThreadDist:
 ])
 def test_main_then_all_never_leaves_a_process_waiting(tmp_path, monkeypatch, who_fails, failure):
     import threading
-    monkeypatch.setattr(reproduce.time, "sleep", lambda s: threading.Event().wait(0.01))
+    monkeypatch.setattr(experiment.time, "sleep", lambda s: threading.Event().wait(0.01))
     barrier, results = threading.Barrier(2), {}
 
     def run(rank):
@@ -251,7 +253,7 @@ def test_main_then_all_never_leaves_a_process_waiting(tmp_path, monkeypatch, who
                 raise failure
             return rank
         try:
-            results[rank] = ("ok", reproduce.main_then_all(_ThreadDist(rank, barrier), fn, tmp_path / "m.json"))
+            results[rank] = ("ok", experiment.main_then_all(_ThreadDist(rank, barrier), fn, tmp_path / "m.json"))
         except BaseException as err:  # noqa: BLE001 - the test records what each rank saw
             results[rank] = (type(err).__name__, str(err))
 
