@@ -11,6 +11,7 @@ Exits 1 on a mismatch.
 """
 from __future__ import annotations
 
+import argparse
 import math
 import sys
 
@@ -104,7 +105,9 @@ def rows() -> list[tuple[str, str, int, int, int, bool]]:
     return out
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(prog="python -m eval.param_counts", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     table = rows()
     print(f"{'arch':<10} {'net':<16} {'res':>4} {'ours':>12} {'reference':>12}  match")
     for arch, net, res, ours, theirs, match in table:
