@@ -43,6 +43,7 @@ class Spec:
     key: str  # the record's name: a cell, a table row
     cfg: Config | None
     record: dict = field(default_factory=dict)
+    measures: str = ""  # what is measured, for the log
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -228,7 +229,7 @@ def run_specs(specs: list[Spec], measure, results: Results, *, train: bool = Tru
         if key is not None and "skipped" not in old and old.get("measure_key") == key:
             say(f"{spec.key}: measured before with the same settings; kept")
             continue
-        say(f"{spec.key}: measuring")
+        say(f"{spec.key}: measuring {spec.measures}".rstrip())
         marker = results.path.parent / f".{results.path.name}.sync" / hashlib.sha1(spec.key.encode()).hexdigest()
         t0 = time.perf_counter()
         out = main_then_all(procs, lambda: measure(spec, state, procs), marker)

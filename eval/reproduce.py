@@ -334,7 +334,8 @@ def run_table(entries: list[Entry], m: Measuring, args, argv) -> int:
     by_key = {e.key: e for e in todo}
     specs = [X.Spec(e.key, e.cfg if e.trains else None,
                     {"run": e.spec.run_name, "config": e.spec.config, "overrides": list(e.spec.overrides),
-                     "mode": e.spec.mode, "run_dir": e.cfg.run.dir}) for e in todo]
+                     "mode": e.spec.mode, "run_dir": e.cfg.run.dir},
+                    ", ".join(dict.fromkeys(e.measures.values()))) for e in todo]
 
     def run_dir(spec, state) -> Path:
         return state.run_dir if state is not None else Path(by_key[spec.key].cfg.run.dir)
