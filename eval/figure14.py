@@ -4,7 +4,8 @@ generator update), one panel per loss. For the implicit encoder the "discriminat
 is the encoder E, whose outputs should stay two overlapping Gaussians around mu_Q and
 mu_P (E, T_P and T_Q play R rounds of their own game per G step: T, E, T, E, ...;
 --ie-blocks runs R T steps, then R E steps); for the GANs the real and fake modes drift apart. Beside each histogram (and in
-a table on stdout and the .json) the separability of the two: the ROC AUC of the output
+a table on stdout, OUT.md and OUT.json, which also keeps the outputs, so a rerun redraws
+without measuring again) the separability of the two: the ROC AUC of the output
 as a real/fake score and the overlap of the two histograms.
 
     python -m eval.figure14 --out docs/img/figure14_digits.png
@@ -30,7 +31,6 @@ import json
 import math
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import torch
@@ -39,9 +39,9 @@ from arena import checkpoint as ckpt
 from arena.config import config_from_dict, merge, parse_overrides, resolve
 from arena.data import build_dataset
 from arena.registry import ConfigError
-from arena.runs import ensure_trained, load_run
+from arena.runs import load_run
 
-from .experiment import run_cli, write_atomic
+from . import experiment as X
 
 # panel title -> (objective, overrides, phases at a 50:1 ratio, net whose output is shown).
 # A phase [name, "R"] runs R (--ratio) times in a row; ("R", [phases]) repeats the group R
@@ -73,9 +73,11 @@ def expand(phases: list, ratio: int) -> list[list]:
     return out
 
 
-def run_one(base: str, objective: str, extra: list[str], phases, ratio: int, steps: int, root: Path,
-            common: list[str] = ()):
-    """Train one panel's run, or read it back (arena.runs.ensure_trained decides) -> (cfg, objective)."""
+def panel_config(base: str, objective: str, extra: list[str], phases, ratio: int, steps: int, root: Path,
+                 common: list[str] = ()):
+    """One panel's config: the base's data and nets, this loss's defaults, the over-trained
+    schedule; its run goes to ROOT/<objective> (arena.runs.ensure_trained puts a panel of
+    changed options beside the earlier run)."""
     phases = expand(phases, ratio)
     root = Path(root).resolve()  # runs/f14 and ./runs/f14 are one place
     overrides = [*common, *extra, f"run.dir={root / objective}", f"train.steps={steps}",
@@ -84,11 +86,7 @@ def run_one(base: str, objective: str, extra: list[str], phases, ratio: int, ste
     raw = resolve(base).raw  # the base config with its own bases applied
     if raw.get("objective", {}).get("name") != objective:
         raw["objective"] = {"name": objective}  # the base's data, nets and optimizer; this loss's defaults
-    cfg = config_from_dict(merge(raw, parse_overrides(overrides)), name=f"figure14-{objective}")
-    state = ensure_trained(cfg, say=print)
-    if state.objective is None:  # reused
-        return state.cfg, load_run(state.run_dir, str(ckpt.final_dir(state.run_dir, steps)))[1]
-    return state.cfg, state.objective
+    return config_from_dict(merge(raw, parse_overrides(overrides)), name=f"figure14-{objective}")
 
 
 def separability(real: torch.Tensor, fake: torch.Tensor, bins: int = 40) -> dict[str, float]:
@@ -141,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", default="test", choices=("test", "train"),
                         help="the real images shown: held out (test) or those the nets trained on")
     parser.add_argument("--runs", default="runs/figure14")
-    parser.add_argument("--out", default="figure14.png")
+    parser.add_argument("--out", default="figure14.png", help="the PNG; the numbers go beside it (.json, .md)")
     parser.add_argument("--panels", default="", help=f"comma-separated subset of {', '.join(PANELS)}")
     parser.add_argument("--ie-blocks", action="store_true",
                         help="IE: R T_P/T_Q steps, then R E steps per G step (default: R rounds of one each)")
@@ -153,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_cli("figure14", lambda: draw(args))
+    return X.run_cli("figure14", lambda: run(args))
 
 
 def check_args(args) -> list[str]:
@@ -166,64 +164,98 @@ def check_args(args) -> list[str]:
     unknown = [p for p in chosen if p not in PANELS]
     if unknown:
         raise ConfigError(f"--panels: {', '.join(unknown)} unknown; choose from {', '.join(PANELS)}")
-    if Path(args.out).is_dir():
-        raise ConfigError(f"--out: {args.out} is a directory; name a PNG file")
+    X.output_file(args.out, "--out")
     return chosen
 
 
-def draw(args) -> int:
-    chosen = check_args(args)
-    losses = {PANELS[p]: LOSSES[PANELS[p]] for p in chosen}
+def measure_panel(args, spec: X.Spec, state) -> dict:
+    """The panel's net on --samples real and as many generated images: their outputs (kept,
+    so a rerun redraws without measuring), moments and separability."""
+    _, _, _, net = LOSSES[spec.record["title"]]
+    cfg = state.cfg
+    objective = state.objective or load_run(state.run_dir, str(ckpt.final_dir(state.run_dir, args.steps)))[1]
+    real, fake = outputs(objective, net, cfg, args.samples, args.split)
+    rec = {"real_mean": real.mean().item(), "real_std": real.std().item(), "fake_mean": fake.mean().item(),
+           "fake_std": fake.std().item(), **separability(real, fake), "split": args.split}
+    if spec.key == "ie":
+        target = target_separability(cfg.objective.mu_p, cfg.objective.mu_q)
+        rec.update(target_auc=target["auc"], target_overlap=target["overlap"], options=list(args.ie),
+                   schedule="blocks" if args.ie_blocks else "rounds")
+    print(spec.record["title"], json.dumps(rec))
+    return {**rec, "real": [round(v, 5) for v in real.tolist()], "fake": [round(v, 5) for v in fake.tolist()]}
+
+
+def markdown(data: dict) -> str:
+    lines = ["| loss | real: mean +- std | fake: mean +- std | AUC | overlap |", "|---|---|---|---|---|"]
+    for v in data["panels"]:
+        if "skipped" in v:
+            lines.append(f"| {v['title']} | {v['skipped']} | | | |")
+            continue
+        lines.append(f"| {v['title']} | {v['real_mean']:.2f} +- {v['real_std']:.2f} | {v['fake_mean']:.2f} +- "
+                     f"{v['fake_std']:.2f} | {v['auc']:.3f} | {v['overlap']:.2f} |")
+        if "target_auc" in v:
+            lines.append(f"| (E on its targets N(mu_P, 1) / N(mu_Q, 1)) | | | {v['target_auc']:.3f} "
+                         f"| {v['target_overlap']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def draw(panels: list[dict], args, chosen: list[str]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(losses), figsize=(3.2 * len(losses), 2.8), squeeze=False)
-    summary = {}
-    for ax, (title, (name, extra, phases, net)) in zip(axes[0], losses.items()):
-        t = time.perf_counter()
-        if name == "ie":
-            extra, phases = [*extra, *args.ie], (IE_BLOCKS if args.ie_blocks else phases)
-        cfg, objective = run_one(args.base, name, extra, phases, args.ratio, args.steps, Path(args.runs),
-                                 args.overrides)
-        real, fake = outputs(objective, net, cfg, args.samples, args.split)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 2.8), squeeze=False)
+    for ax, p in zip(axes[0], panels):
+        ax.set_title(p["title"], fontsize=9)
+        ax.set_yticks([])
+        if "skipped" in p:
+            ax.text(0.5, 0.5, p["skipped"], transform=ax.transAxes, ha="center", fontsize=7, wrap=True)
+            continue
+        real, fake = torch.tensor(p["real"]), torch.tensor(p["fake"])
         lo, hi = float(torch.minimum(real.min(), fake.min())), float(torch.maximum(real.max(), fake.max()))
         bins = torch.linspace(lo, hi + 1e-6, 41).numpy()
         ax.hist(real.numpy(), bins=bins, alpha=0.6, label="real", color="tab:blue")
         ax.hist(fake.numpy(), bins=bins, alpha=0.6, label="fake", color="tab:orange")
-        ax.set_title(title, fontsize=9)
-        ax.set_yticks([])
-        sep = separability(real, fake)
-        text = f"AUC {sep['auc']:.3f}\noverlap {sep['overlap']:.2f}"
-        if name == "ie":
-            target = target_separability(cfg.objective.mu_p, cfg.objective.mu_q)
-            sep.update(target_auc=target["auc"], target_overlap=target["overlap"], options=list(args.ie),
-                       schedule="blocks" if args.ie_blocks else "rounds")
-            text += f"\ntargets: {target['auc']:.3f} / {target['overlap']:.2f}"
+        text = f"AUC {p['auc']:.3f}\noverlap {p['overlap']:.2f}"
+        if "target_auc" in p:
+            text += f"\ntargets: {p['target_auc']:.3f} / {p['target_overlap']:.2f}"
         ax.text(0.02, 0.97, text, transform=ax.transAxes, va="top", fontsize=8)
-        summary[title] = {"real_mean": real.mean().item(), "real_std": real.std().item(),
-                          "fake_mean": fake.mean().item(), "fake_std": fake.std().item(), **sep,
-                          "split": args.split, "seconds": round(time.perf_counter() - t, 1)}
-        print(title, json.dumps(summary[title]))
     axes[0][0].legend(fontsize=8, loc="upper right")
     ie_options = args.ie if "ie" in chosen else []
-    title = (f"{args.base} {' '.join([*args.overrides, *ie_options])}: outputs on real ({args.split} split) and generated "
-             f"data after {args.steps} generator steps at {args.ratio}:1 (AUC: the output as a real/fake score)")
-    fig.suptitle(textwrap.fill(title, 45 * len(losses)), fontsize=9)  # wrapped to the panels' width
+    title = (f"{args.base} {' '.join([*args.overrides, *ie_options])}: outputs on real ({args.split} split) and "
+             f"generated data after {args.steps} generator steps at {args.ratio}:1 (AUC: the output as a "
+             f"real/fake score)")
+    fig.suptitle(textwrap.fill(title, 45 * len(panels)), fontsize=9)  # wrapped to the panels' width
     fig.tight_layout()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=110)
-    write_atomic(Path(args.out).with_suffix(".json"), json.dumps(summary, indent=1) + "\n")
-    print(f"wrote {args.out}")
-    print("\n| loss | real: mean +- std | fake: mean +- std | AUC | overlap |\n|---|---|---|---|---|")
-    for title, v in summary.items():
-        print(f"| {title} | {v['real_mean']:.2f} +- {v['real_std']:.2f} | {v['fake_mean']:.2f} +- {v['fake_std']:.2f} "
-              f"| {v['auc']:.3f} | {v['overlap']:.2f} |")
-        if "target_auc" in v:
-            print(f"| (E on its targets N(mu_P, 1) / N(mu_Q, 1)) | | | {v['target_auc']:.3f} | {v['target_overlap']:.2f} |")
+    plt.close(fig)
 
 
+def run(args) -> int:
+    """The panels as specs on eval.experiment's driver, then the figure from their records."""
+    chosen = check_args(args)
+    specs = []
+    for name in chosen:
+        title = PANELS[name]
+        _, extra, phases, _ = LOSSES[title]
+        if name == "ie":
+            extra, phases = [*extra, *args.ie], (IE_BLOCKS if args.ie_blocks else phases)
+        cfg = panel_config(args.base, name, extra, phases, args.ratio, args.steps, Path(args.runs), args.overrides)
+        specs.append(X.Spec(name, cfg, {"title": title}))
+    head = {k: getattr(args, k) for k in ("base", "ratio", "steps", "samples", "split", "overrides", "ie",
+                                         "ie_blocks")}
+    out = Path(args.out)
+    results = X.Results(out.with_suffix(".json"), head, field="panels", key="panel", render=markdown,
+                        command="eval.figure14")
+    X.run_specs(specs, lambda spec, state, procs: measure_panel(args, spec, state) if procs.main else None,
+                results, say=print,
+                measure_key=lambda spec, state: {"run_dir": str(state.run_dir), "samples": args.samples})
+    panels = [results.records[n] for n in chosen if n in results.records]
+    draw(panels, args, chosen)
+    print(f"wrote {args.out}, {results.path} and {results.md}\n")
+    print(markdown({"panels": panels}), end="")
     return 0
 
 

@@ -252,8 +252,8 @@ def test_figure14_draws_a_chosen_panel_with_ie_only_options(tmp_path, monkeypatc
             "--split", "train", "model.width=8", "model.z_dim=8", "train.batch_size=16", "objective.ema_bn_batches=0"]
     monkeypatch.setattr("sys.argv", argv)
     figure14.main()
-    ie = json.loads(out.with_suffix(".json").read_text())["IE (ours)"]
-    assert out.is_file() and list(json.loads(out.with_suffix(".json").read_text())) == ["IE (ours)"]
+    (ie,) = json.loads(out.with_suffix(".json").read_text())["panels"]
+    assert out.is_file() and ie["title"] == "IE (ours)" and len(ie["real"]) == len(ie["fake"]) == 20
     assert ie["target_auc"] == pytest.approx(0.7602, abs=1e-4) and ie["options"] == argv[4:7:2]
     assert 0 <= ie["auc"] <= 1 and ie["split"] == "train" and "(E on its targets" in capsys.readouterr().out
     assert ie["schedule"] == "rounds"
