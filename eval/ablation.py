@@ -171,7 +171,8 @@ def _run(args) -> int:
                           f"'{base.objective.name}'")
     gammas = args.gamma if args.gamma is not None else [base.objective.gamma]
     specs = cell_specs(args, gammas)
-    probes = {k: getattr(settings, k) for k in ("runs", "mine_steps", "ndm_steps", "max_train", "max_test")}
+    probes = {"svm_runs": settings.runs, **{k: getattr(settings, k) for k in ("mine_steps", "ndm_steps",
+                                                                             "max_train", "max_test")}}
     head = {"config": args.config, "overrides": args.overrides, "steps": args.steps, "alpha": args.alpha,
             "beta": args.beta, "gamma": gammas, "probes": probes}
     results = X.Results(out.with_suffix(".json"), head, field="cells", key="cell",

@@ -209,6 +209,7 @@ def run_specs(specs: list[Spec], measure, results: Results, *, train: bool = Tru
     write. `measure_key(spec, state)`: what a measurement depends on; an earlier record
     with the same key is kept instead of measured again. -> the keys left unmeasured."""
     procs = processes()
+    say = say if procs.main else (lambda msg: None)
     results.order = [s.key for s in specs] + [k for k in results.order if k not in {s.key for s in specs}]
     failed = []
     for spec in specs:
