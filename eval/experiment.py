@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import reprlib
 import sys
 import time
 from dataclasses import dataclass, field
@@ -49,11 +50,16 @@ class Spec:
 # ---------------------------------------------------------------------------- inputs
 
 
+def short(value) -> str:
+    """A bounded repr: a grid's value may be a huge structure built from YAML aliases."""
+    return reprlib.repr(value)
+
+
 def safe_name(name, what: str) -> str:
     """A name from a grid or table that becomes a directory name: letters, digits and
     _ . + = - only, not starting with a dot (no '/', no '..', nothing hidden)."""
     if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
-        raise ConfigError(f"{what}: {name!r} cannot name a run directory; use letters, digits and _ . + = - "
+        raise ConfigError(f"{what}: {short(name)} cannot name a run directory; use letters, digits and _ . + = - "
                           f"(no '/', no '..', not starting with '.')")
     return name
 
@@ -67,7 +73,7 @@ def read_yaml_mapping(path: str | Path, flag: str) -> dict:
         raise ConfigError(f"{flag} {p}: {p.stat().st_size} bytes; a grid file is at most {MAX_GRID_BYTES}")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as err:  # RecursionError: nested past the parser
         where = getattr(err, "problem_mark", None)
         at = f" (line {where.line + 1})" if where is not None else ""
         raise ConfigError(f"{flag} {p}: not valid YAML{at}: {type(err).__name__}") from None
@@ -78,7 +84,7 @@ def read_yaml_mapping(path: str | Path, flag: str) -> dict:
 
 def string_list(value, what: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{what}: expected a list of KEY=VALUE strings, got {value!r:.80}")
+        raise ConfigError(f"{what}: expected a list of KEY=VALUE strings, got {short(value)}")
     return list(value)
 
 

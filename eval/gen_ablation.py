@@ -72,7 +72,7 @@ def read_grid(path: str) -> dict:
         if not isinstance(cell, dict) or "config" not in cell or set(cell) - {"config", "overrides"}:
             raise ConfigError(f"{where}: cell '{name}' needs 'config' (and optionally 'overrides') only")
         if not isinstance(cell["config"], str):
-            raise ConfigError(f"{where}: cell '{name}': config must be a config name, got {cell['config']!r:.80}")
+            raise ConfigError(f"{where}: cell '{name}': config must be a config name, got {X.short(cell['config'])}")
         cell["overrides"] = X.string_list(cell.get("overrides") or [], f"{where}: cell '{name}' overrides")
     return grid
 
