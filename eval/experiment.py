@@ -183,6 +183,8 @@ def main_then_all(procs: Processes, fn, marker: Path):
             time.sleep(2.0)
         error = error or json.loads(marker.read_text())["error"]
     procs.barrier()
+    if procs.main:  # every process has read it
+        marker.unlink(missing_ok=True)
     if isinstance(raised, (KeyboardInterrupt, SystemExit)):
         raise raised
     if error:
