@@ -210,3 +210,13 @@ def test_every_command_answers_help():
                           env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "BAD []" in done.stdout, (done.stdout[-2000:], done.stderr[-2000:])
     assert len(CLIS) >= 10 and "reproduce" in CLIS and "train.py" in SCRIPTS
+
+
+@pytest.mark.parametrize("text", ["a: [1, 2\n", "- 1\n- 2\n"])
+def test_dim_probes_random_init_names_a_damaged_config_yaml(tmp_path, capsys, text):
+    from eval import dim_probes
+
+    (tmp_path / "config.yaml").write_text(text)
+    assert dim_probes.main(["--run", str(tmp_path), "--random-init", "--no-append"]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "config.yaml") in err and "Traceback" not in err
