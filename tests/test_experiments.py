@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -220,3 +221,11 @@ def test_dim_probes_random_init_names_a_damaged_config_yaml(tmp_path, capsys, te
     assert dim_probes.main(["--run", str(tmp_path), "--random-init", "--no-append"]) == 2
     err = capsys.readouterr().err
     assert str(tmp_path / "config.yaml") in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "eval" / "grids").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_grid_reads_and_resolves_every_cell(path):
+    grid = gen_ablation.read_grid(str(path))
+    for name in grid["cells"]:
+        cfg = gen_ablation.cell_config(name, grid, Path("runs") / "g")
+        assert cfg.run.dir == str(Path("runs") / "g" / name) and cfg.train.steps >= 1
