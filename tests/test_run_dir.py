@@ -282,7 +282,7 @@ def test_metrics_lines_that_are_not_objects_do_not_stop_a_resume_or_a_reader(tmp
     assert all(line in data for line in JUNK)  # kept byte for byte: not ours to judge
     assert [row["step"] for row in rundir.read_metrics(path)] == [1, 2, True, 3]
     assert all(isinstance(row, dict) for row in rundir.read_metrics(path))
-    from eval.reproduce import steps_per_s
+    from eval.row_measures import steps_per_s
 
     assert steps_per_s(tmp_path) > 0  # a table's throughput column reads past the junk too
 
