@@ -249,6 +249,9 @@ def run_specs(specs: list[Spec], measure, results: Results, *, train: bool = Tru
                 record["measure_key"] = key
             results.put(spec.key, record, say)
             results.write()
+    sync = results.path.parent / f".{results.path.name}.sync"  # the markers of main_then_all, all removed
+    if procs.main and sync.is_dir() and not any(sync.iterdir()):
+        sync.rmdir()
     return failed
 
 
