@@ -24,7 +24,7 @@ def training_hooks(cfg) -> list[Hook]:
         if not run.objective.generates:
             return None
         values = evaluate_generator(run.objective, run.cfg, num_samples=cfg.eval.num_samples, metrics=metrics,
-                                    rank=run.procs.rank, world_size=run.procs.world, gather=run.procs.gather)
+                                    procs=run.procs)
         return None if values is None else {f"{k}_{label}": v for k, v in values.items()}
 
     return [Hook(every=cfg.eval.every, fn=run_metrics, all_processes=True)]

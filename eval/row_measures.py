@@ -78,7 +78,7 @@ class Measuring:
         else:
             cfg, objective, step = load_run(run_dir, "latest", procs.device)
             out = evaluate_generator(objective, cfg, num_samples=self.num_samples, metrics=gen, seed=0,
-                                     rank=procs.rank, world_size=procs.world, gather=procs.gather)
+                                     procs=procs)
         values = {} if out is None else {
             m: {"mean": out[f"{m}_mean"], "std": out[f"{m}_std"]} if f"{m}_mean" in out else out[m] for m in gen}
         return values, settings, step

@@ -54,15 +54,13 @@ def test_two_process_metrics_equal_one_process_metrics(tmp_path):
 import json, sys
 sys.path.insert(0, {str(root)!r})
 import implicit_gen
-from accelerate import PartialState
 from arena.runs import load_run
-from arena.distributed import gather, shutdown
+from arena.distributed import processes, shutdown
 from eval.fidelity import evaluate_generator
-state = PartialState(cpu=True)
+procs = processes()
 cfg, objective, _ = load_run({str(tmp_path / 'run')!r})
-out = evaluate_generator(objective, cfg, rank=state.process_index, world_size=state.num_processes,
-                         gather=lambda t: gather(t, ragged=True), **{kwargs!r})
-if state.is_main_process:
+out = evaluate_generator(objective, cfg, procs=procs, **{kwargs!r})
+if procs.main:
     json.dump(out, open({str(tmp_path / 'out.json')!r}, "w"))
 shutdown()
 """)

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from arena.config import EvalConfig
+from arena.distributed import Processes
 from arena.data import DataConfig, build_dataset, dataset_signature, to_uint8
 from arena.registry import ConfigError
 from eval import fid_is, train_features
 from eval.features import DomainFeatureExtractor, load_classifier, save_classifier, shipped_extractors
 from eval.fidelity import (
-    INCEPTION_FILE,
     UInt8Images,
     assemble,
     check_metrics,
@@ -25,7 +25,10 @@ from eval.fidelity import (
     reference_cache_key,
     resolve_features,
 )
+from eval import samples
+from eval.samples import RenderedSamples
 from arena.images import save_grid
+from eval.safe_fidelity import INCEPTION_FILE
 from eval.sample_grid import grid_latents
 
 KID = dict(kid_subsets=20)  # 20 subsets of 1000 instead of 100: the KID tests need trends, not 3 digits
@@ -224,14 +227,48 @@ def test_sharded_generation_matches_one_process():
     one = generate_samples(G.generate, G.latent, n, seed=5, batch_size=10)
     assert one.shape == (n, 1, 16, 16) and one.dtype == torch.uint8
     for world, batch in ((2, 7), (3, 4)):
-        shards = [generate_samples(G.generate, G.latent, n, seed=5, batch_size=batch, rank=r, world_size=world,
-                                   pad=True) for r in range(world)]
-        assert {len(s) for s in shards} == {-(-n // world)}  # padded to one shape for all-gather
+        shards = [generate_samples(G.generate, G.latent, n, seed=5, batch_size=batch, rank=r, world_size=world)
+                  for r in range(world)]
+        assert [len(s) for s in shards] == [len(range(r, n, world)) for r in range(world)]
         assert torch.equal(assemble(shards, n, world), one)
-    unpadded = [generate_samples(G.generate, G.latent, n, seed=5, rank=r, world_size=2) for r in range(2)]
-    assert [len(s) for s in unpadded] == [19, 18]
-    assert torch.equal(assemble(unpadded, n, 2), one)
     assert not torch.equal(generate_samples(G.generate, G.latent, n, seed=6), one)
+    rendered = RenderedSamples(G.generate, G.latent, n, seed=5, batch_size=8)  # what one process hands on
+    expected = UInt8Images(one)
+    assert all(torch.equal(rendered[i], expected[i]) for i in range(n))
+
+
+def test_latents_are_drawn_in_chunks_of_one_seeded_stream(monkeypatch):
+    """Any n: the latents are drawn LATENT_CHUNK at a time (never all n at once) from one
+    seeded generator; shards, batches that cross a chunk and a step back all see the same."""
+    monkeypatch.setattr(samples, "LATENT_CHUNK", 10)
+    G = LinearGenerator()
+    drawn = []
+    latent = lambda k, g: drawn.append(k) or G.latent(k, g)  # noqa: E731
+    n = 37
+    g = torch.Generator().manual_seed(5)
+    expected = torch.cat([G.latent(k, g) for k in (10, 10, 10, 7)])
+    stream = samples.LatentStream(latent, n, seed=5)
+    assert torch.equal(stream.rows(torch.arange(n)), expected) and max(drawn) == 10
+    assert torch.equal(stream.rows(torch.tensor([3, 25])), expected[[3, 25]])  # back to the start: drawn again
+    one = generate_samples(G.generate, latent, n, seed=5, batch_size=7)
+    assert torch.equal(one, to_uint8(G.generate(expected)))
+    shards = [generate_samples(G.generate, latent, n, seed=5, batch_size=6, rank=r, world_size=3) for r in range(3)]
+    assert torch.equal(assemble(shards, n, 3), one)
+    rendered = RenderedSamples(G.generate, latent, n, seed=5, batch_size=8)
+    order = [36, 0, 35, *range(n)]
+    assert all(torch.equal(rendered[i], UInt8Images(one)[i]) for i in order)
+    assert max(drawn) == 10
+
+
+def simulated_processes(world: int, shards: dict) -> list[Processes]:
+    """Processes in one program: rank r's gather hands its shard to rank 0, which gets all
+    of them in rank order (the higher ranks call evaluate_generator first)."""
+    class Simulated(Processes):
+        def gather(self, x):
+            shards[self.rank] = x
+            return torch.cat([shards[r] for r in range(world)]) if self.rank == 0 else x
+
+    return [Simulated(r, world, torch.device("cpu"), r == 0) for r in range(world)]
 
 
 def test_evaluate_generator_two_simulated_processes_equal_one(tmp_path):
@@ -239,16 +276,12 @@ def test_evaluate_generator_two_simulated_processes_equal_one(tmp_path):
     G = LinearGenerator()
     kw = dict(seed=2, batch_size=16, cache_root=str(tmp_path))
     single = evaluate_generator(G, cfg, **kw)
-    shards = {}
-
-    def gather_rank1(local):  # rank 1 runs first and hands its shard over
-        shards[1] = local
-        return None
-
-    assert evaluate_generator(G, cfg, rank=1, world_size=2, gather=gather_rank1, **kw) is None
-    both = evaluate_generator(G, cfg, rank=0, world_size=2,
-                              gather=lambda local: torch.cat([local, shards[1]]), **kw)  # accelerate's layout
-    assert both == single and single["fid"] > 0
+    for world in (2, 3):
+        shards = {}
+        procs = simulated_processes(world, shards)
+        for p in reversed(procs[1:]):
+            assert evaluate_generator(G, cfg, procs=p, **kw) is None
+        assert evaluate_generator(G, cfg, procs=procs[0], **kw) == single and single["fid"] > 0
 
 
 # ---------------------------------------------------------------------------- images and grids

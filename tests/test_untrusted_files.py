@@ -15,8 +15,9 @@ import torch
 
 from arena.data import DataConfig, build_dataset, dataset_signature
 from arena.registry import ConfigError
-from eval import fidelity
-from eval.fidelity import INCEPTION_FILE, compute_metrics, reference_cache_key, resolve_features
+from eval import safe_fidelity
+from eval.fidelity import compute_metrics, reference_cache_key, resolve_features
+from eval.safe_fidelity import INCEPTION_FILE
 
 
 class RunsCode:
@@ -67,7 +68,7 @@ def test_crafted_inception_weights_are_refused_and_never_run(tmp_path, no_hub, m
     with pytest.raises(ConfigError, match=f"is not {INCEPTION_FILE}: its sha256 begins {sha_prefix(evil)}"):
         resolve_features("inception", DataConfig(), inception_weights=str(evil))
     # 2) an 8-digit prefix can be matched by brute force: the weights-only load still refuses it
-    monkeypatch.setattr(fidelity, "INCEPTION_SHA256", sha_prefix(evil))
+    monkeypatch.setattr(safe_fidelity, "INCEPTION_SHA256", sha_prefix(evil))
     with pytest.raises(ConfigError, match="refusing to hand this file to torch-fidelity"):
         resolve_features("inception", DataConfig(), inception_weights=str(evil))
     # 3) nor through $DIM_INCEPTION_WEIGHTS, the hub cache, or a features dict given to compute_metrics
@@ -100,7 +101,7 @@ def test_planted_metric_cache_file_is_refused_and_never_runs(tmp_path):
     first = compute_metrics(train.images[:50], train, metrics=["fid"], features=feats, cache_key=key,
                             cache_root=str(tmp_path / "cache"))
     assert planted.is_file()
-    fidelity._VERIFIED.clear()
+    safe_fidelity._VERIFIED.clear()
     assert compute_metrics(train.images[:50], train, metrics=["fid"], features=feats, cache_key=key,
                            cache_root=str(tmp_path / "cache")) == first
 
@@ -110,7 +111,7 @@ def test_planted_metric_cache_file_is_refused_and_never_runs(tmp_path):
 
 def test_inception_weights_in_torch_hub_cache_are_verified_and_used(no_hub, monkeypatch):
     path = plain_state(no_hub / INCEPTION_FILE)
-    monkeypatch.setattr(fidelity, "INCEPTION_SHA256", sha_prefix(path))
+    monkeypatch.setattr(safe_fidelity, "INCEPTION_SHA256", sha_prefix(path))
     assert resolve_features("inception") == {"feature_extractor": "inception-v3-compat",
                                              "feature_extractor_weights_path": str(path)}
 
@@ -125,10 +126,10 @@ def test_inception_weights_are_fetched_on_first_use_and_verified(tmp_path, no_hu
         asked.append(url)
         return io.BytesIO(good.read_bytes())
 
-    monkeypatch.setattr(fidelity.urllib.request, "urlopen", serve)
-    monkeypatch.setattr(fidelity, "INCEPTION_SHA256", sha_prefix(good))
+    monkeypatch.setattr(safe_fidelity.urllib.request, "urlopen", serve)
+    monkeypatch.setattr(safe_fidelity, "INCEPTION_SHA256", sha_prefix(good))
     out = resolve_features("inception")
-    assert asked == [fidelity.URL_INCEPTION_V3]
+    assert asked == [safe_fidelity.URL_INCEPTION_V3]
     assert out["feature_extractor_weights_path"] == str(no_hub / INCEPTION_FILE)
     assert (no_hub / INCEPTION_FILE).read_bytes() == good.read_bytes()
     resolve_features("inception")
@@ -138,9 +139,9 @@ def test_inception_weights_are_fetched_on_first_use_and_verified(tmp_path, no_hu
 def test_a_fetched_file_with_the_wrong_hash_is_not_kept(tmp_path, no_hub, monkeypatch):
     marker = tmp_path / "ran"
     evil = crafted(tmp_path / "served.pth", marker)
-    monkeypatch.setattr(fidelity.urllib.request, "urlopen", lambda url, timeout=None: io.BytesIO(evil.read_bytes()))
+    monkeypatch.setattr(safe_fidelity.urllib.request, "urlopen", lambda url, timeout=None: io.BytesIO(evil.read_bytes()))
     with pytest.raises(ConfigError, match=f"fetching it failed \\(ValueError: the downloaded file's sha256 begins "
-                                          f"{sha_prefix(evil)}, not {fidelity.INCEPTION_SHA256}\\)"):
+                                          f"{sha_prefix(evil)}, not {safe_fidelity.INCEPTION_SHA256}\\)"):
         resolve_features("inception")
     assert not no_hub.exists() or list(no_hub.iterdir()) == []  # no half or foreign file left behind
     assert not marker.exists()
@@ -161,7 +162,7 @@ def test_a_failed_fetch_names_the_file_and_where_to_put_it(no_hub):
 
 def spy_on_torch_fidelity(monkeypatch, seen: list, call_through: bool = True):
     """Record what torch-fidelity is handed (and the files' bytes and modes at that moment)."""
-    real = fidelity.torch_fidelity.calculate_metrics
+    real = safe_fidelity.torch_fidelity.calculate_metrics
 
     def spy(**kwargs):
         record = dict(kwargs)
@@ -175,13 +176,13 @@ def spy_on_torch_fidelity(monkeypatch, seen: list, call_through: bool = True):
         seen.append(record)
         return real(**kwargs) if call_through else {"inception_score_mean": 1.0, "inception_score_std": 0.0}
 
-    monkeypatch.setattr(fidelity.torch_fidelity, "calculate_metrics", spy)
+    monkeypatch.setattr(safe_fidelity.torch_fidelity, "calculate_metrics", spy)
 
 
 def test_torch_fidelity_gets_a_private_copy_of_the_verified_inception_bytes(tmp_path, monkeypatch):
     weights = plain_state(tmp_path / INCEPTION_FILE)
     verified = weights.read_bytes()
-    monkeypatch.setattr(fidelity, "INCEPTION_SHA256", sha_prefix(weights))
+    monkeypatch.setattr(safe_fidelity, "INCEPTION_SHA256", sha_prefix(weights))
     features = resolve_features("inception", DataConfig(), inception_weights=str(weights))
     seen = []
     spy_on_torch_fidelity(monkeypatch, seen, call_through=False)
@@ -217,3 +218,17 @@ def test_torch_fidelity_reads_verified_private_copies_of_the_metric_cache(tmp_pa
                              cache_root=str(cache))
     assert second == first and seen[1]["cache files"] == written and Path(seen[1]["cache_root"]) != cache
     assert not Path(seen[1]["cache_root"]).exists()
+
+
+def test_the_declared_torch_fidelity_range_holds_the_tested_version():
+    """The fence above relies on torch-fidelity 0.4's loading and cache layout:
+    pyproject.toml accepts exactly the releases it was tested with."""
+    import re
+
+    import torch_fidelity
+    from packaging.specifiers import SpecifierSet
+
+    text = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
+    (spec,) = re.findall(r'"torch-fidelity([^"]*)"', text)
+    assert torch_fidelity.__version__ in SpecifierSet(spec)
+    assert "0.3.0" not in SpecifierSet(spec) and "0.5.0" not in SpecifierSet(spec)
