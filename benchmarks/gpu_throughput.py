@@ -25,7 +25,9 @@ import arena.prior_match  # noqa: F401
 import dim  # noqa: F401
 import implicit_gen  # noqa: F401
 from arena.config import load_config
+from arena.registry import ConfigError
 from arena.trainer import train
+from eval.cli_args import count_arg
 
 
 @dataclass
@@ -120,8 +122,9 @@ def table(rows: list[dict], device: str) -> str:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=300, help="timed steps per case (plus a fifth for warm-up)")
-    parser.add_argument("--busy-steps", type=int, default=30, help="profiled steps for the GPU busy fraction (0 = skip)")
+    parser.add_argument("--steps", type=count_arg(1), default=300, help="timed steps per case (plus a fifth for warm-up)")
+    parser.add_argument("--busy-steps", type=count_arg(0), default=30,
+                        help="profiled steps for the GPU busy fraction (0 = skip)")
     parser.add_argument("--only", default="", help="comma-separated case tags: " + ",".join(c.tag for c in CASES))
     parser.add_argument("--precision", default=",".join(PRECISIONS), help="comma-separated: no,bf16")
     parser.add_argument("--tiny", action="store_true", help="shrink nets and batches (a CPU check of the script)")
@@ -133,8 +136,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if unknown:
         parser.error(f"--only: unknown case(s) {', '.join(sorted(unknown))}; cases: {', '.join(c.tag for c in CASES)}")
     precisions = [p for p in args.precision.split(",") if p]
-    if set(precisions) - {"no", "bf16", "fp16"}:
-        parser.error(f"--precision: choose from no, bf16, fp16; got {args.precision}")
+    if not precisions or set(precisions) - {"no", "bf16", "fp16"}:
+        parser.error(f"--precision: choose from no, bf16, fp16; got {args.precision!r}")
+    try:  # a misspelled override fails here, once, not as an error row of every case
+        load_config(CASES[0].config, args.overrides)
+    except ConfigError as err:
+        parser.error(f"overrides: {err}")
     autotune, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, True
     try:
         return run_cases(args, only, precisions)

@@ -37,6 +37,7 @@ import torch  # noqa: E402
 from dim.critics import build_local_critic  # noqa: E402
 from dim.encoders import build_encoder, scaled  # noqa: E402
 from dim.estimators import nce_mi  # noqa: E402
+from eval.cli_args import count_arg, default_device, device_arg, positive_float_arg  # noqa: E402
 
 DEFAULT_UNITS = {"encode_dot": 2048, "concat_convolve": 512}
 
@@ -94,23 +95,30 @@ def _mem_available() -> int | None:
     return None
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--width", type=float, default=None)
-    ap.add_argument("--batches", default="64,128,256")
+    ap.add_argument("--device", type=device_arg, default=default_device())
+    ap.add_argument("--width", type=positive_float_arg, default=None)
+    ap.add_argument("--batches", default="64,128,256", help="comma-separated batch sizes (each >= 2)")
     ap.add_argument("--critics", default="encode_dot,concat_convolve")
-    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--steps", type=count_arg(1), default=3)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    args.device = str(args.device)
     on_cpu = torch.device(args.device).type == "cpu"
     width = args.width if args.width is not None else (0.125 if on_cpu else 1.0)
-    critics = args.critics.split(",")
-    batches = [int(b) for b in args.batches.split(",")]
+    critics = [c for c in args.critics.split(",") if c]
+    if not critics or set(critics) - set(DEFAULT_UNITS):
+        ap.error(f"--critics: choose from {', '.join(DEFAULT_UNITS)}; got {args.critics!r}")
+    batch_size = count_arg(2)
+    try:
+        batches = [batch_size(b) for b in args.batches.split(",")]
+    except argparse.ArgumentTypeError as err:
+        ap.error(f"--batches: {err}")
 
     if args.child:  # one case, JSON on stdout
         print(json.dumps(run_case(critics[0], batches[0], width, args.steps, args.device)))
-        return
+        return 0
 
     E = build_encoder("dcgan32", channels=3, resolution=32, width=width)
     c_l, h_l, w_l = E.local_shape
@@ -155,7 +163,8 @@ def main() -> None:
                     continue
                 torch.cuda.empty_cache()
             print(f"{r['critic']:<16}{r['batch']:>6}{r['ms']:>11.1f}{r['peak_mb']:>10.1f}", flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

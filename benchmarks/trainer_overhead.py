@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 
@@ -21,7 +22,9 @@ import torch
 from arena.config import load_config
 from arena.data import build_dataset, to_float
 from arena.objective import Batch, build_objective, data_info
+from arena.registry import ConfigError, cli_error
 from arena.trainer import make_optimizer, train
+from eval.cli_args import count_arg
 
 
 def bare_loop(cfg, steps: int, device: torch.device) -> float:
@@ -79,24 +82,28 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="nsgan_cp_digits")
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--repeats", type=int, default=2, help="alternate the two loops this many times")
+    parser.add_argument("--steps", type=count_arg(1), default=200)
+    parser.add_argument("--repeats", type=count_arg(1), default=2, help="alternate the two loops this many times")
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bare, ours = [], []
-    for _ in range(args.repeats):  # alternate, so drifting machine load hits both alike
-        bare.append(bare_loop(load_config(args.config, args.overrides), args.steps, device))
-        ours.append(trainer_loop(load_config(args.config, args.overrides), args.steps))
+    try:  # an unknown config or override, a dataset not on disk: a message, not a traceback
+        for _ in range(args.repeats):  # alternate, so drifting machine load hits both alike
+            bare.append(bare_loop(load_config(args.config, args.overrides), args.steps, device))
+            ours.append(trainer_loop(load_config(args.config, args.overrides), args.steps))
+    except ConfigError as err:
+        return cli_error(err)
     b, o = max(bare), max(ours)
     print(f"device {device}, config {args.config}, {args.steps} timed steps, best of {args.repeats}")
     print(f"bare loop : {b:8.2f} steps/s")
     print(f"trainer   : {o:8.2f} steps/s")
     print(f"overhead  : {100 * (b / o - 1):+.1f}%")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

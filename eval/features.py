@@ -33,6 +33,7 @@ from arena.registry import ConfigError
 EXTRACTOR_NAME = "domain-classifier"
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 META_KEYS = ("in_channels", "resolution", "num_classes", "feature_dim", "width")
+MAX_RESOLUTION = 4096  # the side the classifier resizes its input to
 
 
 class DomainClassifier(nn.Module):
@@ -108,14 +109,30 @@ def load_classifier(path: str | os.PathLike) -> tuple[DomainClassifier, dict]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"domain feature extractor weights not found: {path}")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(blob, dict) or "state_dict" not in blob or "meta" not in blob:
-        raise ConfigError(f"{path}: not a weights file written by eval.train_features")
+    what = f"{path}: not a weights file written by eval.train_features"
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # not a torch file, a pickle of other objects, truncated, unreadable
+        raise ConfigError(f"{what} ({_reason(e)})") from None
+    if not isinstance(blob, dict) or not isinstance(blob.get("state_dict"), dict) or not isinstance(blob.get("meta"), dict):
+        raise ConfigError(f"{what} (it holds no 'state_dict' and 'meta')")
     meta = blob["meta"]
-    model = DomainClassifier(**{k: int(meta[k]) for k in META_KEYS})
-    model.load_state_dict(blob["state_dict"])
+    try:
+        sizes = {k: int(meta[k]) for k in META_KEYS}
+        if min(sizes.values()) < 1 or sizes["in_channels"] not in (1, 3) or sizes["resolution"] > MAX_RESOLUTION:
+            raise ValueError(f"sizes {sizes}")
+        with torch.device("meta"):  # shapes only: the file's tensors become the parameters
+            model = DomainClassifier(**sizes)
+        model.load_state_dict(blob["state_dict"], assign=True)
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise ConfigError(f"{what} (its meta and weights do not describe a classifier: {_reason(e)})") from None
     model.eval().requires_grad_(False)
     return model, meta
+
+
+def _reason(e: Exception) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
 
 
 _HASHES: dict[tuple, str] = {}

@@ -15,11 +15,10 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 from arena.registry import ConfigError, cli_error
 from arena.runs import load_run  # a module attribute, so tests can swap it
 
+from .cli_args import count_arg, default_device, device_arg, seed_arg
 from .fidelity import check_metrics, describe_features, evaluate_generator, resolve_features
 
 DEFAULT_SAMPLES = 50000
@@ -29,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m eval.fid_is", description=__doc__.split("\n")[0])
     p.add_argument("--run", required=True, help="run directory")
     p.add_argument("--checkpoint", default="latest", help="'latest' or a checkpoint directory")
-    p.add_argument("--num-samples", type=int, default=DEFAULT_SAMPLES)
+    p.add_argument("--num-samples", type=count_arg(2), default=DEFAULT_SAMPLES,
+                   help="samples drawn (at most what this machine's memory holds for their features)")
     p.add_argument("--metrics", default=None, help="comma-separated: fid,isc,kid,prc (default: eval.metrics)")
     p.add_argument("--features", default=None,
                    help="inception | a shipped extractor (e.g. digits-32) | a weights path | auto "
@@ -37,21 +37,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--inception-weights", default=None, help="local copy of torch-fidelity's Inception weights")
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
                    help="use the EMA generator (--no-ema: the raw G, with its own running BatchNorm statistics)")
-    p.add_argument("--ema-bn-batches", type=int, default=None,
+    p.add_argument("--ema-bn-batches", type=count_arg(0), default=None,
                    help="forward passes that re-estimate the EMA G's BatchNorm statistics before sampling "
                         "(default: the run's objective.ema_bn_batches; 0 = the statistics saved with the EMA copy)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the latents")
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--seed", type=seed_arg, default=0, help="seed of the latents")
+    p.add_argument("--batch-size", type=count_arg(1), default=100)
+    p.add_argument("--device", type=device_arg, default=default_device())
     p.add_argument("--verbose", action="store_true", help="torch-fidelity's progress output")
     args = p.parse_args(argv)
     try:
-        if args.num_samples < 2:
-            raise ConfigError(f"--num-samples must be >= 2, got {args.num_samples}")
-        if args.batch_size < 1:
-            raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
-        if args.ema_bn_batches is not None and args.ema_bn_batches < 0:
-            raise ConfigError(f"--ema-bn-batches must be >= 0, got {args.ema_bn_batches}")
         # --metrics "" is a mistake, not a request for the defaults: only a missing flag means eval.metrics
         asked = None if args.metrics is None else check_metrics(
             [m.strip() for m in args.metrics.split(",") if m.strip()], key="--metrics")
@@ -66,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         feats = resolve_features(features, cfg.data, weights)  # fails here, before sampling
         values = evaluate_generator(objective, cfg, num_samples=args.num_samples, metrics=metrics,
                                     features=features, inception_weights=weights, seed=args.seed,
-                                    batch_size=args.batch_size, ema=args.ema, verbose=args.verbose)
+                                    batch_size=args.batch_size, ema=args.ema, verbose=args.verbose,
+                                    sample_key="--num-samples")
     except ConfigError as e:
         return cli_error(e)
     record = {
@@ -81,8 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     line = json.dumps(record)
     print(line)
-    with open(Path(args.run) / "metrics.jsonl", "a") as f:
-        f.write(line + "\n")
+    try:
+        with open(Path(args.run) / "metrics.jsonl", "a") as f:
+            f.write(line + "\n")
+    except OSError as e:  # the values are printed above; say why they are not in the run's log
+        return cli_error(ConfigError(f"--run: cannot append to {Path(args.run) / 'metrics.jsonl'}: "
+                                     f"{e.strerror or e}"))
     return 0
 
 

@@ -265,10 +265,12 @@ def evaluate_generator(objective, cfg, *, num_samples: int | None = None, metric
                        features: str | None = None, inception_weights: str | None = None, seed: int = 0,
                        batch_size: int = 100, ema: bool = True, procs: Processes | None = None,
                        reference: Dataset | None = None, reference_limit: int = REFERENCE_LIMIT,
-                       cache_root: str | None = None, verbose: bool = False) -> dict | None:
+                       cache_root: str | None = None, verbose: bool = False,
+                       sample_key: str = "eval.num_samples") -> dict | None:
     """Metrics of `objective`'s generator against the train split of cfg.data.
 
     Defaults come from cfg.eval (num_samples, metrics, features, inception_weights).
+    `sample_key` names the number of samples in messages.
     `procs`: the process layout (arena.distributed.processes(); default one process).
     With several processes every one calls this and renders its shard; the shards are
     gathered and the main process computes. -> the metrics on the main process, None elsewhere.
@@ -281,8 +283,8 @@ def evaluate_generator(objective, cfg, *, num_samples: int | None = None, metric
     # Before any sample is drawn: a missing weights file or too many samples fail in seconds.
     feats = resolve_features(features or cfg.eval.features, cfg.data, inception_weights or cfg.eval.inception_weights)
     if n < 1:
-        raise ConfigError(f"number of samples must be >= 1, got {n}")
-    check_sample_memory(n, feats, 3 * cfg.data.resolution ** 2 if world > 1 else 0)
+        raise ConfigError(f"{sample_key}: must be >= 1, got {n}")
+    check_sample_memory(n, feats, 3 * cfg.data.resolution ** 2 if world > 1 else 0, sample_key)
     main = procs is None or procs.main
     cache_key = None
     if main and any(m in metrics for m in ("fid", "kid", "prc")):

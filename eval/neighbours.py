@@ -36,7 +36,10 @@ from arena.registry import ConfigError, cli_error
 from dim.occlusion import occlusion_mask
 
 from . import probes as P
+from .cli_args import count_arg, default_device, device_arg, seed_arg
 from .dim_probes import conv_encoder, extract, image_batches, load_encoder_run, log, probe_datasets
+
+MAX_SCALE = 16  # tile upscaling: a 64 px image becomes 1024 px
 
 
 def _rgb(x: torch.Tensor) -> torch.Tensor:
@@ -74,6 +77,9 @@ def neighbour_grid(run: str, checkpoint: str, k: int, n: int, device: str, scale
     idx = torch.arange(len(test_ds))
     feats, labels, images = extract(objective, image_batches(test_ds, idx, 256, data_cfg=cfg.data), ("y",),
                                     keep_images=True)
+    if k >= len(feats["y"]):
+        raise ConfigError(f"--k: {k} neighbours asked, but the test split of {run} has {len(feats['y'])} images "
+                          f"(at most {len(feats['y']) - 1} neighbours besides the query)")
     q = query_indices(labels, test_ds.num_classes, test_ds.multilabel, n)
     nn_idx = P.nearest_neighbours(feats["y"][q], feats["y"], k, exclude=q)  # [Q, k]
     x = _rgb(to_float(images))
@@ -101,6 +107,16 @@ def knn_agreement(feats: torch.Tensor, labels: torch.Tensor, k: int, chunk: int 
         nn_idx = P.nearest_neighbours(feats[q], feats, k, exclude=q)
         same += float((labels[nn_idx] == labels[q, None]).float().sum())
     return 100.0 * same / (len(feats) * k)
+
+
+def check_png(out: Path) -> None:
+    """--out must name a .png file: a folder, or a name without the suffix, would make the
+    figure land at another path (matplotlib appends '.png')."""
+    if out.is_dir():
+        raise ConfigError(f"--out: {out} is a directory; give the PNG file to write, e.g. {out / 'nn.png'}")
+    if out.suffix.lower() != ".png":
+        raise ConfigError(f"--out: {out} does not end in .png; give the PNG file to write, e.g. "
+                          f"{out.with_name(out.name + '.png')}")
 
 
 def save_panels(panels: list[tuple[torch.Tensor, str]], out: Path) -> None:
@@ -206,19 +222,21 @@ def loss_map_figure(run: str, checkpoint: str, n: int, batch: int, block: int | 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", action="append", required=True, help="run directory; repeat for side-by-side panels")
-    p.add_argument("--out", required=True, help="PNG to write")
+    p.add_argument("--out", required=True, help="PNG to write (a .png file)")
     p.add_argument("--checkpoint", default="latest")
-    p.add_argument("--k", type=int, default=8, help="neighbours per query")
-    p.add_argument("--n", type=int, default=10, help="queries for unlabeled data; images for --loss-map")
-    p.add_argument("--scale", type=int, default=2, help="integer upscaling of each tile (small images)")
+    p.add_argument("--k", type=count_arg(1), default=8, help="neighbours per query")
+    p.add_argument("--n", type=count_arg(1), default=10, help="queries for unlabeled data; images for --loss-map")
+    p.add_argument("--scale", type=count_arg(1, MAX_SCALE), default=2,
+                   help="integer upscaling of each tile (small images)")
     p.add_argument("--loss-map", action="store_true", help="Fig. 13: local NCE loss maps, clean vs occluded")
-    p.add_argument("--batch", type=int, default=64, help="--loss-map: images in the batch (negatives)")
-    p.add_argument("--block", type=int, default=None, help="--loss-map: occlusion cell (default: the run's)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batch", type=count_arg(2), default=64, help="--loss-map: images in the batch (negatives)")
+    p.add_argument("--block", type=count_arg(1), default=None, help="--loss-map: occlusion cell (default: the run's)")
+    p.add_argument("--seed", type=seed_arg, default=0)
+    p.add_argument("--device", type=device_arg, default=default_device())
     args = p.parse_args(argv)
     out = Path(args.out)
     try:
+        check_png(out)
         if args.loss_map:
             for run in args.run:
                 path = out if len(args.run) == 1 else out.with_name(f"{out.stem}_{Path(run).name}{out.suffix}")
@@ -230,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
                       for run in args.run]
             save_panels(panels, out)
             log(f"wrote {out}")
+    except OSError as err:  # an unwritable folder, a full disk
+        return cli_error(ConfigError(f"--out: cannot write {err.filename or out}: {err.strerror or err}"))
     except ConfigError as err:
         return cli_error(err)
     return 0

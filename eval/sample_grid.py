@@ -23,6 +23,10 @@ from arena.images import READABLE_CELL, save_grid
 from arena.registry import ConfigError, cli_error
 from arena.runs import load_run
 
+from .cli_args import count_arg, default_device, device_arg, seed_arg
+
+MAX_IMAGES = 4096  # one grid is one batch of the generator: 64 x 64 tiles at most
+
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Spherical interpolation of flattened latents; a, b [R, D], t [S] -> [R, S, D].
@@ -65,20 +69,18 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m eval.sample_grid", description=__doc__.split("\n")[0])
     p.add_argument("--run", required=True, help="run directory")
     p.add_argument("--checkpoint", default="latest", help="'latest' or a checkpoint directory")
-    p.add_argument("--n", type=int, default=64, help="number of images")
-    p.add_argument("--nrow", type=int, default=8, help="images per row")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n", type=count_arg(1, MAX_IMAGES), default=64, help=f"number of images (at most {MAX_IMAGES})")
+    p.add_argument("--nrow", type=count_arg(1, MAX_IMAGES), default=8, help="images per row")
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="use the EMA generator")
     p.add_argument("--interpolate", action="store_true", help="rows interpolate between seeded latents")
     p.add_argument("--interp", choices=("lerp", "slerp"), default="lerp", help="interpolation path")
     p.add_argument("--cell", type=int, default=READABLE_CELL,
                    help="upscale small images (nearest neighbour) to cells of at least this many pixels; 0: as they are")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", type=device_arg, default=default_device())
     p.add_argument("--out", required=True, help="PNG file to write")
     args = p.parse_args(argv)
     try:
-        if args.n < 1 or args.nrow < 1:
-            raise ConfigError(f"--n and --nrow must be >= 1, got {args.n} and {args.nrow}")
         if args.cell < 0:
             raise ConfigError(f"--cell must be >= 0 (0 = no upscaling), got {args.cell}")
         if Path(args.out).is_dir():

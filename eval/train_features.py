@@ -1,17 +1,18 @@
 """Train the domain classifier whose features replace Inception's for small domains.
 
-    python -m eval.train_features --data digits --seed 0
+    python -m eval.train_features --data digits --seed 0 --out digits-32.pt
     python -m eval.train_features --data shapes data.resolution=32 --out /tmp/shapes.pt
 
 Trains on the labeled part of the train split, reports accuracy on the test split,
-and writes weights + metadata (see eval/features.py) to --out, by default
-eval/weights/<name>-<resolution>.pt.
+and writes weights + metadata (see eval/features.py) to --out. The files shipped in
+eval/weights are never replaced: every digits FID / IS is measured with them.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -23,7 +24,8 @@ from arena.config import build_dataclass, parse_overrides
 from arena.data import DataConfig, NamedErrors, build_dataset, dataset_signature, make_loader_kwargs, to_float
 from arena.registry import ConfigError, cli_error
 
-from .features import WEIGHTS_DIR, DomainClassifier, save_classifier
+from .cli_args import count_arg, default_device, device_arg, positive_float_arg, seed_arg
+from .features import DomainClassifier, save_classifier, shipped_extractors
 
 
 def _labeled(ds) -> torch.Tensor:
@@ -122,36 +124,53 @@ def parse_data_config(name: str, overrides: list[str]) -> DataConfig:
     return build_dataclass(DataConfig, {**tree.get("data", {}), "name": name}, "data")
 
 
+def check_out(out: Path) -> Path:
+    """--out, checked before training: a file (not a folder) in a folder this user can write,
+    and not one of the shipped extractors in eval/weights."""
+    if out.is_dir():
+        raise ConfigError(f"--out: {out} is a directory; give the weights file to write, e.g. {out / 'features.pt'}")
+    if out.resolve() in {p.resolve() for p in shipped_extractors().values()}:
+        raise ConfigError(f"--out: {out} is a shipped feature extractor (eval/weights), which every FID / IS in its "
+                          f"feature space is measured with; write the new weights elsewhere")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--out: cannot create the folder {out.parent}: {e.strerror or e}") from None
+    if not os.access(out.parent, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise ConfigError(f"--out: {out} cannot be written (no permission)")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m eval.train_features", description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="dataset name (arena.data registry)")
     p.add_argument("overrides", nargs="*", help="data.key=value")
-    p.add_argument("--out", default=None, help="weights file (default eval/weights/<name>-<resolution>.pt)")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--out", required=True, help="weights file to write (never one of the shipped eval/weights)")
+    p.add_argument("--epochs", type=count_arg(1), default=20)
+    p.add_argument("--seed", type=seed_arg, default=0)
+    p.add_argument("--batch-size", type=count_arg(1), default=64)
+    p.add_argument("--lr", type=positive_float_arg, default=3e-3)
+    p.add_argument("--device", type=device_arg, default=default_device())
+    p.add_argument("--threads", type=count_arg(0, 1024), default=1,
                    help="CPU threads (default 1: this net is too small to gain from more, and on a "
                         "busy machine extra threads spin and slow it down many times)")
     args = p.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     try:
-        if args.epochs < 1:
-            raise ConfigError(f"--epochs must be >= 1, got {args.epochs}")
         data_cfg = parse_data_config(args.data, args.overrides)
-        out = Path(args.out) if args.out else WEIGHTS_DIR / f"{data_cfg.name}-{data_cfg.resolution}.pt"
+        out = check_out(Path(args.out))
         command = " ".join(["python -m eval.train_features", f"--data {args.data}", *args.overrides,
-                            *([f"--out {args.out}"] if args.out else []), f"--epochs {args.epochs}",
-                            f"--seed {args.seed}"])
+                            f"--out {args.out}", f"--epochs {args.epochs}", f"--seed {args.seed}"])
         model, meta = train(data_cfg, epochs=args.epochs, seed=args.seed, batch_size=args.batch_size,
                             lr=args.lr, device=args.device, log=lambda s: print(s, file=sys.stderr))
+        meta["command"] = command
+        try:
+            save_classifier(model, out, meta)
+        except OSError as e:  # checked above; the disk can still fill up
+            raise ConfigError(f"--out: cannot write {out}: {e.strerror or e}") from None
     except ConfigError as e:
         return cli_error(e)
-    meta["command"] = command
-    save_classifier(model, out, meta)
     print(json.dumps({"test_accuracy": meta["test_accuracy"], "out": str(out)}))
     return 0
 

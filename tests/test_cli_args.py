@@ -29,8 +29,7 @@ def fails(main, argv, capsys, message: str) -> None:
     assert err.startswith("error: ") and message in err and "Traceback" not in err, err
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+@pytest.mark.parametrize("args,message", [  # numbers out of range: argparse's types (tests/test_eval_inputs.py)
     (["--metrics", ""], "--metrics: empty; choose from fid, isc, kid, prc"),
     (["--metrics", " , "], "--metrics: empty"),
     (["--metrics", "fid,kdi"], "--metrics: unknown metric 'kdi' (did you mean 'kid'?)"),

@@ -334,5 +334,5 @@ def test_train_features_cli_writes_a_loadable_extractor(tmp_path, capsys):
     model, meta = load_classifier(out)
     assert meta["resolution"] == 16 and meta["in_channels"] == 1 and meta["test_accuracy"] == report["test_accuracy"]
     assert report["test_accuracy"] > 0.5  # 3 epochs; the shipped 20-epoch extractor reaches 0.997
-    assert train_features.main(["--data", "digits", "train.steps=3"]) == 2
+    assert train_features.main(["--data", "digits", "train.steps=3", "--out", str(tmp_path / "x.pt")]) == 2
     assert "only data.key=value" in capsys.readouterr().err
