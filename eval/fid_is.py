@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--inception-weights", default=None, help="local copy of torch-fidelity's Inception weights")
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
                    help="use the EMA generator (--no-ema: the raw G, with its own running BatchNorm statistics)")
-    p.add_argument("--ema-bn-batches", type=count_arg(0), default=None,
+    p.add_argument("--ema-bn-batches", type=count_arg(0, 100_000), default=None,
                    help="forward passes that re-estimate the EMA G's BatchNorm statistics before sampling "
                         "(default: the run's objective.ema_bn_batches; 0 = the statistics saved with the EMA copy)")
     p.add_argument("--seed", type=seed_arg, default=0, help="seed of the latents")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from arena.trainer import Hook
 
-from .fidelity import check_metrics, evaluate_generator, resolve_features
+from .fidelity import check_metrics, check_sample_memory, evaluate_generator, resolve_features
 
 
 def count_label(n: int) -> str:
@@ -16,8 +16,10 @@ def training_hooks(cfg) -> list[Hook]:
     if cfg.eval.every <= 0:
         return []
     metrics = check_metrics(cfg.eval.metrics)
-    # Fail now, before training, when the feature extractor's weights are missing.
-    resolve_features(cfg.eval.features, cfg.data, cfg.eval.inception_weights)
+    # Fail now, before training, when the feature extractor's weights are missing or the
+    # samples' features cannot fit in memory (gathered images counted, as with several processes).
+    feats = resolve_features(cfg.eval.features, cfg.data, cfg.eval.inception_weights)
+    check_sample_memory(cfg.eval.num_samples, feats, 3 * cfg.data.resolution ** 2, "eval.num_samples")
     label = count_label(cfg.eval.num_samples)
 
     def run_metrics(run, step: int) -> dict | None:

@@ -69,3 +69,11 @@ shutdown()
     assert double.keys() == single.keys()
     for k in single:
         assert double[k] == pytest.approx(single[k], rel=1e-4, abs=1e-6), k
+
+
+def test_more_metric_samples_than_memory_holds_fail_before_training(tmp_path, capsys):
+    code = train_cli.main(["--config", "ie_digits", f"run.dir={tmp_path / 'run'}", "eval.every=1",
+                           "eval.features=auto", "eval.num_samples=1000000000", *SMALL])
+    err = capsys.readouterr().err
+    assert code == 2 and "eval.num_samples: 1000000000 samples need about" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
