@@ -18,7 +18,9 @@ import torch
 
 from arena.registry import ConfigError
 
-SEED_MAX = 2**64 - 1  # torch.Generator().manual_seed accepts 0 .. 2**64 - 1
+# torch takes seeds below 2**64, numpy and scikit-learn below 2**32, and callers add offsets
+# (seed + 1 for a second split, seed + r for the r-th run): 0 .. 2**31 - 1 suits them all.
+SEED_MAX = 2**31 - 1
 
 
 def default_device() -> str:
@@ -74,7 +76,7 @@ def _integer(text: str) -> int:
 def _seed(text: str) -> int:
     seed = _integer(text)
     if not 0 <= seed <= SEED_MAX:
-        raise ConfigError(f"a seed is a whole number from 0 to 2**64 - 1 ({SEED_MAX}), got {seed}")
+        raise ConfigError(f"a seed is a whole number from 0 to {SEED_MAX} (2**31 - 1), got {seed}")
     return seed
 
 
