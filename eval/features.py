@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -100,9 +101,15 @@ def save_classifier(model: DomainClassifier, path: str | os.PathLike, meta: dict
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"state_dict": state, "meta": meta}, tmp)
-    os.replace(tmp, path)
+    # a new file of this process (never a planted name or link), renamed over `path` whole
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"state_dict": state, "meta": meta}, f)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def load_classifier(path: str | os.PathLike) -> tuple[DomainClassifier, dict]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -76,12 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     line = json.dumps(record)
     print(line)
-    try:
-        with open(Path(args.run) / "metrics.jsonl", "a") as f:
+    log = Path(args.run) / "metrics.jsonl"
+    try:  # O_NOFOLLOW: a metrics.jsonl that is a symbolic link is refused, nothing written outside the run
+        with os.fdopen(os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644), "a") as f:
             f.write(line + "\n")
     except OSError as e:  # the values are printed above; say why they are not in the run's log
-        return cli_error(ConfigError(f"--run: cannot append to {Path(args.run) / 'metrics.jsonl'}: "
-                                     f"{e.strerror or e}"))
+        why = "it is a symbolic link" if os.path.islink(log) else (e.strerror or str(e))
+        return cli_error(ConfigError(f"--run: cannot append to {log}: {why}"))
     return 0
 
 

@@ -235,3 +235,25 @@ def load_benchmark(name: str):
 ])
 def test_benchmarks_refuse_bad_arguments_with_a_message(name, argv, words, capsys):
     refused(capsys, load_benchmark(name).main, argv, *words)
+
+
+def test_fid_is_never_appends_through_a_symbolic_link(tmp_path, fake_run, capsys, monkeypatch):
+    monkeypatch.setenv("DIM_FIDELITY_CACHE", str(tmp_path / "cache"))
+    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere.jsonl"
+    run.mkdir()
+    elsewhere.write_text("")
+    (run / "metrics.jsonl").symlink_to(elsewhere)
+    refused(capsys, fid_is.main, ["--run", str(run), "--num-samples", "50", "--metrics", "isc", "--device", "cpu"],
+            f"--run: cannot append to {run / 'metrics.jsonl'}: it is a symbolic link")
+    assert elsewhere.read_text() == ""
+
+
+def test_train_features_writes_through_no_planted_temporary_name(tmp_path):
+    from eval.features import DomainClassifier, load_classifier, save_classifier
+
+    out, elsewhere = tmp_path / "f.pt", tmp_path / "elsewhere"
+    elsewhere.write_text("keep")
+    (tmp_path / "f.pt.tmp").symlink_to(elsewhere)  # the name a fixed temporary file would have
+    save_classifier(DomainClassifier(1, 8, 3, width=2, feature_dim=4), out, {"test_accuracy": 0.5})
+    assert elsewhere.read_text() == "keep" and load_classifier(out)[1]["num_classes"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "f.pt", "f.pt.tmp"]
