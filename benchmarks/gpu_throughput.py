@@ -142,6 +142,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         load_config(CASES[0].config, args.overrides)
     except ConfigError as err:
         parser.error(f"overrides: {err}")
+    if args.json:
+        try:  # before the runs, not after them
+            open(args.json, "a").close()
+        except OSError as err:
+            parser.error(f"--json: cannot append to {args.json}: {err.strerror or err}")
     autotune, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, True
     try:
         return run_cases(args, only, precisions)

@@ -202,6 +202,9 @@ def loss_map_figure(run: str, checkpoint: str, n: int, batch: int, block: int | 
         block = getattr(cfg.objective, "occlusion_block", 10)
         if (r // block) ** 2 < 2:
             block = max(1, r // 4)  # e.g. 16 px digits: 4 px cells
+    elif (r // block) ** 2 < 2:
+        raise ConfigError(f"--block: {block} px cells leave fewer than two in a {r}x{r} image (one stays visible, "
+                          f"one is occluded); use a block <= {max(1, r // 2)}")
     mask = occlusion_mask(len(x), r, block, generator=g).to(x.device)
     clean = local_nce_loss_map(enc, critic, x)
     occluded = local_nce_loss_map(enc, critic, x, x * mask)

@@ -159,6 +159,13 @@ def test_neighbours_refuses_k_zero_and_more_neighbours_than_images(dim_run, tmp_
     assert not out.exists()
 
 
+def test_neighbours_loss_map_names_a_block_too_big_for_the_images(dim_run, tmp_path, capsys):  # noqa: F811
+    out = tmp_path / "lm.png"
+    refused(capsys, neighbours.main, ["--run", str(dim_run), "--loss-map", "--out", str(out), "--block", str(2**70),
+                                      "--device", "cpu"], "--block: 1180591620717411303424 px cells leave fewer than two")
+    assert not out.exists()
+
+
 def test_neighbours_writes_where_it_says_or_nowhere(dim_run, tmp_path, capsys):  # noqa: F811
     folder = tmp_path / "figs"
     folder.mkdir()
@@ -227,6 +234,7 @@ def load_benchmark(name: str):
     ("gpu_throughput", ["--steps", "0"], ("argument --steps",)),
     ("gpu_throughput", ["--precision", ""], ("--precision",)),
     ("gpu_throughput", ["--tiny", "train.stepz=3"], ("overrides:", "stepz")),
+    ("gpu_throughput", ["--tiny", "--json", "/proc/no/such.jsonl"], ("--json: cannot append",)),
     ("local_nce_bench", ["--steps", "0"], ("argument --steps",)),
     ("local_nce_bench", ["--device", "banana"], ("argument --device",)),
     ("local_nce_bench", ["--batches", "64,x"], ("--batches", "'x' is not a whole number")),
