@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import ctypes
 from typing import Callable, Sequence
 
 import torch
@@ -128,6 +129,25 @@ def assemble(shards: Sequence[torch.Tensor], n: int, world_size: int) -> torch.T
     return out
 
 
+def _malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to release by hand
+        return None
+
+
+_TRIM = _malloc_trim()
+
+
+def release_free_memory() -> None:
+    """Hand freed heap pages back to the system (glibc's malloc_trim). Rendering a batch
+    allocates and frees tensors far larger than the small feature tensors torch-fidelity
+    keeps between them; glibc reuses those holes badly, and without this the process grew
+    by up to ~35 KB a 64 px sample (measured), as if the images were kept."""
+    if _TRIM is not None:
+        _TRIM(0)
+
+
 class RenderedSamples(Dataset):
     """n samples as torch-fidelity reads them (uint8 RGB [3, H, W]), rendered batch_size at
     a time when first asked for, so one batch of images is held, not n. The images equal
@@ -151,6 +171,8 @@ class RenderedSamples(Dataset):
             raise IndexError(i)
         block = i // self.batch_size
         if block != self.block:
+            self.images = None
+            release_free_memory()
             start = block * self.batch_size
             z = self.stream.rows(torch.arange(start, min(start + self.batch_size, self.n)))
             self.block, self.images = block, to_uint8(self.generate(z)).cpu()
