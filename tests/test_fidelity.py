@@ -233,8 +233,9 @@ def test_sharded_generation_matches_one_process():
         assert torch.equal(assemble(shards, n, world), one)
     assert not torch.equal(generate_samples(G.generate, G.latent, n, seed=6), one)
     rendered = RenderedSamples(G.generate, G.latent, n, seed=5, batch_size=8)  # what one process hands on
-    expected = UInt8Images(one)
+    expected, calls = UInt8Images(one), G.calls
     assert all(torch.equal(rendered[i], expected[i]) for i in range(n))
+    assert G.calls - calls == 5 and len(rendered.images) == 37 - 32  # each batch once; one batch held
 
 
 def test_latents_are_drawn_in_chunks_of_one_seeded_stream(monkeypatch):
