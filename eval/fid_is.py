@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from arena.registry import ConfigError, cli_error
+from arena.rundir import check_links
 from arena.runs import load_run  # a module attribute, so tests can swap it
 
 from .cli_args import count_arg, default_device, device_arg, seed_arg
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         # --metrics "" is a mistake, not a request for the defaults: only a missing flag means eval.metrics
         asked = None if args.metrics is None else check_metrics(
             [m.strip() for m in args.metrics.split(",") if m.strip()], key="--metrics")
+        check_links(args.run)  # metrics.jsonl is appended to: never through a link
         cfg, objective, step = load_run(args.run, args.checkpoint, args.device)
         opts = getattr(objective, "opts", None)
         bn_batches = getattr(opts, "ema_bn_batches", 0)

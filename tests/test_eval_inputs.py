@@ -251,8 +251,11 @@ def test_fid_is_never_appends_through_a_symbolic_link(tmp_path, fake_run, capsys
     run.mkdir()
     elsewhere.write_text("")
     (run / "metrics.jsonl").symlink_to(elsewhere)
-    refused(capsys, fid_is.main, ["--run", str(run), "--num-samples", "50", "--metrics", "isc", "--device", "cpu"],
-            f"--run: cannot append to {run / 'metrics.jsonl'}: it is a symbolic link")
+    argv = ["--run", str(run), "--num-samples", "50", "--metrics", "isc", "--device", "cpu"]
+    refused(capsys, fid_is.main, argv, f"{run / 'metrics.jsonl'} is a symbolic link (to {elsewhere})")
+    assert elsewhere.read_text() == "" and fake_run[0].calls == 0  # refused before sampling
+    monkeypatch.setattr(fid_is, "check_links", lambda run: None)  # a link made while the metrics ran
+    refused(capsys, fid_is.main, argv, f"--run: cannot append to {run / 'metrics.jsonl'}: it is a symbolic link")
     assert elsewhere.read_text() == ""
 
 
