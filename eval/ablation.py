@@ -29,7 +29,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 from arena import checkpoint as ckpt
 from arena.config import load_config
@@ -37,6 +36,7 @@ from arena.registry import ConfigError
 
 from . import experiment as X
 from .dim_probes import ProbeSettings, load_encoder_run, log, run_probes
+from .cli_args import default_device, device_arg
 
 METRICS = (("svm_y", "SVM accuracy on Y (%)", "max"), ("ndm_y", "NDM on Y, no sigmoid (nats)", "min"),
            ("mine_y", "MINE I(X; Y) (nats)", "max"))
@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-train", type=int, default=0)
     p.add_argument("--max-test", type=int, default=0)
     p.add_argument("--retrain", action="store_true", help="train every cell again")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", type=device_arg, default=default_device())
     p.add_argument("overrides", nargs="*", help="extra config overrides, e.g. model.mi_units=256")
     return p
 

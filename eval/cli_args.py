@@ -63,7 +63,8 @@ def _argparse_type(check: Callable[[str], object], name: str) -> Callable[[str],
     return parse
 
 
-device_arg = _argparse_type(parse_device, "device")
+# the device's name ('cuda:0'), like default_device(): it goes into JSON records and settings
+device_arg = _argparse_type(lambda text: str(parse_device(text)), "device")
 
 
 def _integer(text: str) -> int:

@@ -39,6 +39,7 @@ from arena.registry import ConfigError, Registry, cli_error
 from arena.runs import load_run, read_run_config
 
 from . import probes as P
+from .cli_args import default_device, device_arg, seed_arg
 
 LAYERS = ("conv", "fc", "y")
 DEFAULT_PROBES = ("svm", "mlp", "msssim", "mine", "ndm")  # semi fine-tunes the encoder: ask for it
@@ -359,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probes", default=",".join(d.probes), help=f"comma list of {', '.join(PROBES.names())}")
     p.add_argument("--layers", default=",".join(d.layers), help="svm / mlp probe points: conv,fc,y")
     p.add_argument("--rep-layer", default=d.rep_layer, help="code for msssim, mine and ndm (default y)")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=seed_arg, default=d.seed)
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="feature extraction batch")
     p.add_argument("--svm-solver", choices=("sgd", "liblinear"), default=d.svm_solver)
     p.add_argument("--svm-c", type=float, default=d.svm_c)
@@ -367,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(flag(name), type=int, default=getattr(d, name))
     p.add_argument("--max-train", type=int, default=0, help="random subset of labeled train images (0 = all)")
     p.add_argument("--max-test", type=int, default=0, help="random subset of test images (0 = all)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", type=device_arg, default=default_device())
     p.add_argument("--ema", action="store_true", help="probe the EMA copy of the encoder (if the run keeps one)")
     p.add_argument("--table", action="store_true", help="also print a Markdown table")
     p.add_argument("--no-append", action="store_true", help="do not append to RUN_DIR/metrics.jsonl")

@@ -37,6 +37,7 @@ from arena.registry import ConfigError, cli_error
 from arena.runs import load_run
 
 from .plot_run import NOT_VALUES, flatten, read_metrics
+from .cli_args import device_arg
 
 
 def to_model_range(x: torch.Tensor) -> torch.Tensor:
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", default="latest", help="'latest' or a checkpoint directory")
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
                    help="the EMA weights where the run keeps them (generators: G's EMA)")
-    p.add_argument("--device", default="cpu", help="where the programs will run (cpu, cuda, cuda:1, ...)")
+    p.add_argument("--device", type=device_arg, default="cpu", help="where the programs will run (cpu, cuda, cuda:1, ...)")
     p.add_argument("--out", required=True, help="folder to write model.pt2 (model_uint8.pt2) and card.json into")
     args = p.parse_args(argv)
     try:

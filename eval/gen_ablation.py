@@ -49,6 +49,7 @@ from arena.registry import ConfigError
 from . import experiment as X
 from .fid_is import load_run
 from .fidelity import evaluate_generator
+from .cli_args import default_device, device_arg
 
 GRID_KEYS = ("steps", "budget", "common", "cells")
 
@@ -167,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cells", default="", help="comma-separated subset of the grid's cells")
     p.add_argument("--num-samples", type=int, default=5000)
     p.add_argument("--no-train", dest="train", action="store_false", help="measure existing runs only")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", type=device_arg, default=default_device())
     return p
 
 

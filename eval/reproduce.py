@@ -51,6 +51,7 @@ from .dim_probes import probe_command
 from .row_measures import Measuring, scaled
 from .tables import GENERATOR_MEASURES, PROBE_MEASURES, Row, RunSpec, Table, get_table, select_rows
 from .tables.report import complete_rows, fmt_scale, markdown
+from .cli_args import device_arg
 
 ROOT = Path(__file__).resolve().parent.parent
 THROUGHPUT = ROOT / "docs" / "throughput.json"
@@ -307,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", default="runs/reproduce", help="where the runs go (default runs/reproduce)")
     p.add_argument("--out", default="results", help="where TABLE.md / TABLE.json go (default results)")
     p.add_argument("--inception-weights", default="", help="local copy of torch-fidelity's Inception weights")
-    p.add_argument("--device", default="", help="for the probes (default: the main process's device)")
+    p.add_argument("--device", type=device_arg, default=None, help="for the probes (default: the main process's device)")
     p.add_argument("--no-progress", action="store_true", help="no training progress bars")
     return p
 

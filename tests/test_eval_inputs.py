@@ -268,3 +268,18 @@ def test_train_features_writes_through_no_planted_temporary_name(tmp_path):
     save_classifier(DomainClassifier(1, 8, 3, width=2, feature_dim=4), out, {"test_accuracy": 0.5})
     assert elsewhere.read_text() == "keep" and load_classifier(out)[1]["num_classes"] == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "f.pt", "f.pt.tmp"]
+
+
+@pytest.mark.parametrize("device", ["banana", "cuda"])
+def test_every_experiment_cli_refuses_a_device_it_cannot_use(device, no_gpu, tmp_path, capsys):
+    """The training-and-measuring commands and export parse --device with the same type:
+    refused at parse time, before any run is planned, trained or written."""
+    from eval import ablation, dim_probes, export, gen_ablation, reproduce
+
+    for main, argv in ((ablation.main, ["--config", "dim_l_digits", "--out", str(tmp_path / "h.png")]),
+                       (gen_ablation.main, ["--grid", "eval/grids/ie_digits.yaml", "--out", str(tmp_path / "g.json")]),
+                       (dim_probes.main, ["--run", str(tmp_path)]),
+                       (export.main, ["--run", str(tmp_path), "--out", str(tmp_path / "x")]),
+                       (reproduce.main, ["digits", "--out", str(tmp_path / "r")])):
+        refused(capsys, main, [*argv, "--device", device], "argument --device", f"'{device}'")
+    assert not list(tmp_path.iterdir())
