@@ -42,6 +42,14 @@ def make_optimizer(cfg: Config, player: str, net: nn.Module) -> torch.optim.Opti
     fused = bool(params) and use_gpu_paths(cfg.train.gpu_paths, params[0].device)
     cls, beta1 = _OPTIMIZERS[o.name]
     opt = cls(params, lr=lr, weight_decay=wd, **beta1(betas), **({"fused": True} if fused else {}))
+    if fused and opt.defaults.get("momentum"):
+        # torch's fused SGD allocates its momentum buffers uninitialised on its first step
+        # and lets the kernel fill them; a step the GradScaler skips (an fp16 overflow, common
+        # in the first steps) leaves them holding garbage that the next step takes for
+        # momentum. Zero buffers give the first step buf = momentum * 0 + g = g, the unfused
+        # first step's buffer exactly (dampening 0).
+        for p in params:
+            opt.state[p]["momentum_buffer"] = torch.zeros_like(p)
     for g in opt.param_groups:
         # the schedule's base (torch's name for it): saved with the state, so that a resume
         # compares the config's lr with the saved base, not with the decayed lr of the last step

@@ -70,7 +70,7 @@ def phase_losses(objective, x: torch.Tensor) -> dict:
 
 @pytest.mark.parametrize("config,overrides", [("ie_digits", GAN), ("wgan_gp_digits", GAN), ("dim_l_digits", DIM)])
 def test_nets_in_channels_last_compute_the_same_losses(tmp_path, config, overrides):
-    """What the trainer does on CUDA (nets and batches in channels_last) runs every phase
+    """What the trainer's GPU path does (nets and batches in channels_last) runs every phase
     of the objective and changes no value beyond float rounding."""
     x = images(8, 16, 4)
     ref = phase_losses(build(tmp_path, config, overrides), x)
