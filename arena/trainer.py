@@ -76,6 +76,9 @@ def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
 
 
 class Trainer:
+    """One run. `train()` is the whole of it; each part is a method below, so that a run
+    can be followed (or a test can stop) between them, e.g. between `resume()` and `loop()`."""
+
     def __init__(self, cfg: Config, hooks: list[Hook] = ()):
         self.cfg, self.hooks = cfg, list(hooks)
         self.procs = processes()
@@ -195,8 +198,8 @@ class Trainer:
         objective.calls = {name: step * runs for name, runs in objective.runs_per_step().items()}
         # a branch off another run's checkpoint keeps no earlier rows: none of them are its own
         self.log = MetricsLog(self.run_dir, main, start=0 if rundir.branches(self.run_dir, cfg.run.resume) else step)
-        _say(main and self.log.dropped, f"metrics.jsonl: dropped {self.log.dropped} rows after step {step} "
-                                        f"(steps this run does again)")
+        if self.log.dropped:  # counted on the main process only
+            _say(main, f"metrics.jsonl: dropped {self.log.dropped} rows after step {step} (steps this run does again)")
         from tqdm.auto import tqdm
 
         self.bar = tqdm(total=cfg.train.steps, initial=step, disable=not (main and cfg.train.progress),
@@ -212,9 +215,9 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------------------
     def loop(self) -> None:
-        cfg = self.cfg.train
+        steps, every = self.cfg.train.steps, self.cfg.train
         self.stop.install()
-        while self.step < cfg.steps:
+        while self.step < steps:
             self.set_learning_rates()
             self.tally.step.fill_(self.step + 1)
             self.stop.start()
@@ -225,12 +228,12 @@ class Trainer:
             self.steps_since += 1
             self.bar.update(1)
             stopping = self.agreed_stop()
-            end = self.step == cfg.steps or stopping > 0
-            if self.step % cfg.log_every == 0 or end:
+            end = self.step == steps or stopping > 0
+            if self.step % every.log_every == 0 or end:
                 self.log_values()
             if not stopping:  # a preempted job has seconds, not a metric's minutes
                 self.samples_and_hooks()
-            if self.step % cfg.checkpoint_every == 0 or end:
+            if self.step % every.checkpoint_every == 0 or end:
                 self.save()
             if stopping:
                 raise Stopped(f"stopped by {signal_name(stopping)} after step {self.step}; saved "

@@ -110,16 +110,18 @@ def test_the_gpu_path_trains_the_weights_of_the_default_path(tmp_path, cpu_only,
                          tol=1e-5 if precision == "no" else 1e-2)
 
 
-def test_fused_sgd_leaves_a_step_the_scaler_skips_as_unfused_sgd_does(monkeypatch):
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_fused_optimizers_leave_a_step_the_scaler_skips_as_unfused_ones_do(monkeypatch, optimizer):
     """An overflowing first step (fp16) is skipped by both implementations, and the next
-    step starts the momentum from that step's gradient alone in both. Uninitialised memory
-    may hold anything: here torch.empty_like hands out NaN, so that a buffer the skipped
-    step left unwritten cannot pass for zeros."""
+    step is the unfused one's: for SGD the momentum starts from that step's gradient alone.
+    Uninitialised memory may hold anything: here torch.empty_like hands out NaN, so that a
+    buffer the skipped step left unwritten cannot pass for zeros."""
     real_empty_like = torch.empty_like
     monkeypatch.setattr(torch, "empty_like", lambda *a, **k: real_empty_like(*a, **k).fill_(float("nan")))
     results = []
     for fused in (False, True):
-        cfg = tiny("nsgan_cp_digits", "unused", *LINEAR, f"train.gpu_paths={'on' if fused else 'off'}")
+        cfg = tiny("nsgan_cp_digits", "unused", *LINEAR, f"optim.name={optimizer}", "optim.weight_decay=0.1",
+                   f"train.gpu_paths={'on' if fused else 'off'}")
         torch.manual_seed(0)
         net = torch.nn.Linear(3, 1, bias=False)
         opt = make_optimizer(cfg, "D", net)
@@ -131,9 +133,14 @@ def test_fused_sgd_leaves_a_step_the_scaler_skips_as_unfused_sgd_does(monkeypatc
             scaler.unscale_(opt)  # what the trainer does before clipping
             scaler.step(opt)
             scaler.update()
-        results.append((net.weight.detach().clone(), opt.state[net.weight]["momentum_buffer"].clone()))
-    assert torch.isfinite(results[1][0]).all()
-    assert torch.equal(results[1][0], results[0][0]) and torch.equal(results[1][1], results[0][1])
+        state = {k: v for k, v in opt.state[net.weight].items() if torch.is_tensor(v)}
+        results.append((net.weight.detach().clone(), state))
+    (unfused, unfused_state), (weight, state) = results
+    assert state.keys() == unfused_state.keys()
+    assert optimizer == "sgd" or float(state["step"]) == 1.0  # the skipped step is not counted
+    torch.testing.assert_close(weight, unfused, rtol=1e-6, atol=1e-7)
+    for k, v in state.items():  # SGD's momentum, or Adam's moments and step count
+        torch.testing.assert_close(v.float(), unfused_state[k].float(), rtol=1e-6, atol=1e-7, msg=k)
 
 
 def first_row(run_dir) -> dict:
