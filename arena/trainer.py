@@ -1,8 +1,9 @@
 """The one training loop. accelerate's launcher layout reaches it through
 arena.distributed.processes(); the collectives are torch.distributed's.
 
-`Trainer.train()` reads top to bottom: check the run directory, build (processes, data,
-objective, optimizers, scalers, EMA), resume, then `loop()`: rounds of the phase
+`Trainer.train()` reads top to bottom: load the data, claim the run directory
+(arena/rundir.py: checked and locked, run.resume decided), build (objective, optimizers,
+scalers, EMA, batch stream), resume, start, then `loop()`: rounds of the phase
 schedule until `train.steps`, with logging, sample grids, hooks and checkpoints between
 rounds. One phase is `run_phase()`: forward, backward, average over processes, clip,
 step, EMA. The update's pieces are in arena/updates.py, the stop signals in
@@ -86,6 +87,7 @@ class Trainer:
         self.step = 0  # finished steps
 
     def train(self) -> Objective:
+        self.load_data()  # a missing or broken dataset fails before the run directory is touched
         # the run directory checked (no links, writable, one run in it) and locked for this
         # run; run.resume=auto decided: '' (fresh), 'latest' or a checkpoint directory
         with rundir.claim(self.cfg, self.procs) as resume:
@@ -101,14 +103,16 @@ class Trainer:
         return self.objective
 
     # -- build ------------------------------------------------------------------------
+    def load_data(self) -> None:
+        self.train_set = build_dataset(self.cfg.data, "train")
+        self.info = data_info(self.train_set)
+
     def build(self) -> None:
-        """Processes, data, objective (the same weights on every process), optimizers,
-        loss scalers, EMA copies and the batch stream."""
+        """The objective (the same weights on every process), optimizers, loss scalers, EMA
+        copies and the batch stream of the loaded data."""
         cfg, procs = self.cfg, self.procs
         device = procs.device
         self.amp_dtype = _AUTOCAST[cfg.train.mixed_precision]
-        self.train_set = build_dataset(cfg.data, "train")
-        self.info = data_info(self.train_set)
         torch.manual_seed(cfg.run.seed)
         self.objective = objective = build_objective(cfg, self.info)
         objective.nets.to(device)

@@ -104,6 +104,7 @@ def test_the_gpu_path_trains_the_weights_of_the_default_path(tmp_path, cpu_only,
         for trainer in (on, off):  # overflowing steps were skipped: the comparison covers them
             assert min(s.get_scale() for s in trainer.scalers.values()) < init
     start = Trainer(tiny("ie_digits", tmp_path / "start", *IE, *LINEAR))
+    start.load_data()
     start.build()
     assert_close_weights(saved(tmp_path / "off"), saved(tmp_path / "on"),
                          {n: net.state_dict() for n, net in start.objective.nets.items()},
@@ -188,7 +189,8 @@ def test_a_checkpoint_of_the_other_path_resumes_in_this_paths_layout(tmp_path, c
     checkpoint = saved(tmp_path / "twice")
     trainer = Trainer(tiny("ie_digits", tmp_path / "twice", *IE, *chosen, "train.steps=4",
                            f"train.gpu_paths={after}", "run.resume=latest"))
-    trainer.build()  # the steps of Trainer.train(), to look between resume and training
+    trainer.load_data()  # the steps of Trainer.train(), to look between resume and training
+    trainer.build()
     assert trainer.resume()
     for name, opt in trainer.optimizers.items():
         assert bool(opt.defaults["fused"]) is (after == "on")
