@@ -15,6 +15,8 @@ from arena.objective import OBJECTIVES
 from arena.trainer import Trainer, make_optimizer
 from tests.helpers import assert_same_state, launch_two_cpu_processes, tiny
 from tests.test_processes import GAN as SGD_GAN
+from tests.test_distributed import TRAIN as DIM_TRAIN
+from tests.test_distributed import assert_close as assert_close_to_scale
 from tests.test_processes import GlobalNoiseGAN, build_start
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -215,35 +217,43 @@ def test_a_checkpoint_of_the_other_path_resumes_in_this_paths_layout(tmp_path, c
 
 
 def test_two_processes_equal_one_on_the_gpu_path(tmp_path, monkeypatch, cpu_only):
-    """tests/test_processes.py's comparison (SGD, noise of the global batch) with fused SGD
-    and channels_last nets and batches: gradients averaged in the parameters' layout."""
+    """tests/test_processes.py's GAN comparison (SGD, noise of the global batch) and
+    tests/test_distributed.py's DIM one (negatives gathered across processes, SyncBatchNorm)
+    with fused SGD and channels_last nets and batches: gradients averaged in the
+    parameters' layout."""
     gan = [*SGD_GAN, "objective.name=test_global_noise_gan", "train.gpu_paths=on"]
+    dim = [*DIM_TRAIN, "train.gpu_paths=on"]
     script = tmp_path / "run2.py"
     script.write_text(f"""
 import json, sys, torch
 sys.path.insert(0, {str(ROOT)!r})
 from arena.objective import OBJECTIVES
 from arena.distributed import shutdown
-from arena.trainer import Trainer, make_optimizer
+from arena.trainer import Trainer
 from tests.helpers import tiny
-from tests.test_processes import GlobalNoiseGAN, build_start
+from tests.test_processes import GlobalNoiseGAN
 OBJECTIVES.register("test_global_noise_gan")(GlobalNoiseGAN)
-trainer = Trainer(tiny("nsgan_cp_digits", {str(tmp_path / 'two')!r}, *{gan!r}))
-trainer.train()
-weights = [p for p in trainer.objective.nets.parameters() if p.dim() == 4]
-nhwc = all(p.is_contiguous(memory_format=torch.channels_last) and (p.grad is None or p.grad.stride() == p.stride())
-           for p in weights)
-json.dump({{"world": trainer.procs.world, "fused": [o.defaults["fused"] for o in trainer.optimizers.values()],
-           "nhwc": nhwc}},
-          open({str(tmp_path)!r} + f"/rank{{trainer.procs.rank}}.json", "w"))
+seen = {{}}
+for name, config, overrides in [("gan", "nsgan_cp_digits", {gan!r}), ("dim", "dim_l_digits", {dim!r})]:
+    trainer = Trainer(tiny(config, {str(tmp_path)!r} + "/two_" + name, *overrides))
+    trainer.train()
+    weights = [p for p in trainer.objective.nets.parameters() if p.dim() == 4]
+    seen[name] = {{"world": trainer.procs.world, "fused": all(o.defaults["fused"] for o in trainer.optimizers.values()),
+                  "nhwc": all(p.is_contiguous(memory_format=torch.channels_last)
+                              and (p.grad is None or p.grad.stride() == p.stride()) for p in weights)}}
+json.dump(seen, open({str(tmp_path)!r} + f"/rank{{trainer.procs.rank}}.json", "w"))
 shutdown()
 """)
     launch_two_cpu_processes(script)
     for rank in (0, 1):
-        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == {"world": 2, "fused": [True, True],
-                                                                            "nhwc": True}
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == {
+            name: {"world": 2, "fused": True, "nhwc": True} for name in ("gan", "dim")}
     monkeypatch.setitem(OBJECTIVES._entries, "test_global_noise_gan", GlobalNoiseGAN)
-    one = Trainer(tiny("nsgan_cp_digits", tmp_path / "one", *gan))
+    one = Trainer(tiny("nsgan_cp_digits", tmp_path / "one_gan", *gan))
     one.train()
     assert_gpu_layout(one)
-    assert_close_weights(saved(tmp_path / "one"), saved(tmp_path / "two"), build_start(tmp_path))
+    assert_close_weights(saved(tmp_path / "one_gan"), saved(tmp_path / "two_gan"), build_start(tmp_path))
+    Trainer(tiny("dim_l_digits", tmp_path / "one_dim", *dim)).train()
+    one, two = saved(tmp_path / "one_dim")["nets"]["encoder"], saved(tmp_path / "two_dim")["nets"]["encoder"]
+    for k, v in one.items():
+        assert_close_to_scale(two[k].float(), v.float(), f"trained {k}")
