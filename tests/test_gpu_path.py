@@ -142,11 +142,11 @@ def test_resumed_moments_take_the_layout_of_channels_last_parameters():
 
 
 def test_averaged_gradients_keep_the_parameters_layout(cpu_only):
-    from arena.trainer import _average_gradients
+    from arena.updates import average_gradients
 
     net = torch.nn.Conv2d(3, 4, 3).to(memory_format=torch.channels_last)
     net(torch.randn(2, 3, 5, 5)).square().sum().backward()
     before = net.weight.grad.clone()
-    _average_gradients(net)  # one process: the mean is the gradient itself
+    average_gradients(net)  # one process: the mean is the gradient itself
     assert net.weight.grad.stride() == net.weight.stride()
     assert torch.equal(net.weight.grad, before)
