@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from arena.cli import ENDINGS, exit_status
 from arena.config import annotated_yaml, load_config
-from arena.registry import ConfigError, cli_error
 from arena.distributed import shutdown
-from arena.trainer import NonFiniteLoss, Stopped, train
+from arena.trainer import train
 
 
 def hooks_for(cfg):
@@ -37,17 +37,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         train(cfg, hooks_for(cfg))
         shutdown()
-    except ConfigError as err:
-        return cli_error(err)
-    except NonFiniteLoss as err:
-        return cli_error(err, code=3)
-    except Stopped as err:  # SIGTERM / Ctrl-C: the step was finished and saved
-        shutdown()
-        print(f"[arena] {err}", file=sys.stderr)
-        return 128 + err.signum  # the shell's convention: 143 for SIGTERM, 130 for SIGINT
-    except KeyboardInterrupt:  # Ctrl-C before the loop started, or a second one: nothing was saved
-        print("[arena] interrupted; nothing saved beyond the newest checkpoint", file=sys.stderr)
-        return 130
+    except ENDINGS as err:  # bad input 2, diverged 3, stopped 128 + signal, interrupted 130
+        return exit_status(err)
     return 0
 
 

@@ -70,6 +70,9 @@ class TrainConfig:
     log_every: int = 50
     num_samples: int = 64  # images in a training sample grid
     mixed_precision: str = "no"  # no | bf16 | fp16
+    # auto | on | off: fused optimizers, channels_last nets and batches. auto = on CUDA only;
+    # on = on any device (the CPU runs them too: the tests exercise the GPU's code there)
+    gpu_paths: str = "auto"
     ema: dict[str, float] | None = None  # player -> decay; None = the objective's default, {} = off
     progress: bool = True
 
@@ -498,6 +501,7 @@ def validate(cfg: Config) -> None:
     choices = {
         "train.mixed_precision": (cfg.train.mixed_precision, ["no", "bf16", "fp16"]),
         "optim.name": (cfg.optim.name, ["adam", "adamw", "sgd"]),
+        "train.gpu_paths": (cfg.train.gpu_paths, ["auto", "on", "off"]),
         "optim.schedule": (cfg.optim.schedule, ["constant", "linear"]),
     }
     for key, (value, valid) in choices.items():

@@ -111,7 +111,7 @@ class _Seeded(Dataset):
 
 class BatchStream:
     def __init__(self, dataset, global_batch: int, *, seed: int, rank: int = 0, world: int = 1,
-                 device: torch.device | str = "cpu", data_cfg=None):
+                 device: torch.device | str = "cpu", data_cfg=None, channels_last: bool = False):
         if global_batch % world:
             raise ConfigError(f"train.batch_size: {global_batch} is not divisible by the {world} processes")
         self.dataset, self.seed, self.rank, self.world = dataset, seed, rank, world
@@ -122,6 +122,7 @@ class BatchStream:
                 f"train.batch_size: {global_batch} is larger than the training set ({len(dataset)} images)"
             )
         self.device = torch.device(device)
+        self.channels_last = channels_last  # the layout the nets run in (the trainer's GPU path)
         self.epoch, self.position = 0, 0  # images of the epoch's order read so far
         self._loader_kwargs = {} if dataset.in_memory else make_loader_kwargs(dataset, data_cfg, self.device)
         self._loader, self._it, self._it_epoch = None, None, -1
@@ -166,7 +167,7 @@ class BatchStream:
             x, y = next(self._it)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         self.position += self.global_batch
-        if self.device.type == "cuda":  # the layout the conv nets run in there (trainer)
+        if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return Batch(x, y)
 

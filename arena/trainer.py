@@ -1,10 +1,13 @@
-"""The one training loop. The only module that imports accelerate.
+"""The one training loop. accelerate's launcher layout reaches it through
+arena.distributed.processes(); the collectives are torch.distributed's.
 
-Reads top to bottom in `train()`: processes and seeds, data, objective, optimizers,
-resume, then rounds of the phase schedule until `train.steps`, with logging, sample
-grids, hooks and checkpoints between rounds. Gradients are averaged across processes
-here (not by DistributedDataParallel), because the penalties take gradients w.r.t.
-inputs with `create_graph=True`, which DDP's reducer does not support.
+`Trainer.train()` reads top to bottom: load the data, claim the run directory
+(arena/rundir.py: checked and locked, run.resume decided), build (objective, optimizers,
+scalers, EMA, batch stream), resume, start, then `loop()`: rounds of the phase
+schedule until `train.steps`, with logging, sample grids, hooks and checkpoints between
+rounds. One phase is `run_phase()`: forward, backward, average over processes, clip,
+step, EMA. The update's pieces are in arena/updates.py, the stop signals in
+arena/stops.py, the logged values in arena/metrics_log.py.
 
 What a run guarantees (docs/core.md): a checkpoint never holds non-finite weights;
 SIGTERM / SIGINT finish the current step, save, and raise `Stopped`; a resume continues
@@ -15,11 +18,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
-import signal
 import sys
-import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -27,8 +27,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from accelerate.utils import broadcast, reduce
-from torch import Tensor, nn
 
 from . import checkpoint as ckpt
 from . import rundir
@@ -36,28 +34,22 @@ from .config import Config
 from .data import build_dataset
 from .distributed import Processes, processes
 from .images import save_grid
+from .metrics_log import MetricsLog, Tally
 from .objective import Objective, Phase, build_objective, data_info
 from .registry import ConfigError
 from .seeds import derive_seed
+from .stops import NonFiniteLoss, NonFiniteWeights, Stopped, StopSignals, signal_name
 from .stream import BatchStream
+from .updates import (average_gradients, clip_gradients, ema_update, make_optimizer, set_requires_grad,
+                      sync_buffers, use_gpu_paths)
 from .version import __version__
 
+__all__ = ["Hook", "NonFiniteLoss", "NonFiniteWeights", "Run", "Stopped", "Trainer", "clip_gradients",
+           "make_optimizer", "train"]
+_average_gradients = average_gradients  # the name the distributed tests use
 
-class NonFiniteLoss(RuntimeError):
-    pass
-
-
-class NonFiniteWeights(NonFiniteLoss):
-    """The losses were finite but an update left nan/inf in the weights (e.g. a huge lr)."""
-
-
-class Stopped(KeyboardInterrupt):
-    """SIGTERM or SIGINT: the run finished its step, saved a checkpoint and stopped. A
-    KeyboardInterrupt, so callers that treat Ctrl-C as "stop" keep doing so."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.signum = signum
+# train.mixed_precision -> autocast dtype (None: no autocast); the config loader checked the value
+_AUTOCAST = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -79,398 +71,304 @@ class Run:
     procs: Processes
 
 
-def make_optimizer(cfg: Config, player: str, net: nn.Module) -> torch.optim.Optimizer:
-    o = cfg.optim
-    over = o.players.get(player)
-    lr = over.lr if over and over.lr is not None else o.lr
-    betas = over.betas if over and over.betas is not None else o.betas
-    wd = over.weight_decay if over and over.weight_decay is not None else o.weight_decay
-    params = [p for p in net.parameters() if p.requires_grad]
-    # On CUDA the fused update: one kernel for all of a player's parameters instead of a
-    # handful per tensor, and a GradScaler steps it without reading found-inf on the host.
-    # Elsewhere torch's default (the CPU path as it always was).
-    fast = {"fused": True} if params and all(p.is_cuda for p in params) else {}
-    if o.name == "adam":
-        opt = torch.optim.Adam(params, lr=lr, betas=tuple(betas), weight_decay=wd, **fast)
-    elif o.name == "adamw":
-        opt = torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=wd, **fast)
-    else:
-        opt = torch.optim.SGD(params, lr=lr, momentum=betas[0], weight_decay=wd, **fast)
-    for g in opt.param_groups:
-        # the schedule's base (torch's name for it): saved with the state, so that a resume
-        # compares the config's lr with the saved base, not with the decayed lr of the last step
-        g["initial_lr"] = g["lr"]
-    return opt
-
-
-def clip_gradients(objective: Objective, player: str, limit: float) -> None:
-    """Rescale the gradient of each of the player's clip groups to norm <= limit."""
-    for part in objective.clip_groups(player):
-        torch.nn.utils.clip_grad_norm_(part.parameters(), limit)
-
-
-class _Logger:
-    """metrics.jsonl (+ TensorBoard when installed) on the main process."""
-
-    def __init__(self, run_dir: Path, enabled: bool, start: int = 0):
-        self.enabled = enabled
-        self.path = run_dir / "metrics.jsonl"
-        self.tb = None
-        if enabled:
-            self.dropped = rundir.drop_metrics_after(self.path, start)
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=start + 1)
-            except ImportError:  # tensorboard is optional
-                self.tb = None
-
-    def __call__(self, step: int, values: dict) -> None:
-        if not self.enabled or not values:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, **values}) + "\n")
-        if self.tb is not None:
-            for k, v in values.items():
-                if isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, step)
-            self.tb.flush()
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
-def _set_requires_grad(objective: Objective, players: tuple[str, ...]) -> None:
-    # Players that do not step in this phase get no weight gradients (saves the
-    # backward through them; penalties still differentiate w.r.t. inputs).
-    for name, net in objective.nets.items():
-        net.requires_grad_(name in players)
-
-
-@torch.no_grad()
-def _ema_update(ema: nn.Module, net: nn.Module, decay: float) -> None:
-    for e, p in zip(ema.parameters(), net.parameters()):
-        e.lerp_(p, 1.0 - decay)
-    for e, b in zip(ema.buffers(), net.buffers()):
-        e.copy_(b)
-
-
 def train(cfg: Config, hooks: list[Hook] = ()) -> Objective:
-    procs = processes()
-    train_set = build_dataset(cfg.data, "train")  # a wrong data root fails before the run dir is touched
-    # the run directory checked and locked for this run; run.resume=auto decided
-    with rundir.claim(cfg, procs) as resume:
-        return _train(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, resume=resume)), hooks, procs,
-                      train_set)
+    """Train `cfg` (fresh, or resumed from run.resume) -> the objective with its nets and EMA copies."""
+    return Trainer(cfg, hooks).train()
 
 
-def _train(cfg: Config, hooks: list[Hook], procs: Processes, train_set) -> Objective:
-    # -- processes, device, seeds ------------------------------------------------
-    rank, world, device, main = procs.rank, procs.world, procs.device, procs.main
-    run_dir = Path(cfg.run.dir)
-    amp_dtype = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.mixed_precision]
+class Trainer:
+    """One run. `train()` is the whole of it; each part is a method below, so that a run
+    can be followed (or a test can stop) between them, e.g. between `resume()` and `loop()`."""
 
-    # -- data and objective (same weights on every process) ---------------------
-    info = data_info(train_set)
-    torch.manual_seed(cfg.run.seed)
-    objective = build_objective(cfg, info)
-    objective.nets.to(device)
-    if device.type == "cuda":
-        # Tensor-core convolutions read NHWC: 4-d weights (and so conv outputs) and the
-        # batches (BatchStream) in channels_last. The CPU keeps the default layout.
-        objective.nets.to(memory_format=torch.channels_last)
-    schedule = objective.schedule()
-    optimizers = {name: make_optimizer(cfg, name, net) for name, net in objective.nets.items()}
-    scalers = {p.name: torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16) for p in schedule}
-    ema_decay = objective.ema_decays()
-    clip = {name: objective.clip_norm(name) for name in objective.nets}
-    objective.ema = {name: copy.deepcopy(objective.nets[name]).requires_grad_(False).eval() for name in ema_decay}
-    # Per-process noise from here on (different z, prior samples, ... on each process).
-    torch.manual_seed(derive_seed(cfg.run.seed, "process_noise", rank))
-    stream = BatchStream(train_set, cfg.train.batch_size, seed=cfg.run.seed, rank=rank, world=world,
-                         device=device, data_cfg=cfg.data)
+    def __init__(self, cfg: Config, hooks: list[Hook] = ()):
+        self.cfg, self.hooks = cfg, list(hooks)
+        self.procs = processes()
+        self.run_dir = Path(cfg.run.dir)
+        self.step = 0  # finished steps
 
-    # -- resume --------------------------------------------------------------------
-    step, unreadable = 0, []
-    if cfg.run.resume:
-        loaded = ckpt.load_checkpoint(run_dir, cfg.run.resume, rank, warn=_warn if main else None, world=world)
-        where, saved, rng, unreadable = loaded.where, loaded.state, loaded.rng, loaded.skipped
-        _check_resume_point(cfg, run_dir, loaded)
-        ckpt.restore(objective, saved, where, ema_players=ema_decay)
-        for name in objective.nets:
-            changed = ckpt.load_optimizer(optimizers[name], saved, name, where)
+    def train(self) -> Objective:
+        self.load_data()  # a missing or broken dataset fails before the run directory is touched
+        # the run directory checked (no links, writable, one run in it) and locked for this
+        # run; run.resume=auto decided: '' (fresh), 'latest' or a checkpoint directory
+        with rundir.claim(self.cfg, self.procs) as resume:
+            self.cfg = dataclasses.replace(self.cfg, run=dataclasses.replace(self.cfg.run, resume=resume))
+            self.build()
+            try:
+                if resume and not self.resume():
+                    return self.objective  # the run is complete
+                self.start()
+                self.loop()
+            finally:
+                self.close()
+        return self.objective
+
+    # -- build ------------------------------------------------------------------------
+    def load_data(self) -> None:
+        self.train_set = build_dataset(self.cfg.data, "train")
+        self.info = data_info(self.train_set)
+
+    def build(self) -> None:
+        """The objective (the same weights on every process), optimizers, loss scalers, EMA
+        copies and the batch stream of the loaded data."""
+        cfg, procs = self.cfg, self.procs
+        device = procs.device
+        self.amp_dtype = _AUTOCAST[cfg.train.mixed_precision]
+        torch.manual_seed(cfg.run.seed)
+        self.objective = objective = build_objective(cfg, self.info)
+        objective.nets.to(device)
+        # The GPU path: tensor-core convolutions read NHWC, so 4-d weights (and so conv
+        # outputs) and the batches (BatchStream) are channels_last; optimizers are fused.
+        gpu_paths = use_gpu_paths(cfg.train.gpu_paths, device)
+        if gpu_paths:
+            objective.nets.to(memory_format=torch.channels_last)
+        self.schedule = objective.schedule()
+        self.optimizers = {name: make_optimizer(cfg, name, net) for name, net in objective.nets.items()}
+        self.scalers = {p.name: torch.amp.GradScaler(device.type, enabled=self.amp_dtype is torch.float16)
+                        for p in self.schedule}
+        self.ema_decay = objective.ema_decays()
+        self.clip = {name: objective.clip_norm(name) for name in objective.nets}
+        objective.ema = {name: copy.deepcopy(objective.nets[name]).requires_grad_(False).eval()
+                         for name in self.ema_decay}
+        # Per-process noise from here on (different z, prior samples, ... on each process).
+        torch.manual_seed(derive_seed(cfg.run.seed, "process_noise", procs.rank))
+        self.stream = BatchStream(self.train_set, cfg.train.batch_size, seed=cfg.run.seed, rank=procs.rank,
+                                  world=procs.world, device=device, data_cfg=cfg.data, channels_last=gpu_paths)
+        self.tally = Tally(device)
+        self.log = MetricsLog(self.run_dir, False)  # opened by start()
+        self.stop = StopSignals(procs.world)
+        self.bar = None
+
+    # -- resume ---------------------------------------------------------------------------
+    def resume(self) -> bool:
+        """Load nets, EMA, optimizers, scalers, the data position and the RNG from
+        run.resume. -> False when the run is already complete (nothing to train)."""
+        cfg, main = self.cfg, self.procs.main
+        loaded = ckpt.load_checkpoint(self.run_dir, cfg.run.resume, self.procs.rank, warn=_warn if main else None,
+                                      world=self.procs.world)
+        where, saved = loaded.where, loaded.state
+        self.check_resume_point(loaded)
+        ckpt.restore(self.objective, saved, where, ema_players=self.ema_decay)
+        for name, opt in self.optimizers.items():
+            changed = ckpt.load_optimizer(opt, saved, name, where)
             if main and changed:  # e.g. a lower lr to continue with
                 print(f"[arena] {name}: optimizer state from the checkpoint, settings from the config: "
                       f"{', '.join(changed)}")
-        for name, scaler in scalers.items():
+        for name, scaler in self.scalers.items():
             if name in saved["scalers"]:
                 scaler.load_state_dict(saved["scalers"][name])
-        stream.load_state_dict(saved["data"])
-        step = int(saved["step"])
-        if rng is not None:
-            ckpt.set_rng_state(rng)
-        if main:
-            print(f"[arena] resumed from {where} at step {step}")
-        if step == cfg.train.steps:
-            if main:
-                print(f"[arena] nothing to train: the run is complete (train.steps={step}); raise train.steps "
-                      f"to train further")
-            return objective
-
-    if unreadable:  # the same list on every process
-        procs.barrier()  # every process is done reading them
-        if main:
-            for bad in unreadable:  # aside, so that rotation never keeps them in place of good ones
+        self.stream.load_state_dict(saved["data"])
+        self.step = int(saved["step"])
+        if loaded.rng is not None:
+            ckpt.set_rng_state(loaded.rng)
+        _say(main, f"resumed from {where} at step {self.step}")
+        if self.step == cfg.train.steps:
+            _say(main, f"nothing to train: the run is complete (train.steps={self.step}); raise train.steps "
+                       f"to train further")
+            return False
+        if loaded.skipped:  # the same list on every process
+            self.procs.barrier()  # every process is done reading them
+            for bad in loaded.skipped if main else ():  # aside, so that rotation never keeps them
                 _warn(f"moved the unreadable {bad.name} aside to {ckpt.move_aside(bad).name}")
-    if main:
-        (run_dir / "config.yaml").write_text(cfg.to_yaml())
-        print(f"[arena] {cfg.objective.name} on {train_set.describe()}; {world} process(es) on {device}; "
-              f"run dir {run_dir}")
-        per_step = objective.data_batches_per_step()
-        print(f"[arena] {per_step} data batch(es) of {cfg.train.batch_size} per step: {cfg.train.steps} steps read "
-              f"{per_step * cfg.train.steps * cfg.train.batch_size / len(train_set):.1f} passes over the "
-              f"{len(train_set)} training images")
-    # Phase run counts (lazy regularization reads them): a function of the step, so a
-    # resumed run continues the same schedule without saving them.
-    objective.calls = {name: step * runs for name, runs in objective.runs_per_step().items()}
-    # a branch off another run's checkpoint keeps no earlier rows: none of them are its own
-    log = _Logger(run_dir, main, start=0 if rundir.branches(run_dir, cfg.run.resume) else step)
-    if main and log.dropped:
-        print(f"[arena] metrics.jsonl: dropped {log.dropped} rows after step {step} (steps this run does again)")
-    run = Run(cfg, objective, procs)
+        return True
 
-    # -- one phase: forward, backward, average over processes, clip, step, EMA ----------
-    sums: dict[str, Tensor] = {}  # running sums since the last log, on the device
-    counts: dict[str, int] = {}
-    first_bad: dict[str, Tensor] = {}
-    step_t = torch.zeros((), device=device, dtype=torch.long)
+    def check_resume_point(self, loaded: ckpt.Loaded) -> None:
+        """Refuse a resume that would silently throw work away."""
+        cfg, step = self.cfg, int(loaded.state["step"])
+        if step > cfg.train.steps:
+            raise ConfigError(f"train.steps: {cfg.train.steps} is below the step of {loaded.where} ({step}); "
+                              f"set train.steps above {step} to train further")
+        newer = [p for p in ckpt.checkpoint_dirs(self.run_dir)
+                 if ckpt.step_of(p) > step and p not in loaded.skipped]
+        if newer:
+            raise ConfigError(
+                f"run.resume: {loaded.where} (step {step}) is older than {newer[-1].name} of run.dir "
+                f"{self.run_dir}; continuing would overwrite the newer checkpoints and metrics. To branch off at "
+                f"step {step}, set run.dir to a new directory; to go back for good, first move "
+                f"{', '.join(p.name for p in newer)} out of {self.run_dir / 'checkpoints'}")
 
-    last_batch = None  # the batch the last "fresh" phase drew, for "previous" phases
+    def start(self) -> None:
+        """The run's files and banner, the phase counters, the log and the progress bar."""
+        cfg, main, step, objective = self.cfg, self.procs.main, self.step, self.objective
+        if main:
+            (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
+            n, per_step = len(self.train_set), objective.data_batches_per_step()
+            print(f"[arena] {cfg.objective.name} on {self.train_set.describe()}; {self.procs.world} process(es) "
+                  f"on {self.procs.device}; run dir {self.run_dir}")
+            print(f"[arena] {per_step} data batch(es) of {cfg.train.batch_size} per step: {cfg.train.steps} steps "
+                  f"read {per_step * cfg.train.steps * cfg.train.batch_size / n:.1f} passes over the {n} "
+                  f"training images")
+        # Phase run counts (lazy regularization reads them): a function of the step, so a
+        # resumed run continues the same schedule without saving them.
+        objective.calls = {name: step * runs for name, runs in objective.runs_per_step().items()}
+        # a branch off another run's checkpoint keeps no earlier rows: none of them are its own
+        self.log = MetricsLog(self.run_dir, main, start=0 if rundir.branches(self.run_dir, cfg.run.resume) else step)
+        if self.log.dropped:  # counted on the main process only
+            _say(main, f"metrics.jsonl: dropped {self.log.dropped} rows after step {step} (steps this run does again)")
+        from tqdm.auto import tqdm
 
-    def run_phase(phase: Phase) -> None:
-        nonlocal last_batch
-        _set_requires_grad(objective, phase.players)
+        self.bar = tqdm(total=cfg.train.steps, initial=step, disable=not (main and cfg.train.progress),
+                        desc=cfg.name, dynamic_ncols=True)
+        self.fixed_z = None
+        if objective.generates:
+            self.fixed_z = objective.latent(cfg.train.num_samples, torch.Generator().manual_seed(cfg.run.seed))
+        for net in objective.nets.values():
+            net.train()
+        self.t_last, self.steps_since = time.perf_counter(), 0
+        self.last_batch = None  # the batch the last "fresh" phase drew, for "previous" phases
+        self.run = Run(cfg, objective, self.procs)  # what hooks see
+
+    # -- the loop -------------------------------------------------------------------------
+    def loop(self) -> None:
+        steps, every = self.cfg.train.steps, self.cfg.train
+        self.stop.install()
+        while self.step < steps:
+            self.set_learning_rates()
+            self.tally.step.fill_(self.step + 1)
+            self.stop.start()
+            for phase in self.schedule:
+                for _ in range(phase.repeats):
+                    self.run_phase(phase)
+            self.step += 1  # before saving: a checkpoint at step s holds s finished steps
+            self.steps_since += 1
+            self.bar.update(1)
+            stopping = self.agreed_stop()
+            end = self.step == steps or stopping > 0
+            if self.step % every.log_every == 0 or end:
+                self.log_values()
+            if not stopping:  # a preempted job has seconds, not a metric's minutes
+                self.samples_and_hooks()
+            if self.step % every.checkpoint_every == 0 or end:
+                self.save()
+            if stopping:
+                raise Stopped(f"stopped by {signal_name(stopping)} after step {self.step}; saved "
+                              f"{ckpt.final_dir(self.run_dir, self.step)}; continue with run.resume=latest",
+                              stopping)
+
+    def set_learning_rates(self) -> None:
+        if self.cfg.optim.schedule == "linear":  # decay to 0 at train.steps
+            for opt in self.optimizers.values():
+                for g in opt.param_groups:
+                    g["lr"] = g["initial_lr"] * (1.0 - self.step / self.cfg.train.steps)
+
+    def agreed_stop(self) -> int:
+        """A stop signal's number, the same on every process; 0 = none (or the run is
+        complete: it finishes as usual, or its final samples and hooks are lost for good)."""
+        stopping = self.stop.agreed()
+        if stopping and self.step == self.cfg.train.steps:
+            _say(self.procs.main, f"{signal_name(stopping)} at the last step: finishing the run")
+            return 0
+        return stopping
+
+    # -- one phase ------------------------------------------------------------------------
+    def run_phase(self, phase: Phase) -> None:
+        """Forward, backward, average over processes, clip, step, EMA; the logged values
+        are summed on the device (no per-step sync)."""
+        objective, scaler = self.objective, self.scalers[phase.name]
+        set_requires_grad(objective.nets, phase.players)
         if phase.data == "fresh":
-            last_batch = next(stream)
-        batch = None if phase.data == "none" else last_batch
-        ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
-        with ctx:
-            out = objective.loss(phase.name, batch, stream.batch_size)
+            self.last_batch = next(self.stream)
+        batch = None if phase.data == "none" else self.last_batch
+        device_type = self.procs.device.type
+        with torch.autocast(device_type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext():
+            out = objective.loss(phase.name, batch, self.stream.batch_size)
         objective.calls[phase.name] += 1
-        loss = out["loss"].float()
-        scaler = scalers[phase.name]
         for name in phase.players:
-            optimizers[name].zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+            self.optimizers[name].zero_grad(set_to_none=True)
+        scaler.scale(out["loss"].float()).backward()
         for name in phase.players:
-            net, opt = objective.nets[name], optimizers[name]
-            if world > 1:
-                _average_gradients(net)
-            if clip[name] > 0:
+            net, opt = objective.nets[name], self.optimizers[name]
+            if self.procs.world > 1:
+                average_gradients(net)
+            if self.clip[name] > 0:
                 scaler.unscale_(opt)
-                clip_gradients(objective, name, clip[name])
+                clip_gradients(objective, name, self.clip[name])
             scaler.step(opt)
-            if world > 1:
-                _sync_buffers(net)
+            if self.procs.world > 1:
+                sync_buffers(net)
             if name in objective.ema:
-                _ema_update(objective.ema[name], net, ema_decay[name])
+                ema_update(objective.ema[name], net, self.ema_decay[name])
         scaler.update()
-        # Accumulate on the device; read back only at log time (no per-step sync).
-        for key, value in out.items():
-            k = f"{phase.name}/{key}"
-            v = value.detach().float()
-            sums[k] = sums.get(k, 0.0) + v
-            counts[k] = counts.get(k, 0) + 1
-            bad = first_bad.get(k)
-            if bad is None:
-                bad = first_bad[k] = torch.full((), -1, device=device, dtype=torch.long)
-            first_bad[k] = torch.where((bad < 0) & ~torch.isfinite(v), step_t, bad)
+        self.tally.add(phase.name, out)
 
-    def check_finite() -> None:
-        # Every process decides on the same numbers (one all-reduce, at log / save time):
-        # losses differ between processes, and one stopping alone would leave the others
-        # waiting in the next collective.
-        keys = sorted(first_bad)
-        if not keys:
-            return
-        firsts = torch.stack([first_bad[k] for k in keys])
-        if world > 1:
-            never = torch.iinfo(torch.long).max  # a process with no bad step must not win the MIN
-            firsts = torch.where(firsts < 0, never, firsts)
-            torch.distributed.all_reduce(firsts, op=torch.distributed.ReduceOp.MIN)
-            firsts = torch.where(firsts == never, -1, firsts)
-        bad = _first_nonfinite(dict(zip(keys, firsts.tolist())))
+    # -- log, samples, hooks ----------------------------------------------------------------
+    def check_finite(self) -> None:
+        """Every process decides on the same numbers (one all-reduce, at log / save time):
+        losses differ between processes, and one stopping alone would leave the others
+        waiting in the next collective."""
+        bad = self.tally.first_nonfinite(self.procs.world)
         if bad:
-            raise NonFiniteLoss(
-                f"loss '{bad[0]}' became non-finite (nan or inf) at step {bad[1]}; stopping. {_saved_so_far(cfg)}"
-            )
+            raise NonFiniteLoss(f"loss '{bad[0]}' became non-finite (nan or inf) at step {bad[1]}; stopping. "
+                                f"{_saved_so_far(self.cfg)}")
 
-    def save(at: int) -> None:
-        check_finite()  # never write a checkpoint of diverged weights
-        weights = {**{n: m.state_dict() for n, m in objective.nets.items()},
-                   **{f"ema {n}": m.state_dict() for n, m in objective.ema.items()}}
-        bad = ckpt.nonfinite_tensors(weights)  # losses can stay finite while an update blows the weights up
+    def log_values(self) -> None:
+        self.check_finite()
+        now = time.perf_counter()
+        values = self.tally.means()
+        values["steps_per_s"] = self.steps_since / max(now - self.t_last, 1e-9)
+        self.log(self.step, values)
+        # each phase's loss, e.g. {critic: 1.36, generator: 0.71}
+        self.bar.set_postfix({k[: -len("/loss")]: f"{v:.3g}" for k, v in values.items() if k.endswith("/loss")})
+        self.t_last, self.steps_since = now, 0
+
+    def samples_and_hooks(self) -> None:
+        step, last, main = self.step, self.step == self.cfg.train.steps, self.procs.main
+        if self.fixed_z is not None and main and (step % self.cfg.train.sample_every == 0 or last):
+            images = self.objective.generate(self.fixed_z.to(self.procs.device), ema=True)
+            save_grid(images, self.run_dir / "samples" / f"step-{step:06d}.png",
+                      nrow=int(math.ceil(math.sqrt(len(images)))))
+        for hook in self.hooks:
+            if (step % hook.every == 0 or last) and (hook.all_processes or main):
+                values = hook.fn(self.run, step)
+                if values:
+                    self.log(step, values)
+
+    # -- save -------------------------------------------------------------------------------
+    def save(self) -> None:
+        """checkpoint-<step>: written to a temporary directory by every process (its RNG),
+        state.pt by the main one, then committed (renamed, older ones rotated)."""
+        at, main, rank, objective = self.step, self.procs.main, self.procs.rank, self.objective
+        self.check_finite()  # never write a checkpoint of diverged weights
+        nets = {n: m.state_dict() for n, m in objective.nets.items()}
+        ema = {n: m.state_dict() for n, m in objective.ema.items()}
+        # losses can stay finite while an update blows the weights up
+        bad = ckpt.nonfinite_tensors({**nets, **{f"ema {n}": s for n, s in ema.items()}})
         if bad:
             raise NonFiniteWeights(f"weights became non-finite (nan or inf) by step {at} in "
                                    f"{ckpt.describe_nonfinite(bad)}; stopping without saving them. "
-                                   f"{_saved_so_far(cfg)}")
+                                   f"{_saved_so_far(self.cfg)}")
         if main:
-            ckpt.prepare(run_dir, at)
-        procs.barrier()
-        tmp = ckpt.tmp_dir(run_dir, at)
+            ckpt.prepare(self.run_dir, at)
+        self.procs.barrier()
+        tmp = ckpt.tmp_dir(self.run_dir, at)
         ckpt.write(tmp / f"rng-rank{rank}.pt", ckpt.rng_state())
         if main:
             ckpt.write(tmp / "state.pt", {
-                "step": at,
-                "nets": {n: m.state_dict() for n, m in objective.nets.items()},
-                "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
-                "optimizer_types": {n: type(o).__name__ for n, o in optimizers.items()},
-                "ema": {n: m.state_dict() for n, m in objective.ema.items()},
-                "scalers": {n: s.state_dict() for n, s in scalers.items()},
-                "data": stream.state_dict(),
-                "data_info": vars(info),
-                "config": cfg.to_yaml(),
+                "step": at, "nets": nets, "ema": ema,
+                "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+                "optimizer_types": {n: type(o).__name__ for n, o in self.optimizers.items()},
+                "scalers": {n: s.state_dict() for n, s in self.scalers.items()},
+                "data": self.stream.state_dict(),
+                "data_info": vars(self.info),
+                "config": self.cfg.to_yaml(),
                 "version": __version__,
-                "world_size": world,
+                "world_size": self.procs.world,
             })
-        procs.barrier()
+        self.procs.barrier()
         if main:
-            ckpt.commit(run_dir, at, cfg.train.keep_checkpoints)
-        procs.barrier()
+            ckpt.commit(self.run_dir, at, self.cfg.train.keep_checkpoints)
+        self.procs.barrier()
 
-    # -- the loop ---------------------------------------------------------------------
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=cfg.train.steps, initial=step, disable=not (main and cfg.train.progress),
-               desc=cfg.name, dynamic_ncols=True)
-    fixed_z = None
-    if objective.generates:
-        fixed_z = objective.latent(cfg.train.num_samples, torch.Generator().manual_seed(cfg.run.seed))
-    for net in objective.nets.values():
-        net.train()
-    t_last, steps_since = time.perf_counter(), 0
-    stop = _StopSignals(world)
-    try:
-        stop.install()
-        while step < cfg.train.steps:
-            if cfg.optim.schedule == "linear":  # decay to 0 at train.steps
-                for opt in optimizers.values():
-                    for g in opt.param_groups:
-                        g["lr"] = g["initial_lr"] * (1.0 - step / cfg.train.steps)
-            step_t.fill_(step + 1)  # 1-based, as logged: step s is the s-th update
-            stop.start()
-            for phase in schedule:
-                for _ in range(phase.repeats):
-                    run_phase(phase)
-            step += 1  # before saving: a checkpoint at step s holds s finished steps
-            steps_since += 1
-            bar.update(1)
-            stopping = stop.agreed()  # a signal's number, the same on every process; 0 = none
-            if stopping and step == cfg.train.steps:
-                # the run is complete: finish it as usual, or its final samples and hooks are
-                # lost for good (a rerun has nothing to train)
-                if main:
-                    print(f"[arena] {signal.Signals(stopping).name} at the last step: finishing the run")
-                stopping = 0
-            end = step == cfg.train.steps or stopping > 0
-
-            if step % cfg.train.log_every == 0 or end:
-                check_finite()
-                now = time.perf_counter()
-                values = {k: float(v.item()) / counts[k] for k, v in sums.items()}
-                values["steps_per_s"] = steps_since / max(now - t_last, 1e-9)
-                log(step, values)
-                # each phase's loss, e.g. {critic: 1.36, generator: 0.71}
-                bar.set_postfix({k[: -len("/loss")]: f"{v:.3g}" for k, v in values.items() if k.endswith("/loss")})
-                sums.clear()
-                counts.clear()
-                t_last, steps_since = now, 0
-            # A stop skips samples and hooks: a preempted job has seconds, not a metric's minutes.
-            if fixed_z is not None and main and not stopping and (step % cfg.train.sample_every == 0
-                                                                  or step == cfg.train.steps):
-                images = objective.generate(fixed_z.to(device), ema=True)
-                save_grid(images, run_dir / "samples" / f"step-{step:06d}.png",
-                          nrow=int(math.ceil(math.sqrt(len(images)))))
-            for hook in hooks:
-                if (step % hook.every == 0 or step == cfg.train.steps) and not stopping:
-                    if hook.all_processes or main:
-                        values = hook.fn(run, step)
-                        if values:
-                            log(step, values)
-            if step % cfg.train.checkpoint_every == 0 or end:
-                save(step)
-            if stopping:
-                raise Stopped(f"stopped by {signal.Signals(stopping).name} after step {step}; saved "
-                              f"{ckpt.final_dir(run_dir, step)}; continue with run.resume=latest", stopping)
-    finally:
-        stop.uninstall()
-        stream.close()
-        bar.close()
-        log.close()
-    return objective
+    def close(self) -> None:
+        self.stop.uninstall()
+        self.stream.close()
+        if self.bar is not None:
+            self.bar.close()
+        self.log.close()
 
 
-class _StopSignals:
-    """SIGTERM (a scheduler's notice before preemption) and SIGINT (Ctrl-C) set a flag; the
-    loop finishes the step, saves and raises Stopped. In a single process a second Ctrl-C
-    stops at once (without saving); with N processes the launcher forwards the signals, so
-    repeats are absorbed there. Repeated SIGTERMs are always absorbed (a scheduler may
-    signal both the launcher and the workers).
-
-    With N processes the flags are shared by an asynchronous all-reduce (MAX) on a CPU group
-    of its own, started as a step begins and read as it ends: the step never waits for it,
-    and every process stops after the same step. A signal that comes during a step stops
-    the run after the next one."""
-
-    def __init__(self, world: int):
-        self.world, self.signum, self._previous = world, 0, {}
-        self._group = self._pending = self._flag = None
-
-    def install(self) -> None:
-        if self.world > 1:
-            # gloo: reading a flag back from the GPU would make the step wait for it
-            self._group = torch.distributed.new_group(backend="gloo")
-        if threading.current_thread() is threading.main_thread():  # Python allows handlers only there
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, frame) -> None:
-        self.signum = self.signum or signum
-        if signum == signal.SIGINT and self.world == 1:
-            signal.signal(signal.SIGINT, self._previous.pop(signal.SIGINT))
-
-    def uninstall(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-        # a pending exchange means this process failed inside a step: leave the group to the exit
-        if self._group is not None and self._pending is None:
-            torch.distributed.destroy_process_group(self._group)  # one group per train() call, not a leak
-        self._group = self._pending = None
-
-    def start(self) -> None:
-        """As a step begins: send this process's flag (0: no signal) without waiting."""
-        if self.world > 1:
-            self._flag = torch.tensor([self.signum], dtype=torch.int64)
-            self._pending = torch.distributed.all_reduce(self._flag, op=torch.distributed.ReduceOp.MAX,
-                                                         group=self._group, async_op=True)
-
-    def agreed(self) -> int:
-        """As the step ends: the signal any process had sent at its start (0: none), the same
-        on every process; in a single process, the signal received so far."""
-        if self.world == 1:
-            return self.signum
-        self._pending.wait()  # long done by now: it ran beside the step
-        self._pending = None
-        return int(self._flag.item())  # a CPU tensor: no device sync
-
-
-def _first_nonfinite(first_bad: dict[str, int]) -> tuple[str, int] | None:
-    """{key: first step its value was non-finite, -1: never} -> the first to go (the others
-    follow from it; ties by name, so every process names the same), or None."""
-    bad = sorted((step, key) for key, step in first_bad.items() if step >= 0)
-    return (bad[0][1], bad[0][0]) if bad else None
+def _say(main: bool, message: str) -> None:
+    if main:
+        print(f"[arena] {message}")
 
 
 def _warn(message: str) -> None:
@@ -483,45 +381,3 @@ def _saved_so_far(cfg: Config) -> str:
     if found:
         return f"The newest checkpoint is {found[-1]} (step {ckpt.step_of(found[-1])})."
     return f"No checkpoint exists under {Path(cfg.run.dir) / 'checkpoints'}: none was saved before this step."
-
-
-def _check_resume_point(cfg: Config, run_dir: Path, loaded: ckpt.Loaded) -> None:
-    """Refuse a resume that would silently throw work away."""
-    step = int(loaded.state["step"])
-    if step > cfg.train.steps:
-        raise ConfigError(f"train.steps: {cfg.train.steps} is below the step of {loaded.where} ({step}); "
-                          f"set train.steps above {step} to train further")
-    newer = [p for p in ckpt.checkpoint_dirs(run_dir) if ckpt.step_of(p) > step and p not in loaded.skipped]
-    if newer:
-        raise ConfigError(
-            f"run.resume: {loaded.where} (step {step}) is older than {newer[-1].name} of run.dir {run_dir}; "
-            f"continuing would overwrite the newer checkpoints and metrics. To branch off at step {step}, set "
-            f"run.dir to a new directory; to go back for good, first move {', '.join(p.name for p in newer)} "
-            f"out of {run_dir / 'checkpoints'}")
-
-
-def _average_gradients(net: nn.Module) -> None:
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in net.parameters() if p.requires_grad]
-    if not grads:
-        return
-    flat = torch.cat([g.flatten() for g in grads])
-    flat = reduce(flat, reduction="mean")
-    offset = 0
-    for p in (p for p in net.parameters() if p.requires_grad):
-        n = p.numel()
-        # in p's own layout (channels_last on CUDA): fused optimizers need grads, moments
-        # and parameters alike, and autograd's own grads follow the parameter's strides
-        p.grad = torch.empty_like(p).copy_(flat[offset : offset + n].view(p.shape))
-        offset += n
-
-
-def _sync_buffers(net: nn.Module) -> None:
-    # BatchNorm statistics are per process; keep rank 0's so every copy is identical
-    # (one flat broadcast; integer counters advance alike on every process).
-    bufs = [b for b in net.buffers() if b.dtype.is_floating_point]
-    if bufs:
-        flat = broadcast(torch.cat([b.flatten() for b in bufs]), from_process=0)
-        offset = 0
-        for b in bufs:
-            b.copy_(flat[offset : offset + b.numel()].view_as(b))
-            offset += b.numel()

@@ -70,7 +70,7 @@ def phase_losses(objective, x: torch.Tensor) -> dict:
 
 @pytest.mark.parametrize("config,overrides", [("ie_digits", GAN), ("wgan_gp_digits", GAN), ("dim_l_digits", DIM)])
 def test_nets_in_channels_last_compute_the_same_losses(tmp_path, config, overrides):
-    """What the trainer does on CUDA (nets and batches in channels_last) runs every phase
+    """What the trainer's GPU path does (nets and batches in channels_last) runs every phase
     of the objective and changes no value beyond float rounding."""
     x = images(8, 16, 4)
     ref = phase_losses(build(tmp_path, config, overrides), x)
@@ -142,11 +142,11 @@ def test_resumed_moments_take_the_layout_of_channels_last_parameters():
 
 
 def test_averaged_gradients_keep_the_parameters_layout(cpu_only):
-    from arena.trainer import _average_gradients
+    from arena.updates import average_gradients
 
     net = torch.nn.Conv2d(3, 4, 3).to(memory_format=torch.channels_last)
     net(torch.randn(2, 3, 5, 5)).square().sum().backward()
     before = net.weight.grad.clone()
-    _average_gradients(net)  # one process: the mean is the gradient itself
+    average_gradients(net)  # one process: the mean is the gradient itself
     assert net.weight.grad.stride() == net.weight.stride()
     assert torch.equal(net.weight.grad, before)
