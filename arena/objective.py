@@ -21,7 +21,7 @@ from .registry import ConfigError, Registry
 
 # The one place that knows which modules define objectives: a new objective file is added here.
 OBJECTIVES: Registry = Registry("objective", modules=(
-    "arena.prior_match", "dim.objective", "dim.supervised", "implicit_gen.ie", "implicit_gen.gans"))
+    "arena.prior_match", "dim.objective", "dim.supervised", "dim.baselines", "implicit_gen.ie", "implicit_gen.gans"))
 
 
 # What a phase takes: a fresh batch of real data, the batch the last data-drawing phase

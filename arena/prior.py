@@ -84,14 +84,22 @@ class PriorDiscriminator(nn.Module):
         return self.net(y)
 
 
-def discriminator_loss(D: nn.Module, v: Tensor, y: Tensor, penalty_weight: float = 0.0) -> dict[str, Tensor]:
+PENALTY_SIDES = ("both", "prior")
+
+
+def discriminator_loss(D: nn.Module, v: Tensor, y: Tensor, penalty_weight: float = 0.0,
+                       penalty_on: str = "both") -> dict[str, Tensor]:
     """D's side: maximize E_V[log D(v)] + E_U[log(1 - D(y))] (eq. 7) between prior
     samples v (real) and encoder outputs y (fake, detached here).
 
     With penalty_weight > 0, adds penalty_weight * (R(v) + R(y)) / 2, R(x) = E ||dD/dx||^2
-    on both sides, as the official DIM code regularizes its prior discriminator."""
+    on both sides, as the official DIM code regularizes its prior discriminator;
+    penalty_on="prior": penalty_weight * R(v), the prior samples only (cortex's AAE)."""
     y = y.detach()
-    if penalty_weight > 0:
+    if penalty_weight > 0 and penalty_on == "prior":
+        penalty, real = contractive_penalty(D, v)
+        fake = D(y)
+    elif penalty_weight > 0:
         r_v, real = contractive_penalty(D, v)
         r_y, fake = contractive_penalty(D, y)
         penalty = 0.5 * (r_v + r_y)

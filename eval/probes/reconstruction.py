@@ -2,13 +2,12 @@
 by MS-SSIM between its reconstructions and the test images (Table 3 "MS-SSIM")."""
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from arena.data import to_float
+from dim.decoder import Decoder
 
 from .fit import fit, minibatches, seeded, standardizer
 
@@ -59,30 +58,6 @@ def msssim(a: Tensor, b: Tensor, batch_size: int = 256) -> float:
     for s in range(0, len(a), batch_size):
         metric.update(a[s:s + batch_size].float(), b[s:s + batch_size].float())
     return float(metric.compute())
-
-
-class Decoder(nn.Module):
-    """Code [B, D] -> image [B, C, R, R] in [-1, 1]: Linear to 4x4, then stride-2 transposed
-    convs (4x4, BN, ReLU) doubling the side up to R, tanh (a DCGAN generator, as the paper's
-    decoders were, App. A.1)."""
-
-    def __init__(self, n_in: int, channels: int, resolution: int, width: int = 64):
-        super().__init__()
-        ups = int(round(math.log2(resolution / 4)))
-        if ups < 1 or 4 * 2 ** ups != resolution:
-            raise ValueError(f"decoder needs a resolution 4 * 2^k (k >= 1), got {resolution}")
-        c = width * 2 ** (ups - 1)
-        self.c0 = c
-        self.fc = nn.Sequential(nn.Linear(n_in, c * 16), nn.BatchNorm1d(c * 16), nn.ReLU())
-        layers: list[nn.Module] = []
-        for k in range(ups - 1):
-            layers += [nn.ConvTranspose2d(c, c // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(c // 2), nn.ReLU()]
-            c //= 2
-        layers += [nn.ConvTranspose2d(c, channels, 4, 2, 1), nn.Tanh()]
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, h: Tensor) -> Tensor:
-        return self.net(self.fc(h.flatten(1)).view(len(h), self.c0, 4, 4))
 
 
 def msssim_probe(train_codes: Tensor, train_images: Tensor, test_codes: Tensor, test_images: Tensor,

@@ -1,0 +1,166 @@
+"""`bigan`: the bidirectional GAN (Donahue et al. 2017; ALI, Dumoulin et al. 2017, with a
+deterministic encoder), the paper's BiGAN rows (Tables 1-3). It is an encoder objective
+(features() from the DIM encoder E) and a generator (samples and FID from G).
+
+    z ~ N(0, I_y_dim) (sec. 4.2: a spherical Gaussian input prior);  G = the DCGAN decoder
+    D(x, z): joint discriminator; D maximizes  E log s(D(x, E(x))) + E log(1 - s(D(G(z), z)))
+             minus penalty_weight * E_x ||d D(x, E(x)) / dx||^2 at the real pairs (E(x) fixed)
+    E and G (one phase, same batch):
+      nonsaturating (default; the BiGAN / ALI papers, jeffdonahue/bigan): inverted labels
+             E softplus(D(x, E(x))) + E softplus(-D(G(z), z))
+      minimax (cortex ali.py, the authors' runs): minimize the D objective itself
+             E log s(D(x, E(x))) + E log(1 - s(D(G(z), z)))
+
+Logged: recon_ratio = mean ||x - G(E(x))|| / mean ||x' - G(E(x))|| for x' another image of
+the batch (Donahue et al.'s check: about 1 while G ignores E, below 1 as E inverts G).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from arena.losses import contractive_penalty, d_loss_jsd, g_loss_nonsaturating, jsd_bound
+from arena.objective import OBJECTIVES, Batch, DataInfo, Phase
+from arena.registry import ConfigError
+
+from ..encoders import ENCODERS, scaled
+from ..objective import frozen_bn_stats
+from .common import BaselineModel, BaselineObjective
+
+GE_LOSSES = ("nonsaturating", "minimax")
+
+
+@dataclass
+class BiGANModel(BaselineModel):
+    # cortex ali.py: x path = the encoder's conv stack without BN, then linear to 256;
+    # z path = FC y_dim -> 256; concatenated, then FC 512-128-1
+    d_units: int = 256  # each path's output
+    d_hidden: list[int] = field(default_factory=lambda: [512, 128])  # after the concatenation
+
+
+@dataclass
+class BiGANOptions:
+    name: str = "bigan"
+    ge_loss: str = "nonsaturating"  # nonsaturating (the BiGAN / ALI papers) | minimax (cortex)
+    penalty_weight: float = 0.5  # contractive penalty on x at real pairs (cortex ali.py)
+    penalty_every: int = 1  # lazy regularization: the penalty on every k-th D step, weight x k
+
+
+class JointDiscriminator(nn.Module):
+    """D(x, z) -> [B, 1]: the encoder architecture's conv stack (no batch norm, LeakyReLU 0.2
+    as in ALI's discriminators) -> Linear to d_units; z -> Linear d_units; concatenated ->
+    hidden Linear + LeakyReLU layers -> 1."""
+
+    def __init__(self, arch: str, channels: int, resolution: int, width: float, z_dim: int,
+                 units: int, hidden: list[int]):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = channels
+        for s in ENCODERS.get(arch, key="model.encoder").convs:
+            layers += [nn.Conv2d(c, scaled(s.channels, width), s.kernel, s.stride, s.pad), nn.LeakyReLU(0.2)]
+            if s.pool:
+                layers.append(nn.MaxPool2d(3, 2))
+            c = scaled(s.channels, width)
+        self.x_convs = nn.Sequential(*layers)
+        with torch.no_grad():  # the flattened size, from the tensor (sizes are not hard-coded)
+            n = self.x_convs(torch.zeros(1, channels, resolution, resolution)).numel()
+        self.x_out = nn.Sequential(nn.Linear(n, units), nn.LeakyReLU(0.2))
+        self.z_path = nn.Sequential(nn.Linear(z_dim, units), nn.LeakyReLU(0.2))
+        joint: list[nn.Module] = []
+        n = 2 * units
+        for width_out in hidden:
+            joint += [nn.Linear(n, width_out), nn.LeakyReLU(0.2)]
+            n = width_out
+        joint.append(nn.Linear(n, 1))
+        self.joint = nn.Sequential(*joint)
+
+    def forward(self, x: Tensor, z: Tensor) -> Tensor:
+        h = torch.cat([self.x_out(self.x_convs(x).flatten(1)), self.z_path(z.flatten(1))], 1)
+        return self.joint(h)
+
+
+@OBJECTIVES.register("bigan")
+class BiGAN(BaselineObjective):
+    Model = BiGANModel
+    Options = BiGANOptions
+    generates = True
+
+    def __init__(self, cfg, info: DataInfo):
+        super().__init__(cfg, info)
+        m = cfg.model
+        self.nets["encoder"] = self.encoder_player(info)
+        self.nets["G"] = self.build_decoder(info)
+        self.nets["D"] = JointDiscriminator(m.encoder, info.channels, info.resolution, m.width, m.y_dim,
+                                            m.d_units, m.d_hidden)
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        super().check_config(cfg)
+        m, o = cfg.model, cfg.objective
+        if o.ge_loss not in GE_LOSSES:
+            raise ConfigError(f"objective.ge_loss: unknown '{o.ge_loss}'; valid choices: {', '.join(GE_LOSSES)}")
+        if o.penalty_weight < 0:
+            raise ConfigError(f"objective.penalty_weight: must be >= 0, got {o.penalty_weight}")
+        if o.penalty_every < 1:
+            raise ConfigError(f"objective.penalty_every: must be >= 1, got {o.penalty_every}")
+        if m.d_units < 1 or any(h < 1 for h in m.d_hidden):
+            raise ConfigError(f"model.d_units / model.d_hidden: widths must be >= 1, got {m.d_units} / {m.d_hidden}")
+
+    def phases(self) -> list[Phase]:
+        return [Phase("discriminator", ("D",)), Phase("generator", ("encoder", "G"), data="previous")]
+
+    def latent(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        return torch.randn(n, self.cfg.model.y_dim, generator=generator)
+
+    @torch.no_grad()
+    def generate(self, z: Tensor, ema: bool = True) -> Tensor:
+        """G(z) with batch norm's running statistics: each image depends on its own z only."""
+        G = self.net("G", ema)
+        was_training = G.training
+        G.eval()
+        try:
+            return G(z.to(self.device))
+        finally:
+            G.train(was_training)
+
+    def loss(self, phase: str, batch: Batch | None, batch_size: int) -> dict[str, Tensor]:
+        x = batch.x
+        D, G, E = self.nets["D"], self.nets["G"], self.encoder
+        if phase == "discriminator":
+            with torch.no_grad(), frozen_bn_stats(E), frozen_bn_stats(G):  # the generator phase updates them
+                e_x = E(x)["y"]
+                z = self.noise(len(x), e_x.shape[1])
+                x_fake = G(z)
+            weight = self.opts.penalty_weight * self.penalty_scale(phase)  # 0 on a lazily skipped step
+            if weight > 0:
+                penalty, real = contractive_penalty(lambda x_: D(x_, e_x), x)
+            else:
+                real, penalty = D(x, e_x), None
+            fake = D(x_fake, z)
+            out = {"loss": d_loss_jsd(real, fake), "D_real": real.detach().mean(), "D_fake": fake.detach().mean()}
+            if penalty is not None:
+                out["loss"] = out["loss"] + weight * penalty
+                out["penalty"] = penalty.detach()
+            return out
+        if phase != "generator":
+            raise ValueError(f"bigan has phases discriminator and generator, got '{phase}'")
+        e_x = E(x)["y"]
+        z = self.noise(len(x), e_x.shape[1])
+        real, fake = D(x, e_x), D(G(z), z)
+        if self.opts.ge_loss == "minimax":
+            loss = jsd_bound(real, fake)  # E log s(real) + E log(1 - s(fake)), minimized
+        else:
+            loss = g_loss_nonsaturating(-real) + g_loss_nonsaturating(fake)  # E sp(real) + E sp(-fake)
+        return {"loss": loss, "recon_ratio": self.reconstruction_ratio(x, e_x.detach())}
+
+    @torch.no_grad()
+    def reconstruction_ratio(self, x: Tensor, e_x: Tensor) -> Tensor:
+        """mean ||x - G(E(x))|| / mean ||x' - G(E(x))||, x' = the batch rolled by one image."""
+        G = self.nets["G"]
+        with frozen_bn_stats(G):  # a measurement: the running statistics stay as training left them
+            x_hat = G(e_x).float()
+        own = (x.float() - x_hat).flatten(1).norm(dim=1).mean()
+        other = (x.float().roll(1, 0) - x_hat).flatten(1).norm(dim=1).mean()
+        return own / other

@@ -1,0 +1,58 @@
+"""What the baselines share: the model section (a DIM encoder, a code size, the DCGAN
+decoder's width), their construction and checks, training noise and the reconstruction error."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from arena.distributed import convert_sync_batchnorm
+from arena.objective import DataInfo
+from arena.registry import ConfigError
+
+from ..decoder import Decoder, decoder_upsamplings
+from ..objective import EncoderObjective, check_encoder_config
+
+
+@dataclass
+class BaselineModel:
+    encoder: str = "dcgan32"  # dcgan32 (32 or 16 px) | alexnet64 (64 px): the DIM rows' encoders (A.1)
+    width: float = 1.0  # multiplies the encoder's hidden widths
+    y_dim: int = 64  # the code Y: VAE / AAE latent, BiGAN's z (cortex: 64, as DIM's Y)
+    decoder_width: int = 64  # channels of the decoder's (BiGAN: generator's) last hidden map (MS-SSIM probe's)
+    sync_bn: bool = False  # N processes: batch norm over the global batch (encoder, decoder / generator)
+
+
+class BaselineObjective(EncoderObjective):
+    """An encoder objective with a DCGAN decoder from the code back to images."""
+
+    Model = BaselineModel
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        check_encoder_config(cfg)
+        decoder_upsamplings(cfg.data.resolution)
+        if cfg.model.decoder_width < 1:
+            raise ConfigError(f"model.decoder_width: must be >= 1, got {cfg.model.decoder_width}")
+
+    def synced(self, net: nn.Module) -> nn.Module:
+        """`net` with global-batch batch norm if model.sync_bn (what N processes = 1 needs)."""
+        return convert_sync_batchnorm(net) if self.cfg.model.sync_bn else net
+
+    def build_decoder(self, info: DataInfo) -> Decoder:
+        m = self.cfg.model
+        return self.synced(Decoder(m.y_dim, info.channels, info.resolution, m.decoder_width))
+
+    def encoder_player(self, info: DataInfo, **extra: nn.Module) -> nn.ModuleDict:
+        return nn.ModuleDict({"encoder": self.synced(self.build_encoder(self.cfg, info)), **extra})
+
+    def noise(self, n: int, dim: int) -> Tensor:
+        """Training noise (eps, z, prior samples) from the process's RNG, on the device."""
+        return torch.randn(n, dim, device=self.device)
+
+
+def squared_error(x_hat: Tensor, x: Tensor) -> Tensor:
+    """Per image: the sum over pixels of (x_hat - x)^2 (the Gaussian decoder's -log p up to
+    constants), [B] in fp32."""
+    return (x_hat.float() - x.float()).pow(2).flatten(1).sum(1)
