@@ -48,6 +48,14 @@ class BiGANOptions:
     penalty_every: int = 1  # lazy regularization: the penalty on every k-th D step, weight x k
 
 
+def ge_loss(real: Tensor, fake: Tensor, kind: str = "nonsaturating") -> Tensor:
+    """E and G's loss from D's logits on real pairs (x, E(x)) and generated pairs (G(z), z)."""
+    if kind == "minimax":
+        return jsd_bound(real, fake)  # E log s(real) + E log(1 - s(fake)) = -E sp(-real) - E sp(fake)
+    # labels swapped: -E log(1 - s(real)) - E log s(fake) = E sp(real) + E sp(-fake)
+    return g_loss_nonsaturating(-real) + g_loss_nonsaturating(fake)
+
+
 class JointDiscriminator(nn.Module):
     """D(x, z) -> [B, 1]: the encoder architecture's conv stack (no batch norm, LeakyReLU 0.2
     as in ALI's discriminators) -> Linear to d_units; z -> Linear d_units; concatenated ->
@@ -149,11 +157,8 @@ class BiGAN(BaselineObjective):
         e_x = E(x)["y"]
         z = self.noise(len(x), e_x.shape[1])
         real, fake = D(x, e_x), D(G(z), z)
-        if self.opts.ge_loss == "minimax":
-            loss = jsd_bound(real, fake)  # E log s(real) + E log(1 - s(fake)), minimized
-        else:
-            loss = g_loss_nonsaturating(-real) + g_loss_nonsaturating(fake)  # E sp(real) + E sp(-fake)
-        return {"loss": loss, "recon_ratio": self.reconstruction_ratio(x, e_x.detach())}
+        return {"loss": ge_loss(real, fake, self.opts.ge_loss), "D_real": real.detach().mean(),
+                "D_fake": fake.detach().mean(), "recon_ratio": self.reconstruction_ratio(x, e_x.detach())}
 
     @torch.no_grad()
     def reconstruction_ratio(self, x: Tensor, e_x: Tensor) -> Tensor:

@@ -1,0 +1,251 @@
+"""The paper's comparison models (dim.baselines: vae, aae, bigan): configs, one step per
+objective at tiny width, the losses by hand, generation, probes' features, and resume."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from arena import checkpoint as ckpt
+from arena.config import CONFIG_DIR, load_config
+from arena.data import make_shapes, to_float
+from arena.objective import Batch, DataInfo, build_objective
+from arena.prior import discriminator_loss
+from arena.registry import ConfigError
+from arena.trainer import train
+from dim.baselines import AAE, VAE, BiGAN
+from dim.baselines.bigan import ge_loss
+from dim.baselines.vae import gaussian_kl
+from dim.decoder import Decoder
+from tests.helpers import assert_same_state, tiny
+
+RES = 16
+SHAPES = DataInfo(channels=3, resolution=RES, num_classes=4)
+# dcgan32 at 1/8 width (conv 8-16-32, fc 128), a decoder of width 4, small joint D.
+TINY = ["data.name=shapes", f"data.resolution={RES}", "data.num_images=64", "model.width=0.125",
+        "model.decoder_width=4", "train.batch_size=8"]
+TINY_D = {"bigan": ["model.d_units=16", "model.d_hidden=[16]"], "aae": ["objective.prior.hidden=[16, 16]"],
+          "vae": []}
+NAMES = ("vae", "aae", "bigan")
+
+
+def build(name: str, *overrides: str, seed: int = 0):
+    cfg = load_config(f"{name}_digits", [*TINY, *TINY_D[name], *overrides])
+    torch.manual_seed(seed)
+    return build_objective(cfg, SHAPES)
+
+
+def shapes_batch(n: int = 8, seed: int = 0) -> Batch:
+    images, labels = make_shapes(n, RES, seed)
+    return Batch(to_float(images), labels)
+
+
+def run_schedule(objective, batch: Batch, lr: float = 1e-3) -> dict:
+    """One training step as the trainer runs it: each phase steps only its players."""
+    opts = {n: torch.optim.Adam(net.parameters(), lr=lr) for n, net in objective.nets.items()}
+    outs = {}
+    for phase in objective.schedule():
+        for name, net in objective.nets.items():
+            net.requires_grad_(name in phase.players)
+        out = objective.loss(phase.name, batch, len(batch.x))
+        for name in phase.players:
+            opts[name].zero_grad(set_to_none=True)
+        out["loss"].backward()
+        for name in phase.players:
+            opts[name].step()
+        outs[phase.name] = out
+    return outs
+
+
+# ----------------------------------------------------------------------------- configs
+
+ROWS = [f"{m}_{ds}" for m in NAMES for ds in ("cifar10", "cifar100", "stl10", "tinyimagenet", "digits")]
+
+
+@pytest.mark.parametrize("name", ROWS)
+def test_every_row_has_a_config_with_the_paper_budget(name):
+    assert (CONFIG_DIR / f"{name}.yaml").is_file()
+    cfg = load_config(name)
+    assert cfg.objective.name == name.split("_")[0]
+    if not name.endswith("digits"):  # A.1: Adam 1e-4, batch 64, the DIM rows' encoder and length
+        dim_row = load_config(f"dim_l_nce_{name.split('_', 1)[1]}")
+        assert (cfg.optim.lr, cfg.train.batch_size, cfg.train.steps) == (1e-4, 64, dim_row.train.steps)
+        assert (cfg.model.encoder, cfg.model.y_dim) == (dim_row.model.encoder, 64)
+    OBJ = {"vae": VAE, "aae": AAE, "bigan": BiGAN}[cfg.objective.name]
+    OBJ.check_config(cfg)
+
+
+@pytest.mark.parametrize("name, override, key", [
+    ("bigan", "objective.ge_loss=hinge", "objective.ge_loss"),
+    ("bigan", "objective.penalty_weight=-1", "objective.penalty_weight"),
+    ("vae", "objective.ndm_code=median", "objective.ndm_code"), ("vae", "objective.beta=-1", "objective.beta"),
+    ("aae", "objective.penalty_on=fake", "objective.penalty_on"),
+    ("aae", "objective.reconstruction=l1", "objective.reconstruction"),
+    ("aae", "objective.prior.name=cauchy", "objective.prior.name"),
+    ("vae", "model.decoder_width=0", "model.decoder_width")])
+def test_bad_options_name_the_key(name, override, key):
+    with pytest.raises(ConfigError, match=key):
+        load_config(f"{name}_digits", [override])
+
+
+def test_the_decoder_rejects_a_resolution_it_cannot_reach():
+    with pytest.raises(ConfigError, match="data.resolution.*got 24"):
+        Decoder(8, 3, 24)
+    assert Decoder(8, 3, 64, width=2)(torch.zeros(2, 8)).shape == (2, 3, 64, 64)
+
+
+# ----------------------------------------------------------------------------- one step each
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_one_step_trains_every_player_and_features_are_the_probe_points(name):
+    objective = build(name)
+    before = {n: [p.detach().clone() for p in net.parameters()] for n, net in objective.nets.items()}
+    outs = run_schedule(objective, shapes_batch())
+    for out in outs.values():
+        assert all(torch.isfinite(v).all() for v in out.values()), out
+    for n, net in objective.nets.items():
+        assert any(not torch.equal(a, b) for a, b in zip(before[n], net.parameters())), f"{n} did not move"
+    feats = objective.features(shapes_batch().x)
+    enc = objective.encoder
+    assert feats["conv"].shape == (8, enc.feature_dims["conv"]) and feats["fc"].shape == (8, enc.feature_dims["fc"])
+    assert feats["y"].shape == (8, 64)
+    assert objective.nets["encoder"]["encoder"] is enc  # where the probes look for it
+
+
+def test_vae_y_is_mu_and_z_a_fresh_reproducible_posterior_sample():
+    objective = build("vae")
+    x = shapes_batch().x
+    objective.nets.eval()
+    mu, log_sigma = objective.posterior(x)
+    a, b = objective.features(x), objective.features(x)
+    torch.testing.assert_close(a["y"], mu)
+    assert not torch.equal(a["z"], b["z"])  # each call draws new eps
+    again = build("vae")
+    again.nets.eval()
+    torch.testing.assert_close(again.features(x)["z"], a["z"])  # the same sequence of calls: the same samples
+    eps = (a["z"] - mu) / log_sigma.exp()
+    assert abs(eps.mean().item()) < 0.3 and 0.7 < eps.std().item() < 1.3
+    assert objective.ndm_layer == "z" and build("vae", "objective.ndm_code=mu").ndm_layer == "y"
+
+
+# ----------------------------------------------------------------------------- losses by hand
+
+
+def test_gaussian_kl_by_hand():
+    # KL(N(1, 2^2) || N(0, 1)) = 1/2 (1 + 4 - 1) - log 2;  KL(N(0, 1) || N(0, 1)) = 0
+    kl = gaussian_kl(torch.tensor([1.0, 0.0]), torch.tensor([math.log(2.0), 0.0]))
+    torch.testing.assert_close(kl, torch.tensor([2.0 - math.log(2.0), 0.0]))
+
+
+def test_vae_loss_is_pixel_sum_of_squares_plus_beta_kl(monkeypatch):
+    objective = build("vae", "objective.beta=0.5")
+    monkeypatch.setattr(objective, "noise", lambda n, d: torch.zeros(n, d))  # z = mu
+    x = shapes_batch().x
+    out = objective.loss("vae", Batch(x, torch.zeros(8)), 8)
+    with torch.no_grad():
+        mu, log_sigma = objective.posterior(x)
+        x_hat = objective.nets["decoder"](mu)
+    recon = sum(((x_hat[i] - x[i]) ** 2).sum() for i in range(8)) / 8
+    kl = (0.5 * (mu ** 2 + (2 * log_sigma).exp() - 1) - log_sigma).sum() / 8
+    torch.testing.assert_close(out["recon"], recon, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out["kl"], kl, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out["loss"], recon + 0.5 * kl, rtol=1e-4, atol=1e-4)
+
+
+def test_bigan_ge_losses_by_hand():
+    real, fake = torch.tensor([2.0]), torch.tensor([-1.0])
+    sp = lambda t: math.log1p(math.exp(t))  # noqa: E731
+    # non-saturating (labels swapped): -log(1 - s(2)) - log s(-1) = sp(2) + sp(1)
+    assert ge_loss(real, fake).item() == pytest.approx(sp(2.0) + sp(1.0), rel=1e-6)
+    # minimax: log s(2) + log(1 - s(-1)) = -sp(-2) - sp(-1)
+    assert ge_loss(real, fake, "minimax").item() == pytest.approx(-sp(-2.0) - sp(-1.0), rel=1e-6)
+    # both push D's real logits down and fake logits up
+    for kind in ("nonsaturating", "minimax"):
+        r, f = real.clone().requires_grad_(), fake.clone().requires_grad_()
+        ge_loss(r, f, kind).backward()
+        assert r.grad.item() > 0 and f.grad.item() < 0
+
+
+def test_bigan_discriminator_loss_and_penalty_on_x_at_real_pairs(monkeypatch):
+    objective = build("bigan", "objective.penalty_weight=2.0")
+    z = torch.randn(8, 64)
+    monkeypatch.setattr(objective, "noise", lambda n, d: z)
+    x = shapes_batch().x
+    out = objective.loss("discriminator", Batch(x, torch.zeros(8)), 8)
+    D, G, E = objective.nets["D"], objective.nets["G"], objective.encoder
+    with torch.no_grad():
+        e_x, x_fake = E(x)["y"], G(z)
+    xr = x.clone().requires_grad_()
+    real = D(xr, e_x)
+    (grad,) = torch.autograd.grad(real.sum(), xr)
+    penalty = grad.pow(2).flatten(1).sum(1).mean()
+    fake = D(x_fake, z)
+    d = torch.nn.functional.softplus(-real).mean() + torch.nn.functional.softplus(fake).mean()
+    torch.testing.assert_close(out["penalty"], penalty.detach(), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(out["loss"], (d + 2.0 * penalty).detach(), rtol=1e-4, atol=1e-5)
+
+
+class Square(nn.Module):
+    def forward(self, v):  # D(v) = sum v^2: dD/dv = 2v, ||dD/dv||^2 = 4 ||v||^2
+        return v.pow(2).sum(1, keepdim=True)
+
+
+def test_prior_penalty_on_the_prior_side_only_or_both():
+    v, y = torch.ones(4, 3), 2 * torch.ones(4, 3)  # ||v||^2 = 3, ||y||^2 = 12
+    assert discriminator_loss(Square(), v, y, 1.0, "prior")["penalty"].item() == pytest.approx(4 * 3)
+    assert discriminator_loss(Square(), v, y, 1.0)["penalty"].item() == pytest.approx(0.5 * (4 * 3 + 4 * 12))
+
+
+def test_aae_reconstruction_scales_and_adversarial_phase():
+    x_hat, x = torch.zeros(8, 3, RES, RES), torch.ones(8, 3, RES, RES)
+    assert build("aae").reconstruction_loss(x_hat, x).item() == pytest.approx(3 * RES * RES)
+    # cortex: mean over pixels, then / batch size
+    assert build("aae", "objective.reconstruction=cortex").reconstruction_loss(x_hat, x).item() == pytest.approx(1 / 8)
+    assert [p.name for p in build("aae").phases()] == ["reconstruction", "prior", "adversarial"]
+    assert [p.name for p in build("aae", "objective.adversarial=0").phases()] == ["reconstruction", "prior"]
+    out = run_schedule(build("aae"), shapes_batch())["adversarial"]
+    assert out["loss"].item() == pytest.approx(out["adversarial"].item())
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def test_bigan_generates_images_in_range_independent_of_the_batch():
+    objective = build("bigan")
+    run_schedule(objective, shapes_batch())
+    z = objective.latent(6, torch.Generator().manual_seed(0))
+    x = objective.generate(z)
+    assert x.shape == (6, 3, RES, RES) and x.abs().max() <= 1
+    torch.testing.assert_close(objective.generate(z[:2]), x[:2])  # running BN statistics: per-image
+    assert BiGAN.generates and not VAE.generates
+
+
+def test_bigan_logs_a_reconstruction_ratio_near_one_at_the_start():
+    out = run_schedule(build("bigan"), shapes_batch())["generator"]
+    assert 0.5 < out["recon_ratio"].item() < 1.5
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_resume_continues_exactly(name, tmp_path, cpu_only):
+    common = [*TINY, *TINY_D[name], "train.checkpoint_every=2", "train.log_every=1", "train.sample_every=100"]
+
+    def state(run_dir):
+        saved, _ = ckpt.load(ckpt.resolve_checkpoint(run_dir, "latest"))
+        return {k: saved[k] for k in ("step", "nets", "optimizers", "data")}
+
+    train(tiny(f"{name}_digits", tmp_path / "once", *common, "train.steps=4"))
+    train(tiny(f"{name}_digits", tmp_path / "twice", *common, "train.steps=2"))
+    train(tiny(f"{name}_digits", tmp_path / "twice", *common, "train.steps=4", "run.resume=latest"))
+    assert_same_state(state(tmp_path / "once"), state(tmp_path / "twice"))
+
+
+def test_bigan_run_writes_sample_grids(tmp_path, cpu_only):
+    train(tiny("bigan_digits", tmp_path / "run", *TINY, *TINY_D["bigan"], "train.steps=2", "train.sample_every=2",
+               "train.checkpoint_every=2"))
+    assert (tmp_path / "run" / "samples" / "step-000002.png").is_file()
