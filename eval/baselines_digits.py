@@ -1,0 +1,142 @@
+"""The baselines' must-show checks on digits, one command that trains what it needs (a
+complete run is reused, a stopped one resumed) and prints a table:
+
+    python -m eval.baselines_digits [--runs runs/baselines_digits] [--ndm-steps 1000]
+
+- VAE: its decoder's reconstructions of the TEST images, Dec(mu), against those images
+  (own) and against the test images shifted by one (mismatched pairs), by MS-SSIM; active
+  latent dimensions (test-mean KL > 0.1 nat); NDM on mu and on a posterior sample z.
+- AAE, with and without the adversarial term (objective.adversarial=0): how far the test
+  codes are from the prior N(0, I), as the KL of a Gaussian fitted to them,
+  KL(N(m, S) || N(0, I)) = 1/2 (tr S + m'm - d - log det S), and prior_D's JSD bound over
+  the last logged steps; own / mismatched MS-SSIM.
+- BiGAN: the logged ||x - G(E(x))|| / ||x' - G(E(x))|| at the first and last log, and on
+  the test set; own / mismatched MS-SSIM of G(E(x)).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from arena import checkpoint as ckpt
+from arena.config import load_config
+from arena.data import build_dataset, to_float
+from arena.registry import ConfigError, cli_error
+from arena.runs import load_run
+from arena.trainer import train
+
+from .probes import msssim, ndm
+
+# label -> (config, overrides)
+RUNS = {
+    "vae": ("vae_digits", []),
+    "aae": ("aae_digits", []),
+    "aae_no_adversarial": ("aae_digits", ["objective.adversarial=0"]),
+    "bigan": ("bigan_digits", []),
+}
+
+
+def trained(label: str, runs: Path):
+    """The run `label` at its full length: reused when complete, resumed when stopped."""
+    name, overrides = RUNS[label]
+    run_dir = runs / label
+    cfg = load_config(name, [f"run.dir={run_dir}", "train.progress=false", *overrides])
+    has_checkpoint = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
+    done = 0
+    if has_checkpoint:
+        saved, _ = ckpt.load(ckpt.resolve_checkpoint(run_dir, "latest"))
+        done = int(saved["step"])
+    if done < cfg.train.steps:
+        if has_checkpoint:
+            cfg.run.resume = "latest"
+        print(f"[baselines] training {label} ({name} {' '.join(overrides)}) in {run_dir}", flush=True)
+        train(cfg)
+    return load_run(run_dir)
+
+
+def metric_rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def gaussian_fit_kl(codes: torch.Tensor) -> float:
+    """KL(N(m, S) || N(0, I)) for the mean m and covariance S of codes [N, d]."""
+    c = codes.double()
+    m, s = c.mean(0), torch.cov(c.T)
+    return float(0.5 * (s.trace() + m @ m - c.shape[1] - torch.logdet(s)))
+
+
+def matched_msssim(x_hat: torch.Tensor, x: torch.Tensor) -> tuple[float, float]:
+    """MS-SSIM of reconstructions against their own images and against the images shifted by one."""
+    return msssim(x_hat, x), msssim(x_hat, x.roll(1, 0))
+
+
+@torch.no_grad()
+def check_vae(objective, x: torch.Tensor, ndm_steps: int) -> dict:
+    objective.nets.eval()
+    feats = objective.features(x)
+    player = objective.nets["encoder"]
+    log_sigma = player["log_sigma"](player["encoder"](x)["fc"])
+    mu = feats["y"]
+    kl_dims = (0.5 * (mu ** 2 + (2 * log_sigma).exp() - 1) - log_sigma).mean(0)
+    own, other = matched_msssim(objective.nets["decoder"](mu), x)
+    out = {"msssim_own": own, "msssim_mismatched": other, "active_dims": int((kl_dims > 0.1).sum())}
+    if ndm_steps > 0:
+        out["ndm_mu"] = ndm(mu, steps=ndm_steps)
+        out["ndm_sample"] = ndm(feats["z"], steps=ndm_steps)
+    return out
+
+
+@torch.no_grad()
+def check_aae(objective, x: torch.Tensor, run_dir: Path) -> dict:
+    objective.nets.eval()
+    y = objective.features(x)["y"]
+    own, other = matched_msssim(objective.nets["decoder"](y), x)
+    bounds = [r["prior/d_prior"] for r in metric_rows(run_dir) if "prior/d_prior" in r]
+    return {"msssim_own": own, "msssim_mismatched": other, "prior_kl_gaussian_fit": gaussian_fit_kl(y),
+            "d_prior_last": bounds[-1]}
+
+
+@torch.no_grad()
+def check_bigan(objective, x: torch.Tensor, run_dir: Path) -> dict:
+    objective.nets.eval()
+    x_hat = objective.generate(objective.features(x)["y"], ema=False)
+    own, other = matched_msssim(x_hat, x)
+    ratios = [r["generator/recon_ratio"] for r in metric_rows(run_dir) if "generator/recon_ratio" in r]
+    test_ratio = (x - x_hat).flatten(1).norm(dim=1).mean() / (x.roll(1, 0) - x_hat).flatten(1).norm(dim=1).mean()
+    return {"msssim_own": own, "msssim_mismatched": other, "recon_ratio_first_log": ratios[0],
+            "recon_ratio_last_log": ratios[-1], "recon_ratio_test": float(test_ratio)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", default="runs/baselines_digits", help="folder of the runs (one per model)")
+    p.add_argument("--ndm-steps", type=int, default=1000, help="NDM training steps for the VAE (0: skip)")
+    args = p.parse_args(argv)
+    runs = Path(args.runs)
+    try:
+        results = {}
+        for label in RUNS:
+            cfg, objective, _ = trained(label, runs)
+            test = build_dataset(cfg.data, "test")
+            x = to_float(test.images).to(objective.device)
+            if label == "vae":
+                results[label] = check_vae(objective, x, args.ndm_steps)
+            elif label.startswith("aae"):
+                results[label] = check_aae(objective, x, runs / label)
+            else:
+                results[label] = check_bigan(objective, x, runs / label)
+    except ConfigError as err:
+        return cli_error(err)
+    for label, values in results.items():
+        print(f"{label:20s} " + "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                          for k, v in values.items()))
+    (runs / "checks.json").write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
