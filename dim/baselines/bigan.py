@@ -27,7 +27,7 @@ from arena.registry import ConfigError
 
 from ..encoders import ENCODERS, scaled
 from ..objective import frozen_bn_stats
-from .common import BaselineModel, BaselineObjective
+from .common import BaselineModel, BaselineObjective, eval_mode
 
 GE_LOSSES = ("nonsaturating", "minimax")
 
@@ -125,13 +125,8 @@ class BiGAN(BaselineObjective):
     @torch.no_grad()
     def generate(self, z: Tensor, ema: bool = True) -> Tensor:
         """G(z) with batch norm's running statistics: each image depends on its own z only."""
-        G = self.net("G", ema)
-        was_training = G.training
-        G.eval()
-        try:
+        with eval_mode(self.net("G", ema)) as G:
             return G(z.to(self.device))
-        finally:
-            G.train(was_training)
 
     def loss(self, phase: str, batch: Batch | None, batch_size: int) -> dict[str, Tensor]:
         x = batch.x

@@ -2,6 +2,7 @@
 decoder's width), their construction and checks, training noise and the reconstruction error."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -56,3 +57,15 @@ def squared_error(x_hat: Tensor, x: Tensor) -> Tensor:
     """Per image: the sum over pixels of (x_hat - x)^2 (the Gaussian decoder's -log p up to
     constants), [B] in fp32."""
     return (x_hat.float() - x.float()).pow(2).flatten(1).sum(1)
+
+
+@contextlib.contextmanager
+def eval_mode(net: nn.Module):
+    """`net` in eval mode (batch norm's running statistics, no dropout) for the block, then
+    back in the mode it was in."""
+    was_training = net.training
+    net.eval()
+    try:
+        yield net
+    finally:
+        net.train(was_training)

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from arena.objective import OBJECTIVES, Batch, DataInfo, Phase
 from arena.registry import ConfigError
 
-from .common import BaselineObjective, squared_error
+from .common import BaselineObjective, eval_mode, squared_error
 
 NDM_CODES = {"mu": "y", "sample": "z"}
 
@@ -95,14 +95,9 @@ class VAE(BaselineObjective):
         come from a CPU generator seeded once per objective, so a sequence of calls is
         reproducible and each call draws fresh eps (a fixed eps per batch position would
         tie the dimensions of inactive latents together and inflate NDM)."""
-        player = self.net("encoder", ema)
-        was_training = player.training
-        player.eval()
-        try:
+        with eval_mode(self.net("encoder", ema)) as player:
             out = player["encoder"](x.to(self.device))
             log_sigma = player["log_sigma"](out["fc"])
-        finally:
-            player.train(was_training)
         if self._feature_noise is None:
             self._feature_noise = torch.Generator().manual_seed(self.cfg.run.seed)
         eps = torch.randn(out["y"].shape, generator=self._feature_noise).to(out["y"])
@@ -113,10 +108,5 @@ class VAE(BaselineObjective):
     def reconstruct(self, x: Tensor, sample: bool = False) -> Tensor:
         """Dec(mu) (or Dec(z) for a posterior sample), eval mode: the decoder's own reconstruction."""
         code = self.features(x)["z" if sample else "y"]
-        dec = self.nets["decoder"]
-        was_training = dec.training
-        dec.eval()
-        try:
+        with eval_mode(self.nets["decoder"]) as dec:
             return dec(code)
-        finally:
-            dec.train(was_training)
