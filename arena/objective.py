@@ -84,12 +84,15 @@ class DataInfo:
     resolution: int
     num_classes: int = 0
     multilabel: bool = False
+    num_images: int = 0  # training images (per-image state, e.g. NAT's targets); 0 = not known
 
 
 @dataclass
 class Batch:
     x: Tensor  # images in [-1, 1], [B, C, H, W]
     y: Tensor  # labels ([B] or [B, K]); -1 where unlabeled
+    index: Tensor | None = None  # the images' indices in the training set [B] (the training stream gives them)
+    epoch: int = 0  # the training stream's epoch the batch belongs to
 
 
 class Objective(ABC):
@@ -194,7 +197,7 @@ class Objective(ABC):
 
 def data_info(ds) -> DataInfo:
     """The DataInfo of a dataset (an arena.data.ImageDataset)."""
-    return DataInfo(ds.channels, ds.resolution, ds.num_classes, ds.multilabel)
+    return DataInfo(ds.channels, ds.resolution, ds.num_classes, ds.multilabel, len(ds))
 
 
 def build_objective(cfg, info: DataInfo) -> Objective:

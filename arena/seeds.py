@@ -9,6 +9,7 @@ STREAMS = {
     "process_noise": (7919, 1),  # index = rank: each process's z, prior samples, masks, ...
     "shapes_split": (2, 0),  # index = 0 train, 1 test: the procedural shapes of a split (data.split_seed)
     "loader_workers": (104_729, 3),  # the DataLoader workers' base seed (items are seeded on their own)
+    "nat": (15_485_863, 5),  # index = 0 NAT's targets, 1 its initial assignment (dim.baselines.nat)
 }
 
 

@@ -156,10 +156,12 @@ class BatchStream:
     def __next__(self) -> Batch:
         if self.position > self.epoch_end():
             self.epoch, self.position = self.epoch + 1, 0
+        # This process's slice of the global batch: dataset indices (objectives with
+        # per-image state read them from the batch).
+        lo = self.position + self.rank * self.batch_size
+        idx = self._epoch_permutation()[lo : lo + self.batch_size]
         if self.dataset.in_memory:
             # No workers: index the uint8 tensor and convert on the device.
-            lo = self.position + self.rank * self.batch_size
-            idx = self._epoch_permutation()[lo : lo + self.batch_size]
             x, y = to_float(self._images[idx]), self._labels[idx]
         else:
             if self._it is None or self._it_epoch != self.epoch:  # the new epoch's order; workers stay up
@@ -169,7 +171,7 @@ class BatchStream:
         self.position += self.global_batch
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        return Batch(x, y)
+        return Batch(x, y, idx, self.epoch)
 
     def _epoch_iterator(self):
         """The loader's iterator over this epoch's batches from the position on. The loader is built

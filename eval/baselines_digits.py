@@ -29,6 +29,8 @@ from arena.registry import ConfigError, cli_error
 from arena.runs import load_run
 from arena.trainer import train
 
+from dim.baselines.vae import gaussian_kl
+
 from .probes import msssim, ndm
 
 # label -> (config, overrides)
@@ -74,19 +76,18 @@ def matched_msssim(x_hat: torch.Tensor, x: torch.Tensor) -> tuple[float, float]:
     return msssim(x_hat, x), msssim(x_hat, x.roll(1, 0))
 
 
-@torch.no_grad()
-def check_vae(objective, x: torch.Tensor, ndm_steps: int) -> dict:
+def check_vae(objective, x: torch.Tensor, x_train: torch.Tensor, ndm_steps: int) -> dict:
     objective.nets.eval()
-    feats = objective.features(x)
-    player = objective.nets["encoder"]
-    log_sigma = player["log_sigma"](player["encoder"](x)["fc"])
-    mu = feats["y"]
-    kl_dims = (0.5 * (mu ** 2 + (2 * log_sigma).exp() - 1) - log_sigma).mean(0)
-    own, other = matched_msssim(objective.nets["decoder"](mu), x)
+    with torch.no_grad():
+        feats = objective.features(x)
+        mu, log_sigma = objective.posterior(x)
+        kl_dims = gaussian_kl(mu, log_sigma).mean(0)
+        own, other = matched_msssim(objective.reconstruct(x), x)
     out = {"msssim_own": own, "msssim_mismatched": other, "active_dims": int((kl_dims > 0.1).sum())}
-    if ndm_steps > 0:
-        out["ndm_mu"] = ndm(mu, steps=ndm_steps)
-        out["ndm_sample"] = ndm(feats["z"], steps=ndm_steps)
+    if ndm_steps > 0:  # fitted on the training codes, reported on the test codes
+        train_feats = objective.features(x_train)
+        out["ndm_mu"] = ndm(train_feats["y"], feats["y"], steps=ndm_steps)
+        out["ndm_sample"] = ndm(train_feats["z"], feats["z"], steps=ndm_steps)
     return out
 
 
@@ -121,10 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         results = {}
         for label in RUNS:
             cfg, objective, _ = trained(label, runs)
-            test = build_dataset(cfg.data, "test")
-            x = to_float(test.images).to(objective.device)
+            x = to_float(build_dataset(cfg.data, "test").images).to(objective.device)
             if label == "vae":
-                results[label] = check_vae(objective, x, args.ndm_steps)
+                x_train = to_float(build_dataset(cfg.data, "train").images).to(objective.device)
+                results[label] = check_vae(objective, x, x_train, args.ndm_steps)
             elif label.startswith("aae"):
                 results[label] = check_aae(objective, x, runs / label)
             else:

@@ -15,20 +15,21 @@ from arena.objective import Batch, DataInfo, build_objective
 from arena.prior import discriminator_loss
 from arena.registry import ConfigError
 from arena.trainer import train
-from dim.baselines import AAE, VAE, BiGAN
+from dim.baselines import AAE, NAT, VAE, BiGAN
 from dim.baselines.bigan import ge_loss
 from dim.baselines.vae import gaussian_kl
 from dim.decoder import Decoder
 from tests.helpers import assert_same_state, tiny
 
 RES = 16
-SHAPES = DataInfo(channels=3, resolution=RES, num_classes=4)
-# dcgan32 at 1/8 width (conv 8-16-32, fc 128), a decoder of width 4, small joint D.
-TINY = ["data.name=shapes", f"data.resolution={RES}", "data.num_images=64", "model.width=0.125",
-        "model.decoder_width=4", "train.batch_size=8"]
-TINY_D = {"bigan": ["model.d_units=16", "model.d_hidden=[16]"], "aae": ["objective.prior.hidden=[16, 16]"],
-          "vae": []}
-NAMES = ("vae", "aae", "bigan")
+SHAPES = DataInfo(channels=3, resolution=RES, num_classes=4, num_images=64)
+# dcgan32 at 1/8 width (conv 8-16-32, fc 128), a decoder of width 4, small discriminators;
+# NAT re-assigns in every epoch (8 batches of 8).
+TINY = ["data.name=shapes", f"data.resolution={RES}", "data.num_images=64", "model.width=0.125", "train.batch_size=8"]
+TINY_D = {"bigan": ["model.decoder_width=4", "model.d_units=16", "model.d_hidden=[16]"],
+          "aae": ["model.decoder_width=4", "objective.prior.hidden=[16, 16]"], "vae": ["model.decoder_width=4"],
+          "nat": ["objective.reassign_every=1"]}
+NAMES = ("vae", "aae", "bigan", "nat")
 
 
 def build(name: str, *overrides: str, seed: int = 0):
@@ -37,9 +38,9 @@ def build(name: str, *overrides: str, seed: int = 0):
     return build_objective(cfg, SHAPES)
 
 
-def shapes_batch(n: int = 8, seed: int = 0) -> Batch:
+def shapes_batch(n: int = 8, seed: int = 0, epoch: int = 0) -> Batch:
     images, labels = make_shapes(n, RES, seed)
-    return Batch(to_float(images), labels)
+    return Batch(to_float(images), labels, torch.arange(n), epoch)
 
 
 def run_schedule(objective, batch: Batch, lr: float = 1e-3) -> dict:
@@ -73,7 +74,7 @@ def test_every_row_has_a_config_with_the_paper_budget(name):
         dim_row = load_config(f"dim_l_nce_{name.split('_', 1)[1]}")
         assert (cfg.optim.lr, cfg.train.batch_size, cfg.train.steps) == (1e-4, 64, dim_row.train.steps)
         assert (cfg.model.encoder, cfg.model.y_dim) == (dim_row.model.encoder, 64)
-    OBJ = {"vae": VAE, "aae": AAE, "bigan": BiGAN}[cfg.objective.name]
+    OBJ = {"vae": VAE, "aae": AAE, "bigan": BiGAN, "nat": NAT}[cfg.objective.name]
     OBJ.check_config(cfg)
 
 
@@ -84,7 +85,8 @@ def test_every_row_has_a_config_with_the_paper_budget(name):
     ("aae", "objective.penalty_on=fake", "objective.penalty_on"),
     ("aae", "objective.reconstruction=l1", "objective.reconstruction"),
     ("aae", "objective.prior.name=cauchy", "objective.prior.name"),
-    ("vae", "model.decoder_width=0", "model.decoder_width")])
+    ("vae", "model.decoder_width=0", "model.decoder_width"),
+    ("nat", "objective.reassign_every=0", "objective.reassign_every")])
 def test_bad_options_name_the_key(name, override, key):
     with pytest.raises(ConfigError, match=key):
         load_config(f"{name}_digits", [override])
@@ -249,3 +251,56 @@ def test_bigan_run_writes_sample_grids(tmp_path, cpu_only):
     train(tiny("bigan_digits", tmp_path / "run", *TINY, *TINY_D["bigan"], "train.steps=2", "train.sample_every=2",
                "train.checkpoint_every=2"))
     assert (tmp_path / "run" / "samples" / "step-000002.png").is_file()
+
+
+# ----------------------------------------------------------------------------- NAT
+
+
+def test_nat_loss_is_the_squared_distance_of_the_normalized_output_to_its_target():
+    objective = build("nat", "objective.reassign_every=2")  # epoch 0: no re-assignment
+    batch = shapes_batch()
+    out = objective.loss("encoder", batch, 8)
+    with torch.no_grad():
+        u = torch.nn.functional.normalize(objective.encoder(batch.x)["y"], dim=1)
+    t = objective.targets()[objective.target_of[batch.index]]
+    torch.testing.assert_close(t.norm(dim=1), torch.ones(8))
+    cos = (u * t).sum(1)
+    torch.testing.assert_close(out["loss"], (2 - 2 * cos).mean(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out["cosine"], cos.mean(), rtol=1e-5, atol=1e-6)
+    assert "reassigned" not in out
+
+
+def test_nat_reassignment_recovers_the_best_matching_and_keeps_a_permutation():
+    objective = build("nat")
+    index = torch.tensor([5, 17, 2, 40, 33, 8, 60, 11])
+    held = objective.target_of[index].clone()
+    wanted = held[torch.tensor([3, 0, 6, 1, 7, 2, 5, 4])]  # a shuffle of the targets the batch holds
+    u = objective.targets()[wanted]  # outputs sitting exactly on the wanted targets
+    changed = objective.reassign(u, index)
+    assert torch.equal(objective.target_of[index], wanted)
+    assert changed.item() == 1.0  # the shuffle moved every target
+    assert torch.equal(objective.target_of.sort().values, torch.arange(64))  # still a permutation
+    # images outside the batch keep theirs
+    others = torch.tensor([i for i in range(64) if i not in index.tolist()])
+    assert torch.equal(objective.target_of[others], build("nat").target_of[others])
+
+
+def test_nat_reassigns_every_kth_epoch_only():
+    objective = build("nat", "objective.reassign_every=3")
+    assert [objective.reassigning(e) for e in range(7)] == [False, False, True, False, False, True, False]
+    assert "reassigned" in objective.loss("encoder", shapes_batch(epoch=2), 8)
+
+
+def test_the_stream_gives_each_image_its_training_set_index_and_epoch():
+    from arena.data import DataConfig, build_dataset
+    from arena.stream import BatchStream
+
+    ds = build_dataset(DataConfig(name="shapes", resolution=8, num_images=16), "train")
+    stream = BatchStream(ds, 8, seed=0)
+    seen = []
+    for epoch in (0, 0, 1, 1):
+        batch = next(stream)
+        assert batch.epoch == epoch
+        torch.testing.assert_close(batch.x, to_float(ds.images[batch.index]))
+        seen.append(batch.index)
+    assert sorted(torch.cat(seen[:2]).tolist()) == list(range(16))  # one epoch: every image once
