@@ -1,6 +1,7 @@
-"""N processes = 1 process for the baselines: 2 CPU processes train the same VAE, AAE and
-BiGAN weights as 1 process on the same global batches (gradients averaged, batch norm over
-the global batch with model.sync_bn, training noise drawn for the global batch)."""
+"""N processes = 1 process for the baselines: 2 CPU processes train the same VAE, AAE,
+BiGAN and NAT weights (and NAT's assignment) as 1 process on the same global batches
+(gradients averaged, batch norm over the global batch with model.sync_bn, training noise
+drawn for the global batch, NAT re-assigning on the gathered batch)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch.distributed as dist
 from arena import checkpoint as ckpt
 from arena.objective import OBJECTIVES
 from arena.trainer import train
-from dim.baselines import AAE, VAE, BiGAN
+from dim.baselines import AAE, NAT, VAE, BiGAN
 from tests.helpers import launch_two_cpu_processes, tiny
 from tests.test_baselines import TINY, TINY_D
 
@@ -40,7 +41,7 @@ class GlobalNoise:
         return self.noise(n, dim)  # the AAE's prior is N(0, I)
 
 
-CLASSES = {"vae": VAE, "aae": AAE, "bigan": BiGAN}
+CLASSES = {"vae": VAE, "aae": AAE, "bigan": BiGAN, "nat": NAT}
 GLOBAL = {name: type(f"Global{cls.__name__}", (GlobalNoise, cls), {}) for name, cls in CLASSES.items()}
 
 
@@ -68,7 +69,7 @@ sys.path.insert(0, {str(ROOT)!r})
 from arena.distributed import shutdown
 from tests.test_baselines_processes import register, run
 register()
-for name in ("vae", "aae", "bigan"):
+for name in ("vae", "aae", "bigan", "nat"):
     run(name, {str(tmp_path)!r} + "/two_" + name)
 shutdown()
 """)
@@ -80,6 +81,10 @@ shutdown()
         for net in one:
             for k, v in one[net].items():
                 torch.testing.assert_close(two[net][k], v, rtol=1e-4, atol=1e-5, msg=f"{name} {net}.{k}")
+        if name == "nat":  # re-assigned in every epoch: the assignment moved, identically
+            assignment = one["encoder"]["assignment.target_of"]
+            assert torch.equal(assignment.sort().values, torch.arange(len(assignment)))
+            assert not torch.equal(assignment, start_weights(name, tmp_path)["encoder"]["assignment.target_of"])
         moved = max((one["encoder"][k].float() - v.float()).abs().max().item()
                     for k, v in start_weights(name, tmp_path)["encoder"].items())
         assert moved > 1e-3, f"{name}: the encoder hardly trained; the comparison would be vacuous"
