@@ -10,6 +10,9 @@ complete run is reused, a stopped one resumed) and prints a table:
   codes are from the prior N(0, I), as the KL of a Gaussian fitted to them,
   KL(N(m, S) || N(0, I)) = 1/2 (tr S + m'm - d - log det S), and prior_D's JSD bound over
   the last logged steps; own / mismatched MS-SSIM.
+- NAT: the mean cosine of the TRAINING images' outputs to their assigned targets (test
+  images have none) and to a random permutation of them; whether the assignment is a
+  permutation, and the fraction of images whose target changed since the start.
 - BiGAN: the logged ||x - G(E(x))|| / ||x' - G(E(x))|| at the first and last log, and on
   the test set; own / mismatched MS-SSIM of G(E(x)).
 """
@@ -29,6 +32,7 @@ from arena.registry import ConfigError, cli_error
 from arena.runs import load_run
 from arena.trainer import train
 
+from dim.baselines.nat import initial_assignment
 from dim.baselines.vae import gaussian_kl
 
 from .probes import msssim, ndm
@@ -39,6 +43,7 @@ RUNS = {
     "aae": ("aae_digits", []),
     "aae_no_adversarial": ("aae_digits", ["objective.adversarial=0"]),
     "bigan": ("bigan_digits", []),
+    "nat": ("nat_digits", []),
 }
 
 
@@ -112,6 +117,19 @@ def check_bigan(objective, x: torch.Tensor, run_dir: Path) -> dict:
             "recon_ratio_last_log": ratios[-1], "recon_ratio_test": float(test_ratio)}
 
 
+@torch.no_grad()
+def check_nat(objective, x_train: torch.Tensor, seed: int) -> dict:
+    objective.nets.eval()
+    u = torch.nn.functional.normalize(objective.features(x_train)["y"], dim=1)
+    target_of, targets = objective.target_of, objective.targets()
+    shuffled = target_of[torch.randperm(len(target_of), generator=torch.Generator().manual_seed(1))]
+    start = initial_assignment(len(target_of), seed).to(target_of.device)
+    return {"cosine_assigned": float((u * targets[target_of]).sum(1).mean()),
+            "cosine_random": float((u * targets[shuffled]).sum(1).mean()),
+            "is_permutation": bool(torch.equal(target_of.sort().values, torch.arange(len(target_of)))),
+            "changed_since_start": float((target_of != start).float().mean())}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", default="runs/baselines_digits", help="folder of the runs (one per model)")
@@ -123,9 +141,11 @@ def main(argv: list[str] | None = None) -> int:
         for label in RUNS:
             cfg, objective, _ = trained(label, runs)
             x = to_float(build_dataset(cfg.data, "test").images).to(objective.device)
+            x_train = to_float(build_dataset(cfg.data, "train").images).to(objective.device)
             if label == "vae":
-                x_train = to_float(build_dataset(cfg.data, "train").images).to(objective.device)
                 results[label] = check_vae(objective, x, x_train, args.ndm_steps)
+            elif label == "nat":
+                results[label] = check_nat(objective, x_train, cfg.run.seed)
             elif label.startswith("aae"):
                 results[label] = check_aae(objective, x, runs / label)
             else:

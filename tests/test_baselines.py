@@ -304,3 +304,13 @@ def test_the_stream_gives_each_image_its_training_set_index_and_epoch():
         torch.testing.assert_close(batch.x, to_float(ds.images[batch.index]))
         seen.append(batch.index)
     assert sorted(torch.cat(seen[:2]).tolist()) == list(range(16))  # one epoch: every image once
+
+
+def test_the_digits_check_measures_distance_to_the_prior_by_a_gaussian_fit():
+    from eval.baselines_digits import gaussian_fit_kl
+
+    z = torch.randn(20000, 4, generator=torch.Generator().manual_seed(0))
+    assert gaussian_fit_kl(z) == pytest.approx(0.0, abs=0.01)
+    # N(1, I): m'm / 2 = 2;  N(0, 4 I): (tr S - d - log det S) / 2 = (16 - 4 - 4 log 4) / 2
+    assert gaussian_fit_kl(z + 1) == pytest.approx(2.0, abs=0.05)
+    assert gaussian_fit_kl(2 * z) == pytest.approx((12 - 4 * math.log(4)) / 2, abs=0.05)
