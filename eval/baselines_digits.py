@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 import torch
+import yaml
 
 from arena import checkpoint as ckpt
 from arena.config import load_config
@@ -52,6 +53,10 @@ def trained(label: str, runs: Path):
     name, overrides = RUNS[label]
     run_dir = runs / label
     cfg = load_config(name, [f"run.dir={run_dir}", "train.progress=false", *overrides])
+    saved_cfg = run_dir / "config.yaml"
+    if saved_cfg.is_file() and comparable(yaml.safe_load(saved_cfg.read_text())) != comparable(cfg.to_dict()):
+        raise ConfigError(f"--runs: {run_dir} was trained with another config than {name} "
+                          f"{' '.join(overrides)}; remove it or pass another --runs")
     has_checkpoint = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
     done = 0
     if has_checkpoint:
@@ -63,6 +68,14 @@ def trained(label: str, runs: Path):
         print(f"[baselines] training {label} ({name} {' '.join(overrides)}) in {run_dir}", flush=True)
         train(cfg)
     return load_run(run_dir)
+
+
+def comparable(cfg: dict) -> dict:
+    """A config without what may differ between runs of one experiment (where, resume, progress)."""
+    out = {k: v for k, v in cfg.items() if k not in ("run", "name")}
+    out["train"] = {k: v for k, v in out.get("train", {}).items() if k != "progress"}
+    out["seed"] = cfg.get("run", {}).get("seed")
+    return out
 
 
 def metric_rows(run_dir: Path) -> list[dict]:
