@@ -215,14 +215,15 @@ def test_aae_reconstruction_scales_and_adversarial_phase():
 # ----------------------------------------------------------------------------- generation
 
 
-def test_bigan_generates_images_in_range_independent_of_the_batch():
-    objective = build("bigan")
+@pytest.mark.parametrize("name", ["vae", "aae", "bigan"])
+def test_decoders_generate_images_in_range_independent_of_the_batch(name):
+    objective = build(name)
     run_schedule(objective, shapes_batch())
     z = objective.latent(6, torch.Generator().manual_seed(0))
     x = objective.generate(z)
     assert x.shape == (6, 3, RES, RES) and x.abs().max() <= 1
     torch.testing.assert_close(objective.generate(z[:2]), x[:2])  # running BN statistics: per-image
-    assert BiGAN.generates and not VAE.generates
+    assert BiGAN.generates and VAE.generates and AAE.generates and not NAT.generates
 
 
 def test_bigan_logs_a_reconstruction_ratio_near_one_at_the_start():

@@ -83,6 +83,10 @@ class AAE(BaselineObjective):
         return [Phase("reconstruction", ("encoder", "decoder")), Phase("prior", ("prior_D",), data="previous"),
                 *adversarial]
 
+    def latent(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Codes for sampling: the prior the encoder was matched to (on the CPU when seeded)."""
+        return sample_prior(self.opts.prior, n, self.cfg.model.y_dim, generator=generator)
+
     def prior_samples(self, n: int, dim: int) -> Tensor:
         """Training samples of the prior from the process's RNG, on the device."""
         return sample_prior(self.opts.prior, n, dim, self.device)

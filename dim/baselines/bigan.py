@@ -27,7 +27,7 @@ from arena.registry import ConfigError
 
 from ..encoders import ENCODERS, scaled
 from ..objective import frozen_bn_stats
-from .common import BaselineModel, BaselineObjective, eval_mode
+from .common import BaselineModel, BaselineObjective
 
 GE_LOSSES = ("nonsaturating", "minimax")
 
@@ -93,7 +93,7 @@ class JointDiscriminator(nn.Module):
 class BiGAN(BaselineObjective):
     Model = BiGANModel
     Options = BiGANOptions
-    generates = True
+    decoder_player = "G"
 
     def __init__(self, cfg, info: DataInfo):
         super().__init__(cfg, info)
@@ -118,15 +118,6 @@ class BiGAN(BaselineObjective):
 
     def phases(self) -> list[Phase]:
         return [Phase("discriminator", ("D",)), Phase("generator", ("encoder", "G"), data="previous")]
-
-    def latent(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        return torch.randn(n, self.cfg.model.y_dim, generator=generator)
-
-    @torch.no_grad()
-    def generate(self, z: Tensor, ema: bool = True) -> Tensor:
-        """G(z) with batch norm's running statistics: each image depends on its own z only."""
-        with eval_mode(self.net("G", ema)) as G:
-            return G(z.to(self.device))
 
     def loss(self, phase: str, batch: Batch | None, batch_size: int) -> dict[str, Tensor]:
         x = batch.x

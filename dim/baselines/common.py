@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -26,9 +27,12 @@ class BaselineModel:
 
 
 class BaselineObjective(EncoderObjective):
-    """An encoder objective with a DCGAN decoder from the code back to images."""
+    """An encoder objective with a DCGAN decoder from the code back to images; it generates
+    (sample grids, IS / FID) by decoding codes drawn from N(0, I)."""
 
     Model = BaselineModel
+    generates = True
+    decoder_player: ClassVar[str] = "decoder"
 
     @classmethod
     def check_config(cls, cfg) -> None:
@@ -47,6 +51,15 @@ class BaselineObjective(EncoderObjective):
 
     def encoder_player(self, info: DataInfo, **extra: nn.Module) -> nn.ModuleDict:
         return nn.ModuleDict({"encoder": self.synced(self.build_encoder(self.cfg, info)), **extra})
+
+    def latent(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        return torch.randn(n, self.cfg.model.y_dim, generator=generator)
+
+    @torch.no_grad()
+    def generate(self, z: Tensor, ema: bool = True) -> Tensor:
+        """Dec(z) with batch norm's running statistics: each image depends on its own z only."""
+        with eval_mode(self.net(self.decoder_player, ema)) as dec:
+            return dec(z.to(self.device))
 
     def noise(self, n: int, dim: int) -> Tensor:
         """Training noise (eps, z, prior samples) from the process's RNG, on the device."""
