@@ -162,4 +162,5 @@ def test_objectives_register_without_imports_and_loading_a_run_skips_accelerate(
             "assert 'accelerate' not in sys.modules and 'arena.trainer' not in sys.modules, sorted(sys.modules); "
             "print(' '.join(names))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["dim", "gan", "ie", "lsgan", "nsgan_cp", "prior_match", "supervised", "wgan_gp"]
+    assert out.split() == ["aae", "bigan", "dim", "gan", "ie", "lsgan", "nat", "nsgan_cp", "prior_match", "supervised",
+                           "vae", "wgan_gp"]
