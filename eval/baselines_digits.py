@@ -1,5 +1,5 @@
 """The baselines' must-show checks on digits, one command that trains what it needs (a
-complete run is reused, a stopped one resumed) and prints a table:
+finished run is reused, a stopped one resumed: arena.runs' rule) and prints a table:
 
     python -m eval.baselines_digits [--runs runs/baselines_digits] [--ndm-steps 1000]
 
@@ -24,18 +24,16 @@ import sys
 from pathlib import Path
 
 import torch
-import yaml
 
-from arena import checkpoint as ckpt
 from arena.config import load_config
 from arena.data import build_dataset, to_float
 from arena.registry import ConfigError, cli_error
-from arena.runs import load_run
-from arena.trainer import train
+from arena.runs import ensure_trained, load_run
 
 from dim.baselines.nat import initial_assignment
 from dim.baselines.vae import gaussian_kl
 
+from .cli_args import count_arg
 from .probes import msssim, ndm
 
 # label -> (config, overrides)
@@ -49,33 +47,12 @@ RUNS = {
 
 
 def trained(label: str, runs: Path):
-    """The run `label` at its full length: reused when complete, resumed when stopped."""
+    """The run `label` at its full length, as the core's run rule decides (arena.runs:
+    reused when finished, resumed when stopped, beside a run dir of another config)."""
     name, overrides = RUNS[label]
-    run_dir = runs / label
-    cfg = load_config(name, [f"run.dir={run_dir}", "train.progress=false", *overrides])
-    saved_cfg = run_dir / "config.yaml"
-    if saved_cfg.is_file() and comparable(yaml.safe_load(saved_cfg.read_text())) != comparable(cfg.to_dict()):
-        raise ConfigError(f"--runs: {run_dir} was trained with another config than {name} "
-                          f"{' '.join(overrides)}; remove it or pass another --runs")
-    has_checkpoint = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
-    done = 0
-    if has_checkpoint:
-        saved, _ = ckpt.load(ckpt.resolve_checkpoint(run_dir, "latest"))
-        done = int(saved["step"])
-    if done < cfg.train.steps:
-        if has_checkpoint:
-            cfg.run.resume = "latest"
-        print(f"[baselines] training {label} ({name} {' '.join(overrides)}) in {run_dir}", flush=True)
-        train(cfg)
-    return load_run(run_dir)
-
-
-def comparable(cfg: dict) -> dict:
-    """A config without what may differ between runs of one experiment (where, resume, progress)."""
-    out = {k: v for k, v in cfg.items() if k not in ("run", "name")}
-    out["train"] = {k: v for k, v in out.get("train", {}).items() if k != "progress"}
-    out["seed"] = cfg.get("run", {}).get("seed")
-    return out
+    cfg = load_config(name, [f"run.dir={runs / label}", "train.progress=false", *overrides])
+    state = ensure_trained(cfg, say=lambda msg: print(f"[baselines] {label}: {msg}", flush=True))
+    return (*load_run(state.run_dir), Path(state.run_dir))
 
 
 def metric_rows(run_dir: Path) -> list[dict]:
@@ -146,13 +123,13 @@ def check_nat(objective, x_train: torch.Tensor, seed: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", default="runs/baselines_digits", help="folder of the runs (one per model)")
-    p.add_argument("--ndm-steps", type=int, default=1000, help="NDM training steps for the VAE (0: skip)")
+    p.add_argument("--ndm-steps", type=count_arg(0, 10**6), default=1000, help="NDM training steps for the VAE (0: skip)")
     args = p.parse_args(argv)
     runs = Path(args.runs)
     try:
         results = {}
         for label in RUNS:
-            cfg, objective, _ = trained(label, runs)
+            cfg, objective, _, run_dir = trained(label, runs)
             x = to_float(build_dataset(cfg.data, "test").images).to(objective.device)
             x_train = to_float(build_dataset(cfg.data, "train").images).to(objective.device)
             if label == "vae":
@@ -160,9 +137,9 @@ def main(argv: list[str] | None = None) -> int:
             elif label == "nat":
                 results[label] = check_nat(objective, x_train, cfg.run.seed)
             elif label.startswith("aae"):
-                results[label] = check_aae(objective, x, runs / label)
+                results[label] = check_aae(objective, x, run_dir)
             else:
-                results[label] = check_bigan(objective, x, runs / label)
+                results[label] = check_bigan(objective, x, run_dir)
     except ConfigError as err:
         return cli_error(err)
     for label, values in results.items():
