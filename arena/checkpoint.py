@@ -265,7 +265,6 @@ def _load_checkpoint(run_dir, which, rank, key, warn) -> Loaded:
                       f"can be read")
 
 
-_OPTIMIZER_NAMES = {"Adam": "adam", "AdamW": "adamw", "SGD": "sgd"}  # class -> optim.name
 _HYPER_PARAMETERS = ("lr", "betas", "weight_decay", "momentum")
 # How this machine runs the update (fused on CUDA), not a setting of the run: kept as built.
 _IMPLEMENTATION = ("fused", "foreach", "capturable")
@@ -279,7 +278,10 @@ def load_optimizer(opt: torch.optim.Optimizer, saved: dict, player: str, where: 
     state = saved["optimizers"][player]
     kind = saved.get("optimizer_types", {}).get(player) or _kind_of(state)
     if kind != type(opt).__name__:
-        was, now = _OPTIMIZER_NAMES.get(kind, kind), _OPTIMIZER_NAMES.get(type(opt).__name__, type(opt).__name__)
+        from .updates import OPTIMIZERS
+
+        names = {cls.__name__: name for name, (cls, _) in OPTIMIZERS.items()}  # class -> optim.name
+        was, now = names.get(kind, kind), names.get(type(opt).__name__, type(opt).__name__)
         raise ConfigError(f"optim.name: {where} holds {was} state for player '{player}' but the config asks for "
                           f"{now}; an optimizer's state does not carry over to another kind. Resume with "
                           f"optim.name={was}, or start a fresh run (another run.dir, no run.resume)")

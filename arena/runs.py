@@ -16,6 +16,7 @@ from . import checkpoint as ckpt
 from .config import Config, config_from_dict
 from .objective import DataInfo, Objective, build_objective
 from .registry import ConfigError
+from .updates import use_gpu_paths
 
 
 def load_run(run_dir: str | Path, checkpoint: str = "latest", device: str | torch.device = "cpu"):
@@ -39,8 +40,8 @@ def load_run(run_dir: str | Path, checkpoint: str = "latest", device: str | torc
     cfg.run.dir = str(run_dir)
     objective: Objective = build_objective(cfg, DataInfo(**saved["data_info"]))
     ckpt.restore(objective, saved, where)
-    # on a GPU in the layout the trainer uses there (tensor-core convolutions read NHWC)
-    layout = torch.channels_last if torch.device(device).type == "cuda" else torch.preserve_format
+    # in the layout the trainer uses on that device (tensor-core convolutions read NHWC)
+    layout = torch.channels_last if use_gpu_paths(cfg.train.gpu_paths, device) else torch.preserve_format
     objective.nets.to(device, memory_format=layout).eval()
     for ema in objective.ema.values():
         ema.to(device, memory_format=layout).eval()
@@ -64,6 +65,7 @@ NOT_IDENTITY = (
     "data.download",  # fetching it first or not
     "data.num_workers",  # loader processes: every item is seeded by its position, not its worker
     "eval.inception_weights",  # a local copy of the same weights
+    "train.gpu_paths",  # fused updates and memory layout: the same math, to float rounding
 )
 
 

@@ -46,7 +46,6 @@ from .version import __version__
 
 __all__ = ["Hook", "NonFiniteLoss", "NonFiniteWeights", "Run", "Stopped", "Trainer", "clip_gradients",
            "make_optimizer", "train"]
-_average_gradients = average_gradients  # the name the distributed tests use
 
 # train.mixed_precision -> autocast dtype (None: no autocast); the config loader checked the value
 _AUTOCAST = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}

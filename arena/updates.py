@@ -16,7 +16,7 @@ from .config import Config
 
 # optim.name -> (class, the keyword that takes beta1): SGD's momentum is Adam's beta1.
 # The config loader has checked the name; this only maps it.
-_OPTIMIZERS = {
+OPTIMIZERS = {
     "adam": (torch.optim.Adam, lambda betas: {"betas": tuple(betas)}),
     "adamw": (torch.optim.AdamW, lambda betas: {"betas": tuple(betas)}),
     "sgd": (torch.optim.SGD, lambda betas: {"momentum": betas[0]}),
@@ -40,7 +40,7 @@ def make_optimizer(cfg: Config, player: str, net: nn.Module) -> torch.optim.Opti
     # The fused update: one kernel for all of a player's parameters instead of a handful
     # per tensor, and a GradScaler steps it without reading found-inf on the host.
     fused = bool(params) and use_gpu_paths(cfg.train.gpu_paths, params[0].device)
-    cls, beta1 = _OPTIMIZERS[o.name]
+    cls, beta1 = OPTIMIZERS[o.name]
     opt = cls(params, lr=lr, weight_decay=wd, **beta1(betas), **({"fused": True} if fused else {}))
     if fused and opt.defaults.get("momentum"):
         # torch's fused SGD allocates its momentum buffers uninitialised on its first step

@@ -18,7 +18,6 @@ import json
 import os
 import re
 import reprlib
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,11 +25,12 @@ from typing import Callable
 
 import yaml
 
+from arena.cli import ENDINGS, exit_status
 from arena.config import Config
-from arena.distributed import Processes, processes, shutdown
-from arena.registry import ConfigError, cli_error
+from arena.distributed import Processes, processes
+from arena.registry import ConfigError
 from arena.runs import RunState, ensure_trained, plan_run
-from arena.trainer import NonFiniteLoss, Stopped
+from arena.stops import NonFiniteLoss
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")
 MAX_GRID_BYTES = 1 << 20  # a grid file is a few lines; anything larger is not one
@@ -256,17 +256,12 @@ def run_specs(specs: list[Spec], measure, results: Results, *, train: bool = Tru
 
 
 def run_cli(name: str, body: Callable[[], int]) -> int:
-    """A command's body with its errors as messages and exit codes: a ConfigError -> the
-    message and 2; SIGTERM / Ctrl-C during training (the step saved) -> 128 + the signal,
-    and rerunning the same command finishes the work; Ctrl-C elsewhere -> 130."""
+    """A command's body with the core's one mapping of endings to messages and exit codes
+    (arena.cli.exit_status): bad input 2, a diverged training 3, SIGTERM / Ctrl-C during
+    training (the step saved) 128 + the signal, and rerunning the same command finishes
+    the work; Ctrl-C elsewhere 130."""
     try:
         return body()
-    except ConfigError as err:
-        return cli_error(err)
-    except Stopped as err:
-        shutdown()
-        print(f"[{name}] {err}; run the same command again to finish", file=sys.stderr)
-        return 128 + err.signum
-    except KeyboardInterrupt:
-        print(f"[{name}] interrupted; finished records are in the results file; rerun to continue", file=sys.stderr)
-        return 130
+    except ENDINGS as err:
+        return exit_status(err, prog=name, resume_hint="; run the same command again to finish",
+                           interrupted="finished records are in the results file; rerun to continue")

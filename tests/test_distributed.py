@@ -104,7 +104,8 @@ sys.path.insert(0, {str(ROOT)!r})
 from accelerate import PartialState
 from arena.objective import Batch
 from arena.distributed import gather, shutdown
-from arena.trainer import _average_gradients, train
+from arena.trainer import train
+from arena.updates import average_gradients
 from tests.helpers import tiny
 from tests.test_distributed import CASES, TRAIN, build, encoder_step, global_batch
 state = PartialState(cpu=True)
@@ -118,7 +119,7 @@ for case in CASES:
     player = objective.nets["encoder"]
     player.zero_grad(set_to_none=True)
     out["loss"].backward()
-    _average_gradients(player)  # what the trainer does with N processes
+    average_gradients(player)  # what the trainer does with N processes
     loss = out["loss"].detach().clone()
     torch.distributed.all_reduce(loss)
     results[case] = {{"out": {{k: v.detach() for k, v in out.items()}}, "mean_loss": loss / world,
