@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import dim  # noqa: F401  importing the method packages registers their objectives
+import implicit_gen  # noqa: F401
 from arena.cli import ENDINGS, exit_status
 from arena.config import annotated_yaml, load_config
 from arena.distributed import shutdown

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import difflib
-import importlib
 import sys
 from typing import Callable, Generic, Iterable, TypeVar
 
@@ -27,21 +26,13 @@ def suggest(name: str, choices: Iterable[str]) -> str:
 
 
 class Registry(Generic[T]):
-    """A dict of named entries; `get` names the config key and the valid choices on a miss.
+    """A dict of named entries; `get` names the config key and the valid choices on a miss
+    (and `hint`, where the entries come from, if given)."""
 
-    `modules` are where the entries are defined: imported on the first lookup, so that
-    no caller has to import them for their side effect of registering.
-    """
-
-    def __init__(self, kind: str, modules: tuple[str, ...] = ()):
+    def __init__(self, kind: str, hint: str = ""):
         self.kind = kind
         self._entries: dict[str, T] = {}
-        self._modules = modules
-
-    def _load(self) -> None:
-        modules, self._modules = self._modules, ()  # once; an entry module may look itself up
-        for module in modules:
-            importlib.import_module(module)
+        self.hint = hint
 
     def register(self, name: str) -> Callable[[T], T]:
         def add(entry: T) -> T:
@@ -53,19 +44,16 @@ class Registry(Generic[T]):
         return add
 
     def get(self, name: str, key: str | None = None) -> T:
-        self._load()
         if name not in self._entries:
             where = f"{key}: " if key else ""
             raise ConfigError(
                 f"{where}unknown {self.kind} '{name}'{suggest(name, self._entries)}; "
-                f"valid choices: {', '.join(sorted(self._entries))}"
+                f"valid choices: {', '.join(sorted(self._entries))}{f' ({self.hint})' if self.hint else ''}"
             )
         return self._entries[name]
 
     def names(self) -> list[str]:
-        self._load()
         return sorted(self._entries)
 
     def __contains__(self, name: str) -> bool:
-        self._load()
         return name in self._entries

@@ -30,9 +30,7 @@ COORD_OPTIONS = {"none": (), "absolute": ("absolute",), "relative": ("relative",
 
 
 def coord_modes(option: str) -> tuple[str, ...]:
-    """The coordinate modes trained for objective.coord = `option`."""
-    if option not in COORD_OPTIONS:
-        raise ConfigError(f"objective.coord: unknown mode '{option}'; valid choices: {', '.join(COORD_OPTIONS)}")
+    """The coordinate modes trained for objective.coord = `option` (a DIMOptions.coord choice)."""
     return COORD_OPTIONS[option]
 
 

@@ -125,7 +125,8 @@ def test_print_config_shows_the_chain_and_which_file_set_each_value():
              "configs/dim_l_nce_occlude_stl10.yaml -> configs/dim_l_nce_coord_occlude_stl10.yaml")
     assert chain in out.splitlines()[0]
     lines = [line.strip() for line in out.splitlines()]
-    assert "occlusion_block: 21  # configs/dim_l_nce_occlude_stl10.yaml" in lines
+    assert "occlude: true  # configs/dim_l_nce_occlude_stl10.yaml" in lines
+    assert "occlusion_block: 21" in lines  # alexnet64 conv3's receptive field, filled in by the code
     assert "coord: both  # configs/dim_l_nce_coord_stl10.yaml" in lines
     assert "encoder: alexnet64  # configs/bases/stl10.yaml" in lines
     assert "steps: 3  # command line" in lines
