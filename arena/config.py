@@ -381,6 +381,8 @@ def validate(cfg: Config) -> None:
 def config_from_text(text: str, where: str, name: str) -> Config:
     """A resolved config saved as YAML (a run's config.yaml, a checkpoint's copy) -> Config;
     any problem is a ConfigError naming `where`."""
+    if not isinstance(text, str):
+        raise ConfigError(f"{where}: expected the YAML text of a config, got {type(text).__name__}")
     raw = read_mapping(text, where)
     try:
         return config_from_dict(raw, name=name)

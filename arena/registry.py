@@ -21,8 +21,10 @@ def cli_error(err: Exception, code: int = 2) -> int:
 
 def suggest(name: str, choices: Iterable[str]) -> str:
     """' (did you mean 'x'?)' when a close choice exists, else ''."""
-    close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.5)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    choices = [str(c) for c in choices]
+    folded = {c.lower(): c for c in reversed(choices)}  # case aside: `d` finds player `D`
+    close = difflib.get_close_matches(str(name).lower(), list(folded), n=1, cutoff=0.5)
+    return f" (did you mean '{folded[close[0]]}'?)" if close else ""
 
 
 class Registry(Generic[T]):
