@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -29,7 +28,7 @@ from arena.prior import PriorConfig, PriorDiscriminator, check_prior, discrimina
 from arena.registry import ConfigError
 from arena.schema import Count, NonNegative, NonNegativeInt
 
-from .coords import CoordinatePredictor, coord_modes, coordinate_loss
+from .coords import Coord, CoordinatePredictor, coord_modes, coordinate_loss
 from .critics import LOCAL_CRITICS, GlobalCritic, build_local_critic
 from .encoders import ConvEncoder, build_encoder, encoder_spec
 from .estimators import ESTIMATORS, nce_mi
@@ -71,7 +70,7 @@ class DIMOptions(LazyPenalty):  # penalty_every: lazy regularization of prior_D'
     # choice: 10 for dcgan32's conv2, 21 for alexnet64's conv3), filled in by check_config
     # so that the saved config holds the size used
     occlusion_block: Count | None = None
-    coord: Literal["none", "absolute", "relative", "both"] = "none"  # sec. 4.3, A.6
+    coord: Coord = "none"
     coord_weight: NonNegative = 1.0
 
 
