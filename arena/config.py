@@ -71,7 +71,8 @@ class TrainConfig:
     keep_checkpoints: Count = 3
     sample_every: Count = 500
     log_every: Count = 50
-    num_samples: Count = 64  # images in a training sample grid
+    # images in a training sample grid (their latents are drawn once, at the start)
+    num_samples: Annotated[int, Range(1, 10_000, note="images in one sample grid")] = 64
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     # fused optimizers, channels_last nets and batches. auto = on CUDA only; on = on any
     # device (the CPU runs them too: the tests exercise the GPU's code there)
