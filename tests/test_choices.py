@@ -59,3 +59,29 @@ def test_options_shared_by_objectives_come_from_one_base():
         load_config("wgan_gp_digits", ["objective.penalty_every=0"])
     with pytest.raises(ConfigError, match="objective.ema_bn_batches: must be >= 0, got -1"):
         load_config("nsgan_cp_digits", ["objective.ema_bn_batches=-1"])
+
+
+def test_the_core_never_names_the_packages_above_it():
+    """Imports flow one way (DESIGN.md): arena imports neither dim, implicit_gen nor eval,
+    not even as a module name in a string (an import the tools could not see)."""
+    import ast
+    from pathlib import Path
+
+    above = ("dim", "implicit_gen", "eval")
+    root = Path(__file__).resolve().parent.parent
+
+    def is_module(text: str) -> bool:  # "dim.objective" is; a message such as "eval.every: ..." is not
+        return text.replace(".", "").replace("_", "").isalnum() and (root / (text.replace(".", "/") + ".py")).is_file()
+
+    for path in sorted((root / "arena").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                names = [node.value] if is_module(node.value) else []
+            for name in names:
+                assert name.split(".")[0] not in above, f"{path.name} names {name}"
