@@ -5,8 +5,8 @@ fields belong to the chosen objective (model, objective): the objective register
 under `objective.name` declares their dataclasses, so `model.widht: 4` fails with
 "did you mean 'width'" just like a typo in `train`. A file may name others under
 `base:` (a name or a list); bases apply in order, then the file's own keys (see
-`resolve`). Plain YAML scalars and command-line values stay text until the field's
-type reads them (`Text`, `Arg`).
+`resolve`). Reading the YAML and checking each value against its field's type
+(choices, bounds) is arena/schema.py's; the checks here span several fields.
 
     cfg = load_config("ie_digits", ["train.steps=200"])
 """
@@ -22,8 +22,8 @@ import yaml
 
 from .data import DataConfig
 from .registry import ConfigError, suggest
-from .schema import (INT64, Arg, Count, Fraction, Length, NonNegative, NonNegativeInt, Positive, Range, Seed,
-                     Text, build_dataclass, coerce, is_null, parse_arg, read_yaml_text, show)
+from .schema import (INT64, Arg, Count, Fraction, Length, NonNegative, Positive, Range, Seed,
+                     build_dataclass, coerce, is_null, parse_arg, read_yaml_text, show)
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
