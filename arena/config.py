@@ -380,8 +380,8 @@ def validate(cfg: Config) -> None:
 
 
 def config_from_text(text: str, where: str, name: str) -> Config:
-    """A resolved config saved as YAML (a run's config.yaml, a checkpoint's copy) -> Config;
-    any problem is a ConfigError naming `where`."""
+    """A resolved config saved as YAML (a checkpoint's copy; a run's config.yaml is read by
+    arena.runs.read_run_config) -> Config; any problem is a ConfigError naming `where`."""
     if not isinstance(text, str):
         raise ConfigError(f"{where}: expected the YAML text of a config, got {type(text).__name__}")
     raw = read_mapping(text, where)
@@ -389,14 +389,3 @@ def config_from_text(text: str, where: str, name: str) -> Config:
         return config_from_dict(raw, name=name)
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from None
-
-
-def load_run_config(run_dir: str | Path) -> Config:
-    """The config a run was trained with, from RUN_DIR/config.yaml (the run's name is the
-    folder's); a missing, unreadable or invalid file is a ConfigError naming it."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise ConfigError(f"{_label(path)}: no such file (a run directory holds the config.yaml its trainer wrote)")
-    cfg = config_from_text(read_config_text(path), _label(path), Path(run_dir).name)
-    cfg.run.dir = str(run_dir)
-    return cfg

@@ -6,9 +6,10 @@ import pytest
 import yaml
 
 import train as train_cli
-from arena.config import load_config, load_run_config
+from arena.config import load_config
 from arena.objective import DataInfo, build_objective
 from arena.registry import ConfigError
+from arena.runs import read_run_config
 from arena.schema import MAX_DEPTH, MAX_VALUES
 
 
@@ -143,22 +144,24 @@ def test_a_partial_nested_override_keeps_the_objectives_own_defaults():
 
 @pytest.mark.parametrize("text, message", [
     ("train: [1\n", "not valid YAML"),
-    ("- a\n- b\n", "expected a mapping of sections (run:, data:, ...) at the top level, got a list"),
+    ("- a\n- b\n", "holds a list, not a config mapping"),
+    ("a: &a [*a]\n", "an alias refers to a mapping or list that contains it"),
+    ("# caf\xe9\n".encode("latin-1"), "not UTF-8 text"),
     ("objective: {name: prior_match}\ntrain: {steps: -1}\n", "train.steps: must be >= 1, got -1"),
-    (None, "no such file"),
+    (None, "not found"),
 ])
 def test_a_runs_config_file_that_is_broken_is_named(tmp_path, text, message):
     run = tmp_path / "run"
     run.mkdir()
     if text is not None:
-        (run / "config.yaml").write_text(text)
+        (run / "config.yaml").write_bytes(text if isinstance(text, bytes) else text.encode())
     with pytest.raises(ConfigError) as err:
-        load_run_config(run)
+        read_run_config(run)
     assert "config.yaml" in str(err.value) and message in str(err.value)
 
 
 def test_a_runs_config_file_loads(tmp_path):
     cfg = load_config("ie_digits", ["train.steps=7"])
     (tmp_path / "config.yaml").write_text(cfg.to_yaml())
-    again = load_run_config(tmp_path)
+    again = read_run_config(tmp_path)
     assert again.train.steps == 7 and again.run.dir == str(tmp_path) and again.name == tmp_path.name
