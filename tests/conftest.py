@@ -5,9 +5,6 @@ import urllib.request
 import pytest
 import torch
 
-import dim  # noqa: F401  importing the method packages registers their objectives
-import implicit_gen  # noqa: F401
-
 # The test nets are tiny: one thread per process is as fast as two and does not
 # oversubscribe the CPU when a test launches processes of its own.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
