@@ -86,11 +86,11 @@ class PriorDiscriminator(nn.Module):
         return self.net(y)
 
 
-PENALTY_SIDES = ("both", "prior")
+PenaltySide = Literal["both", "prior"]  # where discriminator_loss penalizes D's input gradient
 
 
 def discriminator_loss(D: nn.Module, v: Tensor, y: Tensor, penalty_weight: float = 0.0,
-                       penalty_on: str = "both") -> dict[str, Tensor]:
+                       penalty_on: PenaltySide = "both") -> dict[str, Tensor]:
     """D's side: maximize E_V[log D(v)] + E_U[log(1 - D(y))] (eq. 7) between prior
     samples v (real) and encoder outputs y (fake, detached here).
 

@@ -10,6 +10,9 @@ from arena.registry import ConfigError
 from arena.schema import choices, field_types
 from arena.trainer import make_optimizer
 from dim.coords import COORD_OPTIONS
+from dim.baselines.aae import AAEOptions
+from dim.baselines.bigan import BiGANOptions
+from dim.baselines.vae import NDM_CODES, VAEOptions
 from dim.objective import DIMOptions
 from dim.supervised import SupervisedModel
 from implicit_gen.ie import IEOptions
@@ -18,6 +21,7 @@ from implicit_gen.ie import IEOptions
 def test_each_choice_table_covers_exactly_the_types_choices():
     assert set(choices(field_types(IEOptions)["t_activation"])) == set(ACTIVATIONS)
     assert set(choices(field_types(DIMOptions)["coord"])) == set(COORD_OPTIONS)
+    assert set(choices(field_types(VAEOptions)["ndm_code"])) == set(NDM_CODES)
     assert choices(field_types(TrainConfig)["mixed_precision"]) == ("no", "bf16", "fp16")
     assert choices(field_types(PriorConfig)["encoder_loss"]) == ("nonsaturating", "saturating")
     assert choices(field_types(SupervisedModel)["head_input"]) == ("conv", "fc", "y")
@@ -51,7 +55,7 @@ def test_options_shared_by_objectives_come_from_one_base():
     from implicit_gen.gans import NSGANCPOptions, PlainOptions, WGANGPOptions
     from arena.prior_match import PriorMatchOptions
 
-    for cls in (DIMOptions, IEOptions, NSGANCPOptions, WGANGPOptions, PriorMatchOptions):
+    for cls in (DIMOptions, IEOptions, NSGANCPOptions, WGANGPOptions, PriorMatchOptions, AAEOptions, BiGANOptions):
         assert issubclass(cls, LazyPenalty) and "penalty_every" not in cls.__dict__.get("__annotations__", {})
     for cls in (IEOptions, NSGANCPOptions, WGANGPOptions, PlainOptions):
         assert issubclass(cls, GeneratorOptions) and "ema_bn_batches" not in cls.__dict__.get("__annotations__", {})
