@@ -114,6 +114,13 @@ class _Loader(yaml.SafeLoader):
         return super().construct_object(node, deep)
 
 
+class _TypedLoader(_Loader):
+    """The same bounds, scalars typed by YAML itself: for files without a schema (grids)."""
+
+    def construct_object(self, node, deep=False):
+        return yaml.SafeLoader.construct_object(self, node, deep)
+
+
 class _TooBig(Exception):
     pass
 
@@ -154,11 +161,11 @@ def _expanded_size(root: yaml.Node) -> None:
                 stack.append((child, False))
 
 
-def _read(text: str) -> Any:
+def _read(text: str, loader_cls: type = _Loader) -> Any:
     """YAML text -> plain values (scalars as Text); raises _TooBig or yaml.YAMLError."""
     if len(text) > MAX_CHARS:
         raise _TooBig(f"{len(text)} characters; a config holds at most {MAX_CHARS}")
-    loader = _Loader(text)
+    loader = loader_cls(text)
     try:
         node = loader.get_single_node()
         if node is None:
@@ -169,11 +176,12 @@ def _read(text: str) -> Any:
         loader.dispose()
 
 
-def read_yaml_text(text: str, where: str) -> Any:
-    """YAML text -> plain values (scalars as Text), within the bounds above; any problem
-    is a ConfigError that starts with `where` (a file's name)."""
+def read_yaml_text(text: str, where: str, typed: bool = False) -> Any:
+    """YAML text -> plain values (scalars as Text, or typed by YAML itself for a file with
+    no schema such as a grid), within the bounds above; any problem is a ConfigError that
+    starts with `where` (a file's name)."""
     try:
-        return _read(text)
+        return _read(text, _TypedLoader if typed else _Loader)
     except _TooBig as err:
         raise ConfigError(f"{where}: {err}") from None
     except yaml.YAMLError as err:

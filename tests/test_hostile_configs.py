@@ -165,3 +165,11 @@ def test_a_runs_config_file_loads(tmp_path):
     (tmp_path / "config.yaml").write_text(cfg.to_yaml())
     again = read_run_config(tmp_path)
     assert again.train.steps == 7 and again.run.dir == str(tmp_path) and again.name == tmp_path.name
+
+
+def test_a_file_without_a_schema_is_read_typed_within_the_same_bounds(tmp_path):
+    from arena.schema import read_yaml_text
+
+    assert read_yaml_text("a: [1, 2.5, no, x]\n", "grid.yaml", typed=True) == {"a": [1, 2.5, False, "x"]}
+    with pytest.raises(ConfigError, match="grid.yaml: more than"):
+        read_yaml_text(alias_bomb(mapping=True), "grid.yaml", typed=True)
