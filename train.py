@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import dim  # noqa: F401  importing the method packages registers their objectives
+import implicit_gen  # noqa: F401
 from arena.cli import ENDINGS, exit_status
 from arena.config import annotated_yaml, load_config
 from arena.distributed import shutdown
@@ -28,8 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="configs/NAME.yaml by name, or a path to a YAML file")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config (each value with the file that set it) and exit")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=200 data.root=/data")
-    args = parser.parse_args(argv)
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=200 data.root=/data "
+                                                     "(before or after the options)")
+    args = parser.parse_intermixed_args(argv)  # overrides on either side of --config
     try:
         if args.print_config:
             print(annotated_yaml(args.config, args.overrides), end="")

@@ -5,26 +5,25 @@ fields belong to the chosen objective (model, objective): the objective register
 under `objective.name` declares their dataclasses, so `model.widht: 4` fails with
 "did you mean 'width'" just like a typo in `train`. A file may name others under
 `base:` (a name or a list); bases apply in order, then the file's own keys (see
-`resolve`). Plain YAML scalars and command-line values stay text until the field's
-type reads them (`Text`, `Arg`).
+`resolve`). Reading the YAML and checking each value against its field's type
+(choices, bounds) is arena/schema.py's; the checks here span several fields.
 
     cfg = load_config("ie_digits", ["train.steps=200"])
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
 
 from .data import DataConfig
 from .registry import ConfigError, suggest
+from .schema import (INT64, Arg, Count, Fraction, Length, NonNegative, Positive, Range, Seed,
+                     build_dataclass, coerce, is_null, parse_arg, read_yaml_text, show)
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -32,56 +31,62 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 @dataclass
 class RunConfig:
     dir: str = ""  # "" -> runs/<config name>
-    seed: int = 0
+    seed: Seed = 0
     # "" (start fresh), "latest", "auto" (latest when run.dir holds a checkpoint, else fresh:
     # a requeued job reruns the same command), or a checkpoint directory
     resume: str = ""
+
+
+# Adam's (beta1, beta2); SGD takes beta1 as its momentum
+Betas = Annotated[list[Fraction], Length(2, "beta1, beta2")]
 
 
 @dataclass
 class PlayerOptim:
     """Per-player overrides of the optimizer defaults (None = inherit)."""
 
-    lr: float | None = None
-    betas: list[float] | None = None
-    weight_decay: float | None = None
-    clip_norm: float | None = None
+    lr: Positive | None = None
+    betas: Betas | None = None
+    weight_decay: NonNegative | None = None
+    clip_norm: NonNegative | None = None
 
 
 @dataclass
 class OptimConfig:
-    name: str = "adam"  # adam | adamw | sgd
-    lr: float = 1e-4
-    betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
-    weight_decay: float = 0.0
-    clip_norm: float = 0.0  # 0 = no gradient clipping
-    schedule: str = "constant"  # constant | linear (to 0 at train.steps)
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: Positive = 1e-4
+    betas: Betas = field(default_factory=lambda: [0.5, 0.999])
+    weight_decay: NonNegative = 0.0
+    clip_norm: NonNegative = 0.0  # 0 = no gradient clipping
+    schedule: Literal["constant", "linear"] = "constant"  # linear: to 0 at train.steps
     players: dict[str, PlayerOptim] = field(default_factory=dict)
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 1000  # updates of the main player (G for GANs, the encoder for DIM)
-    batch_size: int = 64  # global: split evenly over processes
+    steps: Count = 1000  # updates of the main player (G for GANs, the encoder for DIM)
+    batch_size: Count = 64  # global: split evenly over processes
     phases: list[list[Any]] | None = None  # [[phase, repeats], ...]; None = the objective's default
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 3
-    sample_every: int = 500
-    log_every: int = 50
-    num_samples: int = 64  # images in a training sample grid
-    mixed_precision: str = "no"  # no | bf16 | fp16
-    # auto | on | off: fused optimizers, channels_last nets and batches. auto = on CUDA only;
-    # on = on any device (the CPU runs them too: the tests exercise the GPU's code there)
-    gpu_paths: str = "auto"
-    ema: dict[str, float] | None = None  # player -> decay; None = the objective's default, {} = off
+    checkpoint_every: Count = 500
+    keep_checkpoints: Count = 3
+    sample_every: Count = 500
+    log_every: Count = 50
+    # images in a training sample grid (their latents are drawn once, at the start)
+    num_samples: Annotated[int, Range(1, 10_000, note="images in one sample grid")] = 64
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    # fused optimizers, channels_last nets and batches. auto = on CUDA only; on = on any
+    # device (the CPU runs them too: the tests exercise the GPU's code there)
+    gpu_paths: Literal["auto", "on", "off"] = "auto"
+    # player -> decay; None = the objective's default, {} = off
+    ema: dict[str, Annotated[float, Range(0, 1, open_high=True, note="an EMA decay")]] | None = None
     progress: bool = True
 
 
 @dataclass
 class EvalConfig:
-    every: int = 0  # 0 = no metrics during training
+    every: Annotated[int, Range(0, note="0 = no metrics during training")] = 0
     metrics: list[str] = field(default_factory=lambda: ["fid", "isc", "kid"])
-    num_samples: int = 5000  # during training; the eval.fid_is CLI defaults to 50000
+    num_samples: Count = 5000  # during training; the eval.fid_is CLI defaults to 50000
     features: str = "auto"  # auto | inception | extractor name | weights path
     inception_weights: str = ""  # local copy of torch-fidelity's Inception weights
 
@@ -124,157 +129,6 @@ def _to_plain(value: Any) -> Any:
     return value
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-class Text(str):
-    """A plain (unquoted) YAML scalar as written. The schema, not YAML 1.1's guess,
-    decides what it is: `no` stays a string in a string field and `1e-3` is a number
-    in a float field (YAML 1.1 reads them as false and as a string)."""
-
-
-class Arg(Text):
-    """A command-line value: the text itself for a string field (`run.dir=/tmp/x #1`
-    keeps `#1`: a shell argument is not YAML); quoted whole, the text inside the quotes
-    (`train.mixed_precision='no'` is `no`, `"C:\\new"` keeps its backslash), YAML flow syntax for a list, mapping or
-    section (`optim.betas=[0.5, 0.9]`)."""
-
-
-class _Loader(yaml.SafeLoader):
-    """safe_load, except that plain scalars stay Text for the schema to type."""
-
-    def construct_object(self, node, deep=False):
-        if (isinstance(node, yaml.ScalarNode) and node.style is None
-                and node.tag == self.resolve(yaml.ScalarNode, node.value, (True, False))):
-            return Text(node.value)  # an implicit tag: YAML guessed; an explicit !!tag is kept
-        return super().construct_object(node, deep)
-
-
-NULLS = ("", "~", "null", "Null", "NULL")
-TRUE = ("true", "True", "TRUE", "yes", "Yes", "YES", "on", "On", "ON")
-FALSE = ("false", "False", "FALSE", "no", "No", "NO", "off", "Off", "OFF")
-
-
-def _parse_arg(value: Any, key: str) -> Any:
-    """A command-line value read as YAML (flow syntax); anything else as it is."""
-    if not isinstance(value, Arg):
-        return value
-    try:
-        return yaml.load(value, Loader=_Loader)
-    except yaml.YAMLError as err:
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"{key}: cannot read {str(value)!r}: {problem}") from None
-
-
-def _guess(value: Any) -> Any:
-    """YAML's own reading of Text, for fields typed Any (the counts in train.phases)."""
-    if isinstance(value, Text):
-        return yaml.safe_load(value)
-    if isinstance(value, dict):
-        return {str(k): _guess(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_guess(v) for v in value]
-    return value
-
-
-def _number(value: Any, kind: type, key: str) -> Any:
-    """An int, or a float (an int is a float too); Text is read by Python, then YAML (0x1F, .inf)."""
-    number = None
-    if isinstance(value, Text):
-        try:
-            number = kind(value)
-        except ValueError:
-            try:
-                guessed = yaml.safe_load(value)
-            except yaml.YAMLError:
-                guessed = None
-            if isinstance(guessed, (int, float) if kind is float else int) and not isinstance(guessed, bool):
-                number = kind(guessed)
-    elif isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool):
-        number = kind(value)
-    if number is None:
-        raise ConfigError(f"{key}: expected {'an integer' if kind is int else 'a number'}, got {_show(value)}")
-    if kind is float and not math.isfinite(number):
-        raise ConfigError(f"{key}: expected a finite number, got {_show(value)}")
-    return number
-
-
-def _show(value: Any) -> str:
-    return repr(str(value)) if isinstance(value, Text) else repr(value)
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check `value` against the annotation `tp`; return it converted to that type."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return _guess(_parse_arg(value, key))
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if type(None) in args and (value is None or (isinstance(value, Text) and value in NULLS)):
-            return None
-        options = [arg for arg in args if arg is not type(None)]
-        if len(options) == 1:  # X | None: X's own message says more
-            return _coerce(value, options[0], key)
-        for arg in options:
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError:
-                pass
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {_show(value)}")
-    if dataclasses.is_dataclass(tp):
-        return build_dataclass(tp, value, key)
-    if origin is list:
-        (item,) = typing.get_args(tp) or (Any,)
-        value = _parse_arg(value, key)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {_show(value)}")
-        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        ktp, vtp = typing.get_args(tp) or (str, Any)
-        value = _parse_arg(value, key)
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {_show(value)}")
-        return {str(k): _coerce(v, vtp, f"{key}.{k}") for k, v in value.items()}
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, Text) and value in TRUE + FALSE:
-            return value in TRUE
-        raise ConfigError(f"{key}: expected true or false, got {_show(value)}")
-    if tp in (int, float):
-        return _number(value, tp, key)
-    if tp is str:
-        if isinstance(value, Arg) and len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"" \
-                and value[0] not in value[1:-1]:
-            value = value[1:-1]  # quoted whole (as a script may write it): the text inside, taken literally
-        if isinstance(value, str):
-            return str(value)
-        raise ConfigError(f"{key}: expected a string, got {_show(value)}")
-    raise TypeError(f"{key}: unsupported annotation {tp!r}")
-
-
-def build_dataclass(cls: type, values: Any, key: str) -> Any:
-    """Instantiate `cls` from a mapping; unknown keys and wrong types raise ConfigError."""
-    values = _parse_arg(values, key)
-    if values is None or (isinstance(values, Text) and values in NULLS):
-        values = {}
-    if not isinstance(values, dict):
-        raise ConfigError(f"{key}: expected a mapping of {cls.__name__} fields (on the command line "
-                          f"{key}.field=value), got {_show(values)}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for k, v in values.items():
-        k = str(k)
-        if k not in names:
-            raise ConfigError(
-                f"{key}.{k}: unknown key{suggest(k, names)}; valid keys: {', '.join(names)}"
-            )
-        kwargs[k] = _coerce(v, hints[k], f"{key}.{k}")
-    return cls(**kwargs)
-
-
 def _stem(path: Path) -> str:
     return path.name[:-5] if path.name.endswith(".yaml") else path.name
 
@@ -293,6 +147,10 @@ def resolve_config_path(name: str, near: Path | None = None) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate
+    folder = next((c for c in candidates if c.is_dir()), None)
+    if folder is not None:
+        raise ConfigError(f"{'--config' if near is None else 'base'}: {_label(folder)} is a directory, "
+                          f"not a config file; name a .yaml file")
     known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
     tried = f"--config: no file '{name}'" if near is None else f"no {_label(near / path.parent / stem)}.yaml"
     raise ConfigError(f"{tried} and no configs/{stem}.yaml{suggest(stem, known)}; known configs: {', '.join(known)}")
@@ -306,20 +164,35 @@ def _label(path: Path) -> str:
         return str(path)
 
 
-def _read_yaml(path: Path) -> dict:
+def read_config_text(path: Path) -> str:
+    """A config file's text (UTF-8, as YAML files are); any problem names the file."""
     try:
-        raw = yaml.load(path.read_text(), Loader=_Loader)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{_label(path)}: not valid YAML: {err}") from None
+        data = path.read_bytes()
+    except IsADirectoryError:
+        raise ConfigError(f"{_label(path)}: is a directory, not a config file") from None
     except OSError as err:
         raise ConfigError(f"{_label(path)}: cannot read: {err.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{_label(path)}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}); "
+                          f"save the file as UTF-8") from None
+
+
+def read_mapping(text: str, where: str) -> dict:
+    """A config's YAML text -> its top-level mapping (None for an empty file)."""
+    raw = read_yaml_text(text, where)
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        got = "a list" if isinstance(raw, list) else _show(raw)
-        raise ConfigError(f"{_label(path)}: expected a mapping of sections (run:, data:, ...) at the top level, "
+        got = "a list" if isinstance(raw, list) else show(raw)
+        raise ConfigError(f"{where}: expected a mapping of sections (run:, data:, ...) at the top level, "
                           f"got {got}")
     return raw
+
+
+def _read_yaml(path: Path) -> dict:
+    return read_mapping(read_config_text(path), _label(path))
 
 
 def _linearize(path: Path, chain: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
@@ -370,20 +243,28 @@ class Resolved:
     origins: dict[tuple, str]  # key path -> the file (or "command line") that set it
 
 
+def _has_leaf(tree: dict, key: tuple) -> bool:
+    """Whether `tree` sets `key` itself (not only keys below it)."""
+    node: Any = tree
+    for part in key:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
 def resolve(name: str, overrides: list[str] | None = None) -> Resolved:
     """Apply a config's bases (deep merge of mappings; lists and scalars replaced) and
-    the command-line overrides, remembering which file set each value."""
+    the command-line overrides, remembering which file set each value: the last layer
+    that holds the value's key (layers x keys work, whatever the files hold)."""
     path = resolve_config_path(name)
     layers = [(_label(p), raw) for p, raw in _linearize(path)]
     layers.append(("command line", parse_overrides(overrides or [])))
     raw: dict = {}
-    origins: dict[tuple, str] = {}
-    for label, layer in layers:
+    for _, layer in layers:
         raw = merge(raw, layer)
-        for key, _ in _leaves(layer):
-            # a value replaces whatever its key held before, mapping or not
-            origins = {k: v for k, v in origins.items() if k[:len(key)] != key}
-            origins[key] = label
+    origins = {key: next(label for label, layer in reversed(layers) if _has_leaf(layer, key))
+               for key, _ in _leaves(raw)}
     return Resolved(raw, path.stem, [label for label, _ in layers[:-1]], origins)
 
 
@@ -426,17 +307,17 @@ def config_from_dict(raw: dict, name: str = "config") -> Config:
     for k in raw:
         if k not in valid:
             raise ConfigError(f"{k}: unknown section{suggest(k, valid)}; valid sections: {', '.join(valid)}")
-    header = _parse_arg(raw.get("objective"), "objective")
-    if header is None or (isinstance(header, Text) and header in NULLS):
+    header = parse_arg(raw.get("objective"), "objective")
+    if is_null(header):
         header = {}
     if not isinstance(header, dict):
         raise ConfigError(f"objective: expected a mapping of the objective's fields (on the command line "
-                          f"objective.field=value), got {_show(header)}")
+                          f"objective.field=value), got {show(header)}")
     if "name" not in header:
         raise ConfigError(
             f"objective.name: missing; choose one of {', '.join(OBJECTIVES.names())}"
         )
-    objective_cls = OBJECTIVES.get(_coerce(header["name"], str, "objective.name"), key="objective.name")
+    objective_cls = OBJECTIVES.get(coerce(header["name"], str, "objective.name"), key="objective.name")
     sections = {k: build_dataclass(cls, raw.get(k), k) for k, cls in SECTIONS.items()}
     cfg = Config(
         model=build_dataclass(objective_cls.Model, raw.get("model"), "model"),
@@ -478,57 +359,33 @@ def annotated_yaml(name: str, overrides: list[str] | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def check_optim(key: str, optim: OptimConfig | PlayerOptim) -> None:
-    """The optimizer's numbers (None: a player inherits optim's own)."""
-    if optim.lr is not None and not optim.lr > 0:
-        raise ConfigError(f"{key}.lr: must be > 0, got {optim.lr}")
-    for name in ("weight_decay", "clip_norm"):
-        value = getattr(optim, name)
-        if value is not None and value < 0:
-            raise ConfigError(f"{key}.{name}: must be >= 0, got {value}")
-    betas = optim.betas
-    if betas is not None and not (len(betas) == 2 and all(0 <= b < 1 for b in betas)):
-        # Adam's (beta1, beta2); SGD takes beta1 as its momentum
-        raise ConfigError(f"{key}.betas: expected two numbers in [0, 1) (beta1, beta2), got {betas}")
+def check_phases(phases: list | None) -> None:
+    """train.phases: [[phase_name, repeats >= 1], ...] (the names are the objective's to check)."""
+    for i, item in enumerate(phases or []):
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
+                and isinstance(item[1], int) and not isinstance(item[1], bool) and 1 <= item[1] < INT64):
+            raise ConfigError(f"train.phases[{i}]: expected [phase_name, repeats >= 1], got {item!r}")
 
 
 def validate(cfg: Config) -> None:
-    """Cross-field checks that a dataclass type alone cannot express."""
+    """Cross-field checks that a field's type alone cannot express."""
     from .data import check_config
     from .objective import OBJECTIVES
 
     check_config(cfg.data)
-    choices = {
-        "train.mixed_precision": (cfg.train.mixed_precision, ["no", "bf16", "fp16"]),
-        "optim.name": (cfg.optim.name, ["adam", "adamw", "sgd"]),
-        "train.gpu_paths": (cfg.train.gpu_paths, ["auto", "on", "off"]),
-        "optim.schedule": (cfg.optim.schedule, ["constant", "linear"]),
-    }
-    for key, (value, valid) in choices.items():
-        if value not in valid:
-            raise ConfigError(f"{key}: unknown value '{value}'{suggest(value, valid)}; valid choices: {', '.join(valid)}")
-    for key in ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "sample_every", "log_every",
-                "num_samples"):
-        if getattr(cfg.train, key) < 1:
-            raise ConfigError(f"train.{key}: must be >= 1, got {getattr(cfg.train, key)}")
-    for player, decay in (cfg.train.ema or {}).items():
-        if not 0 <= decay < 1:
-            raise ConfigError(f"train.ema.{player}: must be a decay in [0, 1), got {decay}")
-    if cfg.eval.every < 0:
-        raise ConfigError(f"eval.every: must be >= 0 (0 = no metrics during training), got {cfg.eval.every}")
-    if cfg.eval.num_samples < 1:
-        raise ConfigError(f"eval.num_samples: must be >= 1, got {cfg.eval.num_samples}")
-    check_optim("optim", cfg.optim)
-    for player, over in cfg.optim.players.items():
-        check_optim(f"optim.players.{player}", over)
-    if cfg.train.phases is not None:
-        for i, item in enumerate(cfg.train.phases):
-            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
-                    and isinstance(item[1], int) and item[1] >= 1):
-                raise ConfigError(f"train.phases[{i}]: expected [phase_name, repeats >= 1], got {item!r}")
-    if getattr(cfg.objective, "penalty_every", 1) < 1:
-        raise ConfigError(f"objective.penalty_every: must be >= 1 (1 = every step), got {cfg.objective.penalty_every}")
-    objective_cls = OBJECTIVES.get(cfg.objective.name, key="objective.name")
-    objective_cls.check_config(cfg)
+    check_phases(cfg.train.phases)
+    OBJECTIVES.get(cfg.objective.name, key="objective.name").check_config(cfg)
     if not cfg.run.dir:
         cfg.run.dir = os.path.join("runs", cfg.name)
+
+
+def config_from_text(text: str, where: str, name: str) -> Config:
+    """A resolved config saved as YAML (a checkpoint's copy; a run's config.yaml is read by
+    arena.runs.read_run_config) -> Config; any problem is a ConfigError naming `where`."""
+    if not isinstance(text, str):
+        raise ConfigError(f"{where}: expected the YAML text of a config, got {type(text).__name__}")
+    raw = read_mapping(text, where)
+    try:
+        return config_from_dict(raw, name=name)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None

@@ -17,11 +17,33 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from .registry import ConfigError, Registry
+from .registry import ConfigError, Registry, suggest
+from .schema import Count
 
-# The one place that knows which modules define objectives: a new objective file is added here.
-OBJECTIVES: Registry = Registry("objective", modules=(
-    "arena.prior_match", "dim.objective", "dim.supervised", "dim.baselines", "implicit_gen.ie", "implicit_gen.gans"))
+# Filled by @OBJECTIVES.register as the modules that define objectives are imported: the
+# core's prior_match below; dim's and implicit_gen's by their packages' __init__, which
+# the entry points (train.py, eval, benchmarks) import. Imports flow one way: the core
+# never names the packages above it.
+OBJECTIVES: Registry = Registry("objective", hint="objectives register when their package is imported: "
+                                                  "import dim, implicit_gen")
+
+
+@dataclass
+class ObjectiveOptions:
+    """What every objective's `objective:` section holds: an objective's Options dataclass
+    extends this (or LazyPenalty) and sets `name` to the name it is registered under."""
+
+    name: str = ""
+
+
+@dataclass
+class LazyPenalty(ObjectiveOptions):
+    """The options of an objective with an input-gradient penalty (R1, contractive, WGAN-GP,
+    a prior discriminator's). Lazy regularization (Karras et al. 2020): the penalty runs on
+    every k-th run of its phase only, with its weight x k, so the average weight is
+    unchanged (Objective.penalty_scale); k = 1, every run, is the papers' method."""
+
+    penalty_every: Count = 1
 
 
 # What a phase takes: a fresh batch of real data, the batch the last data-drawing phase
@@ -145,13 +167,17 @@ class Objective(ABC):
         return self.clip_norms().get(player, self.cfg.optim.clip_norm)
 
     def ema_decays(self) -> dict[str, float]:
-        """Player -> EMA decay: train.ema, else this objective's default_ema ({} = no EMA).
-        The config checks the decays; the players are known here."""
-        decays = dict(self.default_ema) if self.cfg.train.ema is None else dict(self.cfg.train.ema)
-        for name in decays:
-            if name not in self.nets:
-                raise ConfigError(f"train.ema: unknown player '{name}'; players: {', '.join(self.nets)}")
-        return decays
+        """Player -> EMA decay: train.ema, else this objective's default_ema ({} = no EMA)."""
+        return dict(self.default_ema) if self.cfg.train.ema is None else dict(self.cfg.train.ema)
+
+    def check_players(self) -> None:
+        """Every player the config names exists: the players are known once the nets are
+        built, so this one check covers every per-player setting (build_objective runs it)."""
+        for key, named in (("train.ema", self.cfg.train.ema or {}), ("optim.players", self.cfg.optim.players)):
+            for name in named:
+                if name not in self.nets:
+                    raise ConfigError(f"{key}.{name}: unknown player '{name}'{suggest(name, self.nets)}; "
+                                      f"players of objective '{self.opts.name}': {', '.join(self.nets)}")
 
     def clip_groups(self, player: str) -> list[nn.Module]:
         """The parts of a player whose gradients are clipped each to the norm on their
@@ -184,7 +210,7 @@ class Objective(ABC):
         k-th run of the phase only, with its weight x k, so the average weight is unchanged.
         Returns k on those runs and 0.0 on the others (skip the penalty). k = 1 (the
         default, the paper's method): 1.0 on every run."""
-        k = getattr(self.opts, "penalty_every", 1)
+        k = self.opts.penalty_every if isinstance(self.opts, LazyPenalty) else 1
         return float(k) if self.calls.get(phase, 0) % k == 0 else 0.0
 
     def latent(self, n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -202,4 +228,9 @@ def data_info(ds) -> DataInfo:
 
 def build_objective(cfg, info: DataInfo) -> Objective:
     """The objective `cfg.objective.name`, its nets built for data described by `info`."""
-    return OBJECTIVES.get(cfg.objective.name, key="objective.name")(cfg, info)
+    objective = OBJECTIVES.get(cfg.objective.name, key="objective.name")(cfg, info)
+    objective.check_players()
+    return objective
+
+
+from . import prior_match  # noqa: E402,F401  the core's own objective registers itself (it imports this module)

@@ -7,22 +7,22 @@ from dataclasses import dataclass, field
 import torch
 
 from .nets import ConvEncoder
-from .objective import OBJECTIVES, Batch, DataInfo, Objective, Phase
+from .objective import OBJECTIVES, Batch, DataInfo, LazyPenalty, Objective, Phase
 from .prior import PriorConfig, PriorDiscriminator, check_prior, discriminator_loss, encoder_loss, lazy_penalty_log, sample_prior
 from .registry import ConfigError
+from .schema import Count
 
 
 @dataclass
 class PriorMatchModel:
-    width: int = 32  # channels of the first conv; doubles at each halving
-    out_dim: int = 8  # dimension of the encoder's output (and of the prior)
+    width: Count = 32  # channels of the first conv; doubles at each halving
+    out_dim: Count = 8  # dimension of the encoder's output (and of the prior)
 
 
 @dataclass
-class PriorMatchOptions:
+class PriorMatchOptions(LazyPenalty):  # penalty_every: lazy regularization of D's penalty
     name: str = "prior_match"
     prior: PriorConfig = field(default_factory=PriorConfig)
-    penalty_every: int = 1  # lazy regularization of D's penalty: every k-th step, weight x k
     sigmoid: bool = False  # squash the encoder output before matching (as DIM does for a uniform prior)
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import difflib
-import importlib
 import sys
 from typing import Callable, Generic, Iterable, TypeVar
 
@@ -22,26 +21,20 @@ def cli_error(err: Exception, code: int = 2) -> int:
 
 def suggest(name: str, choices: Iterable[str]) -> str:
     """' (did you mean 'x'?)' when a close choice exists, else ''."""
-    close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.5)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    choices = [str(c) for c in choices]
+    folded = {c.lower(): c for c in reversed(choices)}  # case aside: `d` finds player `D`
+    close = difflib.get_close_matches(str(name).lower(), list(folded), n=1, cutoff=0.5)
+    return f" (did you mean '{folded[close[0]]}'?)" if close else ""
 
 
 class Registry(Generic[T]):
-    """A dict of named entries; `get` names the config key and the valid choices on a miss.
+    """A dict of named entries; `get` names the config key and the valid choices on a miss
+    (and `hint`, where the entries come from, if given)."""
 
-    `modules` are where the entries are defined: imported on the first lookup, so that
-    no caller has to import them for their side effect of registering.
-    """
-
-    def __init__(self, kind: str, modules: tuple[str, ...] = ()):
+    def __init__(self, kind: str, hint: str = ""):
         self.kind = kind
         self._entries: dict[str, T] = {}
-        self._modules = modules
-
-    def _load(self) -> None:
-        modules, self._modules = self._modules, ()  # once; an entry module may look itself up
-        for module in modules:
-            importlib.import_module(module)
+        self.hint = hint
 
     def register(self, name: str) -> Callable[[T], T]:
         def add(entry: T) -> T:
@@ -53,19 +46,16 @@ class Registry(Generic[T]):
         return add
 
     def get(self, name: str, key: str | None = None) -> T:
-        self._load()
         if name not in self._entries:
             where = f"{key}: " if key else ""
             raise ConfigError(
                 f"{where}unknown {self.kind} '{name}'{suggest(name, self._entries)}; "
-                f"valid choices: {', '.join(sorted(self._entries))}"
+                f"valid choices: {', '.join(sorted(self._entries))}{f' ({self.hint})' if self.hint else ''}"
             )
         return self._entries[name]
 
     def names(self) -> list[str]:
-        self._load()
         return sorted(self._entries)
 
     def __contains__(self, name: str) -> bool:
-        self._load()
         return name in self._entries

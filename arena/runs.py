@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 
 from . import checkpoint as ckpt
-from .config import Config, config_from_dict
+from .config import Config, config_from_dict, config_from_text, read_config_text
 from .objective import DataInfo, Objective, build_objective
 from .registry import ConfigError
+from .schema import read_yaml_text
 from .updates import use_gpu_paths
 
 
@@ -36,7 +36,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "latest", device: str | torc
     if bad:
         raise ConfigError(f"--checkpoint: {where} holds non-finite weights (nan or inf) in "
                           f"{ckpt.describe_nonfinite(bad)}; evaluate an earlier checkpoint (--checkpoint DIR)")
-    cfg = config_from_dict(yaml.safe_load(saved["config"]), name=run_dir.name)
+    cfg = config_from_text(saved["config"], f"{where}: the saved config", run_dir.name)
     cfg.run.dir = str(run_dir)
     objective: Objective = build_objective(cfg, DataInfo(**saved["data_info"]))
     ckpt.restore(objective, saved, where)
@@ -118,13 +118,14 @@ def identity_hash(cfg: Config) -> str:
 def read_config_file(path: Path) -> dict:
     """A run's config.yaml as a mapping, or a ConfigError naming the file (never a traceback:
     damaged YAML, another encoding, a list at the top level)."""
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError, OSError) as err:
-        raise ConfigError(f"{path} is not a readable config ({type(err).__name__}); it may belong to a run "
-                          f"worth keeping: repair or remove it, or choose another run directory") from None
+    try:  # the config reader's bounds hold here too: size, nesting, aliases
+        raw = read_yaml_text(read_config_text(path), str(path))
+    except ConfigError as err:
+        raise ConfigError(f"{path} is not a readable config ({str(err).removeprefix(f'{path}: ')}); it may belong "
+                          f"to a run worth keeping: repair or remove it, or choose another run directory") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path} holds a {type(raw).__name__}, not a config mapping; repair or remove it, "
+        kind = "str" if isinstance(raw, str) else type(raw).__name__
+        raise ConfigError(f"{path} holds a {kind}, not a config mapping; repair or remove it, "
                           f"or choose another run directory")
     return raw
 

@@ -19,6 +19,8 @@ import time
 
 import torch
 
+import dim  # noqa: F401  importing the method packages registers their objectives
+import implicit_gen  # noqa: F401
 from arena.config import load_config
 from arena.data import build_dataset, to_float
 from arena.objective import Batch, build_objective, data_info

@@ -15,6 +15,8 @@ the weight.
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -25,14 +27,13 @@ from arena.registry import ConfigError
 from .encoders import scaled
 
 MODES = ("absolute", "relative")
+Coord = Literal["none", "absolute", "relative", "both"]  # objective.coord (sec. 4.3, A.6)
 # objective.coord -> the predictors it trains
-COORD_OPTIONS = {"none": (), "absolute": ("absolute",), "relative": ("relative",), "both": MODES}
+COORD_OPTIONS: dict[str, tuple[str, ...]] = {"none": (), "absolute": ("absolute",), "relative": ("relative",), "both": MODES}
 
 
-def coord_modes(option: str) -> tuple[str, ...]:
+def coord_modes(option: Coord) -> tuple[str, ...]:
     """The coordinate modes trained for objective.coord = `option`."""
-    if option not in COORD_OPTIONS:
-        raise ConfigError(f"objective.coord: unknown mode '{option}'; valid choices: {', '.join(COORD_OPTIONS)}")
     return COORD_OPTIONS[option]
 
 

@@ -37,6 +37,18 @@ class ArchSpec:
     def layers(self) -> list[str]:
         return [f"conv{k}" for k in range(1, len(self.convs) + 1)]
 
+    def receptive_field(self, layer: str) -> int:
+        """Input pixels one feature of `layer` (after its pooling) sees along each axis:
+        r += (kernel - 1) * jump, jump *= stride, through each conv and max-pool (3, 2)."""
+        field, jump = 1, 1
+        for name, s in zip(self.layers, self.convs):
+            field, jump = field + (s.kernel - 1) * jump, jump * s.stride
+            if s.pool:
+                field, jump = field + 2 * jump, jump * 2
+            if name == layer:
+                break
+        return field
+
 
 ENCODERS: Registry[ArchSpec] = Registry("encoder architecture")
 

@@ -23,11 +23,12 @@ import torch
 from torch import Tensor, nn
 
 from arena.distributed import convert_sync_batchnorm, gather
-from arena.objective import OBJECTIVES, Batch, DataInfo, Objective, Phase, resolve_schedule
+from arena.objective import OBJECTIVES, Batch, DataInfo, LazyPenalty, Objective, Phase, resolve_schedule
 from arena.prior import PriorConfig, PriorDiscriminator, check_prior, discriminator_loss, encoder_loss, lazy_penalty_log, sample_prior
 from arena.registry import ConfigError
+from arena.schema import Count, NonNegative, NonNegativeInt
 
-from .coords import CoordinatePredictor, coord_modes, coordinate_loss
+from .coords import Coord, CoordinatePredictor, coord_modes, coordinate_loss
 from .critics import LOCAL_CRITICS, GlobalCritic, build_local_critic
 from .encoders import ConvEncoder, build_encoder, encoder_spec
 from .estimators import ESTIMATORS, nce_mi
@@ -40,10 +41,10 @@ class DIMModel:
     y_dim: int = 64  # size of Y, the global vector
     local_layer: str | None = None  # conv map for local DIM; None = the arch's default (A.1)
     local_critic: str = "encode_dot"  # encode_dot (Tables 1, 2, 4) | concat_convolve (Table 3, ablations)
-    mi_units: int = 2048  # encode-and-dot embedding size (Tables 7-8)
-    concat_units: int = 512  # concat-and-convolve hidden 1x1 convs (Table 6)
-    global_units: int = 512  # global critic hidden layers (Table 5)
-    coord_hidden: int = 512  # coordinate predictor hidden layers (A.6)
+    mi_units: Count = 2048  # encode-and-dot embedding size (Tables 7-8)
+    concat_units: Count = 512  # concat-and-convolve hidden 1x1 convs (Table 6)
+    global_units: Count = 512  # global critic hidden layers (Table 5)
+    coord_hidden: Count = 512  # coordinate predictor hidden layers (A.6)
     sync_bn: bool = False  # N processes: batch norm over the global batch (see DIM.__init__)
 
 
@@ -55,20 +56,22 @@ def _dim_prior() -> PriorConfig:
 
 
 @dataclass
-class DIMOptions:
+class DIMOptions(LazyPenalty):  # penalty_every: lazy regularization of prior_D's penalty
     name: str = "dim"
     estimator: str = "jsd"  # jsd | nce | dv (dim.estimators.ESTIMATORS)
-    alpha: float = 0.0  # global MI weight
-    beta: float = 1.0  # local MI weight
-    gamma: float = 0.1  # prior matching weight
-    penalty_every: int = 1  # lazy regularization of prior_D's penalty: every k-th step, weight x k
-    max_negatives: int = 0  # nce only: negative images per image (0 = all others in the batch; Fig. 8)
+    alpha: NonNegative = 0.0  # global MI weight
+    beta: NonNegative = 1.0  # local MI weight
+    gamma: NonNegative = 0.1  # prior matching weight
+    max_negatives: NonNegativeInt = 0  # nce only: negative images per image (0 = all others in the batch; Fig. 8)
     prior: PriorConfig = field(default_factory=_dim_prior)
     prior_sigmoid: bool = True  # squash Y into (0, 1) in the prior branch only
     occlude: bool = False  # global vector from an occluded copy of the input (sec. 4.3)
-    occlusion_block: int = 10  # occlusion cell size in pixels (A.6: 10x10 at 32x32)
-    coord: str = "none"  # none | absolute | relative | both (sec. 4.3, A.6)
-    coord_weight: float = 1.0
+    # occlusion cell size in pixels; None = the receptive field of the local features (A.6's
+    # choice: 10 for dcgan32's conv2, 21 for alexnet64's conv3), filled in by check_config
+    # so that the saved config holds the size used
+    occlusion_block: Count | None = None
+    coord: Coord = "none"
+    coord_weight: NonNegative = 1.0
 
 
 @contextlib.contextmanager
@@ -164,25 +167,19 @@ class DIM(EncoderObjective):
         m, o = cfg.model, cfg.objective
         ESTIMATORS.get(o.estimator, key="objective.estimator")
         LOCAL_CRITICS.get(m.local_critic, key="model.local_critic")
-        for key in ("alpha", "beta", "gamma", "coord_weight"):
-            if getattr(o, key) < 0:
-                raise ConfigError(f"objective.{key}: must be >= 0, got {getattr(o, key)}")
         if not (o.alpha > 0 or o.beta > 0):
             raise ConfigError(f"objective.alpha / objective.beta: at least one MI term must be on "
                               f"(got alpha={o.alpha}, beta={o.beta}); DIM(G) is alpha 1, beta 0, "
                               f"DIM(L) alpha 0, beta 1")
-        for key in ("mi_units", "concat_units", "global_units", "coord_hidden"):
-            if getattr(m, key) < 1:
-                raise ConfigError(f"model.{key}: must be >= 1, got {getattr(m, key)}")
-        if o.max_negatives < 0:
-            raise ConfigError(f"objective.max_negatives: must be >= 0 (0 = all), got {o.max_negatives}")
         if o.max_negatives > 0 and o.estimator != "nce":
             raise ConfigError(f"objective.max_negatives: only the nce estimator subsamples negatives; "
                               f"{o.estimator} uses all of them (set it to 0)")
         if cfg.train.batch_size < 2:
             raise ConfigError(f"train.batch_size: DIM needs >= 2 images per batch (negatives are the "
                               f"other images), got {cfg.train.batch_size}")
-        coord_modes(o.coord)
+        if o.occlusion_block is None:
+            spec = encoder_spec(m.encoder, resolution=cfg.data.resolution)
+            o.occlusion_block = spec.receptive_field(m.local_layer or spec.default_local)
         if o.occlude:
             check_block(o.occlusion_block, cfg.data.resolution)
         if o.gamma > 0:

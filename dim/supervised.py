@@ -14,31 +14,30 @@ the loss and of the accuracy; a batch with no labels gives a zero loss.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from arena.objective import OBJECTIVES, Batch, DataInfo, Phase
+from arena.objective import OBJECTIVES, Batch, DataInfo, ObjectiveOptions, Phase
 from arena.registry import ConfigError
+from arena.schema import Fraction, NonNegativeInt
 
 from .heads import MLPHead
 from .objective import EncoderObjective, check_encoder_config
-
-HEAD_INPUTS = ("conv", "fc", "y")
-
 
 @dataclass
 class SupervisedModel:
     encoder: str = "dcgan32"  # dcgan32 (32 or 16 px) | alexnet64 (64 px)
     width: float = 1.0  # multiplies the encoder's hidden widths (not the head's)
     y_dim: int = 64
-    head_input: str = "y"  # conv | fc | y: which probe point the classifier head reads
-    head_hidden: int = 200  # 0 = linear head
-    head_dropout: float = 0.1
+    head_input: Literal["conv", "fc", "y"] = "y"  # which probe point the classifier head reads
+    head_hidden: NonNegativeInt = 200  # 0 = linear head
+    head_dropout: Fraction = 0.1
 
 
 @dataclass
-class SupervisedOptions:
+class SupervisedOptions(ObjectiveOptions):
     name: str = "supervised"
 
 
@@ -59,13 +58,6 @@ class Supervised(EncoderObjective):
     @classmethod
     def check_config(cls, cfg) -> None:
         check_encoder_config(cfg)
-        m = cfg.model
-        if m.head_input not in HEAD_INPUTS:
-            raise ConfigError(f"model.head_input: unknown '{m.head_input}'; valid choices: {', '.join(HEAD_INPUTS)}")
-        if m.head_hidden < 0:
-            raise ConfigError(f"model.head_hidden: must be >= 0 (0 = linear), got {m.head_hidden}")
-        if not 0.0 <= m.head_dropout < 1.0:
-            raise ConfigError(f"model.head_dropout: must be in [0, 1), got {m.head_dropout}")
 
     def phases(self) -> list[Phase]:
         return [Phase("classifier", ("encoder",))]

@@ -6,24 +6,30 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from arena.objective import Objective
-from arena.registry import ConfigError
+from arena.objective import Objective, ObjectiveOptions
+from arena.schema import Count, NonNegativeInt
 
 from .nets import ARCHS, NORMS, build_discriminator, build_generator
 
 
-# Train-mode forward passes that re-estimate the EMA generator's BatchNorm statistics
-# before it samples (`objective.ema_bn_batches`; 0 = keep the live G's statistics).
-EMA_BN_BATCHES = 200
 
 
 @dataclass
 class GeneratorModel:
     arch: str = "resnet32"  # resnet32 (gan_cifar_resnet) | resnet64 (gan_64x64 "Good" nets)
     width: int = 0  # 0 = the reference width (128 for resnet32, 64 for resnet64)
-    z_dim: int = 128
+    z_dim: Count = 128
     d_norm: str = "none"  # none | layer (the reference WGAN-GP 64x64 critic)
-    out_dim: int = 1  # size of D's / the IE encoder's output
+    out_dim: Count = 1  # size of D's / the IE encoder's output
+
+
+@dataclass
+class GeneratorOptions(ObjectiveOptions):
+    """Options every generator objective has."""
+
+    # Train-mode forward passes that re-estimate the EMA generator's BatchNorm statistics
+    # before it samples (0 = keep the live G's statistics)
+    ema_bn_batches: NonNegativeInt = 200
 
 
 class GeneratorObjective(Objective):
@@ -49,10 +55,6 @@ class GeneratorObjective(Objective):
     def check_config(cls, cfg) -> None:
         ARCHS.get(cfg.model.arch, key="model.arch")
         NORMS.get(cfg.model.d_norm, key="model.d_norm")
-        if cfg.model.z_dim < 1 or cfg.model.out_dim < 1:
-            raise ConfigError("model.z_dim and model.out_dim must be >= 1")
-        if cfg.objective.ema_bn_batches < 0:
-            raise ConfigError(f"objective.ema_bn_batches: must be >= 0, got {cfg.objective.ema_bn_batches}")
 
     def latent(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         return torch.randn(n, self.cfg.model.z_dim, generator=generator)

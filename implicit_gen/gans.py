@@ -18,10 +18,11 @@ from torch import Tensor
 from arena.losses import (contractive_penalty, d_loss_jsd, d_loss_least_squares, d_loss_wasserstein,
                           g_loss_least_squares, g_loss_nonsaturating, g_loss_saturating, g_loss_wasserstein,
                           gradient_penalty)
-from arena.objective import OBJECTIVES, Batch, Phase
+from arena.objective import OBJECTIVES, Batch, LazyPenalty, Phase
 from arena.registry import Registry
+from arena.schema import NonNegative
 
-from .base import EMA_BN_BATCHES, GeneratorObjective
+from .base import GeneratorObjective, GeneratorOptions
 
 # name -> (discriminator loss, generator loss)
 GAN_LOSSES: Registry = Registry("gan loss")
@@ -62,26 +63,21 @@ class GAN(GeneratorObjective):
 
 
 @dataclass
-class NSGANCPOptions:
+class NSGANCPOptions(GeneratorOptions, LazyPenalty):  # penalty_every: lazily on the critic steps
     name: str = "nsgan_cp"
-    penalty_weight: float = 10.0  # GAN_stability's reg_param default
-    penalty_every: int = 1  # lazy regularization: the penalty on every k-th critic step, weight x k
-    ema_bn_batches: int = EMA_BN_BATCHES  # BatchNorm re-estimation of the EMA G before sampling
+    penalty_weight: NonNegative = 10.0  # GAN_stability's reg_param default
 
 
 @dataclass
-class WGANGPOptions:
+class WGANGPOptions(GeneratorOptions, LazyPenalty):  # penalty_every: lazily on the critic steps
     name: str = "wgan_gp"
-    penalty_weight: float = 10.0  # lambda in Gulrajani et al. 2017
-    penalty_every: int = 1  # lazy regularization: the penalty on every k-th critic step, weight x k
-    ema_bn_batches: int = EMA_BN_BATCHES  # BatchNorm re-estimation of the EMA G before sampling
+    penalty_weight: NonNegative = 10.0  # lambda in Gulrajani et al. 2017
 
 
 @dataclass
-class PlainOptions:
+class PlainOptions(GeneratorOptions):
     name: str = "gan"
-    penalty_weight: float = 0.0
-    ema_bn_batches: int = EMA_BN_BATCHES  # BatchNorm re-estimation of the EMA G before sampling
+    penalty_weight: NonNegative = 0.0
 
 
 @OBJECTIVES.register("nsgan_cp")

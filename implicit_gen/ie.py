@@ -25,38 +25,34 @@ the ablation that picked the defaults where the paper is silent):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from arena.losses import contractive_penalty
-from arena.objective import OBJECTIVES, Batch, Phase
-from arena.prior import ACTIVATIONS, ENCODER_LOSSES, PriorDiscriminator, discriminator_loss, encoder_loss, gaussian
-from arena.registry import ConfigError
+from arena.objective import OBJECTIVES, Batch, LazyPenalty, Phase
+from arena.prior import Activation, EncoderLoss, PriorDiscriminator, discriminator_loss, encoder_loss, gaussian
+from arena.schema import Count, NonNegative
 
-from .base import EMA_BN_BATCHES, GeneratorObjective
+from .base import GeneratorObjective, GeneratorOptions
 
-G_TARGETS = ("mu_p", "real_mean")
-CONTRACTIVE_ON = ("real", "fake", "both")
-T_CLIP = ("each", "together")
 
 
 @dataclass
-class IEOptions:
+class IEOptions(GeneratorOptions, LazyPenalty):  # penalty_every: the contractive penalty, lazily on E steps
     name: str = "ie"
     mu_p: float = 1.0  # target mean of E on real data; the paper gives no values: we choose
     mu_q: float = -1.0  # +-1, so the unit-variance targets overlap (A.7: the overlap fixes E's strength)
-    g_target: str = "mu_p"  # what G pulls the mean of E(G(z)) to: mu_p (eq. 13) | real_mean
-    contractive: float = 10.0  # weight of the contractive penalty on E (R1's default in Mescheder et al. 2018)
-    penalty_every: int = 1  # lazy regularization: the contractive penalty on every k-th E step, weight x k
-    contractive_on: str = "real"  # real | fake | both: the inputs at which E's gradient is penalized
-    t_hidden: list[int] = field(default_factory=lambda: [256, 256])  # T_P, T_Q MLP widths ("small")
-    t_activation: str = "relu"  # relu | leaky_relu (slope 0.2)
-    t_clip_norm: float = 1.0  # gradient clipping on T_P and T_Q (A.8); 0 = off
-    t_clip: str = "each"  # each: T_P and T_Q clipped on their own | together: one norm over both
-    t_penalty: float = 0.0  # gradient penalty on T_P, T_Q at both inputs; 0 = off
-    encoder_loss: str = "nonsaturating"  # how E fools T_P/T_Q: nonsaturating | saturating
-    ema_bn_batches: int = EMA_BN_BATCHES  # BatchNorm re-estimation of the EMA G before sampling
+    g_target: Literal["mu_p", "real_mean"] = "mu_p"  # what G pulls the mean of E(G(z)) to (mu_p: eq. 13)
+    contractive: NonNegative = 10.0  # weight of the contractive penalty on E (R1's default in Mescheder et al. 2018)
+    contractive_on: Literal["real", "fake", "both"] = "real"  # the inputs at which E's gradient is penalized
+    t_hidden: list[Count] = field(default_factory=lambda: [256, 256])  # T_P, T_Q MLP widths ("small")
+    t_activation: Activation = "relu"
+    t_clip_norm: NonNegative = 1.0  # gradient clipping on T_P and T_Q (A.8); 0 = off
+    t_clip: Literal["each", "together"] = "each"  # each: T_P and T_Q clipped on their own; together: one norm
+    t_penalty: NonNegative = 0.0  # gradient penalty on T_P, T_Q at both inputs; 0 = off
+    encoder_loss: EncoderLoss = "nonsaturating"  # how E fools T_P/T_Q
 
 
 @OBJECTIVES.register("ie")
@@ -69,21 +65,6 @@ class ImplicitEncoder(GeneratorObjective):
         o, dim = self.opts, cfg.model.out_dim
         self.nets["T"] = nn.ModuleDict({side: PriorDiscriminator(dim, o.t_hidden, o.t_activation)
                                         for side in ("P", "Q")})
-
-    @classmethod
-    def check_config(cls, cfg) -> None:
-        super().check_config(cfg)
-        o = cfg.objective
-        for key, value, choices in (("g_target", o.g_target, G_TARGETS),
-                                    ("contractive_on", o.contractive_on, CONTRACTIVE_ON),
-                                    ("t_clip", o.t_clip, T_CLIP), ("t_activation", o.t_activation, ACTIVATIONS)):
-            if value not in choices:
-                raise ConfigError(f"objective.{key}: '{value}' is not one of {', '.join(choices)}")
-        for key in ("contractive", "t_clip_norm", "t_penalty"):
-            if getattr(o, key) < 0:
-                raise ConfigError(f"objective.{key}: must be >= 0, got {getattr(o, key)}")
-        if o.encoder_loss not in ENCODER_LOSSES:
-            raise ConfigError(f"objective.encoder_loss: '{o.encoder_loss}' is not one of {', '.join(ENCODER_LOSSES)}")
 
     def phases(self) -> list[Phase]:
         return [Phase("discriminators", ("T",)), Phase("encoder", ("E",)),

@@ -89,15 +89,28 @@ def test_a_yaml_file_is_read_by_the_schema_too(tmp_path):
     ("optim.lr=nan", "optim.lr: expected a finite number, got 'nan'"),
     ("optim.weight_decay=-0.1", "optim.weight_decay: must be >= 0"),
     ("optim.clip_norm=-1", "optim.clip_norm: must be >= 0"),
-    ("optim.betas=[0.5]", "optim.betas: expected two numbers in [0, 1) (beta1, beta2), got [0.5]"),
-    ("optim.betas=[0.5, 1.0]", "optim.betas: expected two numbers in [0, 1)"),
+    ("optim.betas=[0.5]", "optim.betas: expected 2 values (beta1, beta2), got 1: [0.5]"),
+    ("optim.betas=[0.5, 1.0]", "optim.betas[1]: must be in [0, 1), got 1.0"),
     ("optim.betas=[0.5, x]", "optim.betas[1]: expected a number, got 'x'"),
     ("optim.players.D.lr=-2", "optim.players.D.lr: must be > 0"),
-    ("optim.players.D.betas=[0.9, 0.99, 0.9]", "optim.players.D.betas: expected two numbers"),
-    ("train.ema.G=1.5", "train.ema.G: must be a decay in [0, 1), got 1.5"),
-    ("train.num_samples=0", "train.num_samples: must be >= 1"),
+    ("optim.players.D.betas=[0.9, 0.99, 0.9]", "optim.players.D.betas: expected 2 values"),
+    ("train.ema.G=1.5", "train.ema.G: must be in [0, 1) (an EMA decay), got 1.5"),
+    ("train.num_samples=0", "train.num_samples: must be in [1, 10000]"),
     ("eval.every=-1", "eval.every: must be >= 0"),
     ("eval.num_samples=0", "eval.num_samples: must be >= 1"),
+    ("run.seed=-1", "run.seed: must be in [0, 4294967295], got -1"),
+    ("run.seed=9223372036854775808", "run.seed: 9223372036854775808 does not fit a 64-bit integer"),
+    ("train.steps=0", "train.steps: must be >= 1, got 0"),
+    ("train.num_samples=1000000000", "train.num_samples: must be in [1, 10000] (images in one sample grid)"),
+    ("train.steps=99999999999999999999", "train.steps: 99999999999999999999 does not fit a 64-bit integer"),
+    ("train.batch_size=-3", "train.batch_size: must be >= 1, got -3"),
+    ("train.phases=[[discriminator, 99999999999999999999], [encoder, 1]]", "train.phases[0]: expected [phase_name"),
+    ("train.phases=[[discriminator, true], [encoder, 1]]", "train.phases[0]: expected [phase_name"),
+    ("objective.penalty_every=0", "objective.penalty_every: must be >= 1"),
+    ("optim.name=adamm", "optim.name: unknown value 'adamm' (did you mean 'adam'?); valid choices: adam, adamw, sgd"),
+    ("optim.schedule=cosine", "valid choices: constant, linear"),
+    ("objective.prior.encoder_loss=saturate",
+     "objective.prior.encoder_loss: unknown value 'saturate' (did you mean 'saturating'?)"),
 ])
 def test_invalid_values_are_named_without_a_traceback(override, message, tmp_path, capsys):
     with pytest.raises(ConfigError) as err:
@@ -143,7 +156,7 @@ def test_missing_data_root_fails_before_training_with_the_path(tmp_path, capsys)
     err = capsys.readouterr().err
     assert code == 2
     assert str(tmp_path / "nowhere") in err and "cifar-10-batches-py" in err
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert not list((tmp_path / "run").glob("checkpoints/checkpoint-*"))  # nothing trained or saved
 
 
 def test_print_config_prints_the_resolved_config_and_exits(tmp_path):
@@ -154,10 +167,10 @@ def test_print_config_prints_the_resolved_config_and_exits(tmp_path):
     assert cfg["run"]["dir"] == "runs/ie_digits"
 
 
-def test_objectives_register_without_imports_and_loading_a_run_skips_accelerate():
-    # A fresh interpreter: the registry imports the objective modules itself on first
-    # lookup, and loading a run for evaluation needs neither the trainer nor accelerate.
-    code = ("import sys; import arena.runs; from arena.objective import OBJECTIVES; "
+def test_objectives_register_on_import_and_loading_a_run_skips_accelerate():
+    # A fresh interpreter: importing the method packages registers their objectives, and
+    # loading a run for evaluation needs neither the trainer nor accelerate.
+    code = ("import sys; import dim, implicit_gen, arena.runs; from arena.objective import OBJECTIVES; "
             "names = OBJECTIVES.names(); "
             "assert 'accelerate' not in sys.modules and 'arena.trainer' not in sys.modules, sorted(sys.modules); "
             "print(' '.join(names))")

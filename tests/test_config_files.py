@@ -125,7 +125,8 @@ def test_print_config_shows_the_chain_and_which_file_set_each_value():
              "configs/dim_l_nce_occlude_stl10.yaml -> configs/dim_l_nce_coord_occlude_stl10.yaml")
     assert chain in out.splitlines()[0]
     lines = [line.strip() for line in out.splitlines()]
-    assert "occlusion_block: 21  # configs/dim_l_nce_occlude_stl10.yaml" in lines
+    assert "occlude: true  # configs/dim_l_nce_occlude_stl10.yaml" in lines
+    assert "occlusion_block: 21" in lines  # alexnet64 conv3's receptive field, filled in by the code
     assert "coord: both  # configs/dim_l_nce_coord_stl10.yaml" in lines
     assert "encoder: alexnet64  # configs/bases/stl10.yaml" in lines
     assert "steps: 3  # command line" in lines
@@ -141,3 +142,29 @@ def test_the_saved_config_has_no_base_and_reloads_to_the_same_config(tmp_path):
         again = config_from_dict(saved, name=name)
         assert again == cfg
         assert yaml.safe_load(annotated_yaml(name)) == saved
+
+
+def test_paper_defaults_are_written_once_and_the_occlusion_block_follows_the_encoder():
+    # bases/dim.yaml names the objective only: DIM's paper defaults are DIMModel / DIMOptions'
+    assert yaml.safe_load((CONFIG_DIR / "bases" / "dim.yaml").read_text()) == {"objective": {"name": "dim"}}
+    for name in sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")):
+        own = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text()).get("objective") or {}
+        assert "occlusion_block" not in own, name
+    # A.6: the block is the receptive field of the local features
+    assert load_config("dim_l_nce_occlude_cifar10").objective.occlusion_block == 10  # dcgan32 conv2
+    assert load_config("dim_l_nce_occlude_stl10").objective.occlusion_block == 21  # alexnet64 conv3
+    assert load_config("dim_l_nce_occlude_cifar10", ["objective.occlusion_block=8"]).objective.occlusion_block == 8
+
+
+def test_yaml_merge_keys_and_anchors_still_work(tmp_path):
+    write(tmp_path, "mine", "base: prior_match_digits\ntrain:\n  <<: &s {steps: 7, log_every: 2}\n"
+                            "  batch_size: 16\neval: {metrics: &m [fid]}\n")
+    cfg = load_config(str(tmp_path / "mine.yaml"))
+    assert (cfg.train.steps, cfg.train.log_every, cfg.train.batch_size) == (7, 2, 16) and cfg.eval.metrics == ["fid"]
+
+
+def test_without_the_method_packages_an_objective_name_says_how_they_register():
+    code = ("from arena.config import load_config\n"
+            "try:\n    load_config('ie_digits')\nexcept Exception as err:\n    print(err)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert "unknown objective 'ie'" in out and "import dim, implicit_gen" in out

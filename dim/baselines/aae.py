@@ -19,19 +19,19 @@ decoder reconstructs visibly worse (digits: MS-SSIM 0.63 against 0.94).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import Tensor
 
-from arena.objective import OBJECTIVES, Batch, DataInfo, Phase
-from arena.prior import (PENALTY_SIDES, PriorConfig, PriorDiscriminator, check_prior, discriminator_loss,
+from arena.objective import OBJECTIVES, Batch, DataInfo, LazyPenalty, Phase
+from arena.prior import (PenaltySide, PriorConfig, PriorDiscriminator, check_prior, discriminator_loss,
                          encoder_loss, lazy_penalty_log, sample_prior)
-from arena.registry import ConfigError
+from arena.schema import NonNegative
 
 from ..objective import frozen_bn_stats
 from .common import BaselineObjective, squared_error
 
-RECONSTRUCTIONS = ("sum", "cortex")
 
 
 def _aae_prior() -> PriorConfig:
@@ -41,13 +41,12 @@ def _aae_prior() -> PriorConfig:
 
 
 @dataclass
-class AAEOptions:
+class AAEOptions(LazyPenalty):  # penalty_every: lazy regularization of prior_D's penalty
     name: str = "aae"
     prior: PriorConfig = field(default_factory=_aae_prior)
-    penalty_on: str = "prior"  # prior (cortex) | both (the project's prior matching)
-    penalty_every: int = 1  # lazy regularization of prior_D's penalty: every k-th step, weight x k
-    adversarial: float = 1.0  # weight of the encoder's adversarial loss (cortex: 1; 0 = a plain autoencoder)
-    reconstruction: str = "sum"  # sum (per image, the VAE's scale) | cortex (pixel mean / batch size)
+    penalty_on: PenaltySide = "prior"  # prior (cortex) | both (the project's prior matching)
+    adversarial: NonNegative = 1.0  # weight of the encoder's adversarial loss (cortex: 1; 0 = a plain autoencoder)
+    reconstruction: Literal["sum", "cortex"] = "sum"  # sum: per image, the VAE's scale; cortex: pixel mean / batch
 
 
 @OBJECTIVES.register("aae")
@@ -65,16 +64,6 @@ class AAE(BaselineObjective):
         super().check_config(cfg)
         o = cfg.objective
         check_prior(o.prior, "objective.prior")
-        if o.penalty_on not in PENALTY_SIDES:
-            raise ConfigError(f"objective.penalty_on: unknown '{o.penalty_on}'; valid choices: "
-                              f"{', '.join(PENALTY_SIDES)}")
-        if o.reconstruction not in RECONSTRUCTIONS:
-            raise ConfigError(f"objective.reconstruction: unknown '{o.reconstruction}'; valid choices: "
-                              f"{', '.join(RECONSTRUCTIONS)}")
-        if o.adversarial < 0:
-            raise ConfigError(f"objective.adversarial: must be >= 0, got {o.adversarial}")
-        if o.penalty_every < 1:
-            raise ConfigError(f"objective.penalty_every: must be >= 1, got {o.penalty_every}")
 
     def phases(self) -> list[Phase]:
         # adversarial 0: no adversarial phase at all (a zero-gradient Adam step would still

@@ -17,38 +17,38 @@ the batch (Donahue et al.'s check: about 1 while G ignores E, below 1 as E inver
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from arena.losses import contractive_penalty, d_loss_jsd, g_loss_nonsaturating, jsd_bound
-from arena.objective import OBJECTIVES, Batch, DataInfo, Phase
-from arena.registry import ConfigError
+from arena.objective import OBJECTIVES, Batch, DataInfo, LazyPenalty, Phase
+from arena.schema import Count, NonNegative
 
 from ..encoders import ENCODERS, scaled
 from ..objective import frozen_bn_stats
 from .common import BaselineModel, BaselineObjective
 
-GE_LOSSES = ("nonsaturating", "minimax")
+GELoss = Literal["nonsaturating", "minimax"]  # nonsaturating: the BiGAN / ALI papers; minimax: cortex
 
 
 @dataclass
 class BiGANModel(BaselineModel):
     # cortex ali.py: x path = the encoder's conv stack without BN, then linear to 256;
     # z path = FC y_dim -> 256; concatenated, then FC 512-128-1
-    d_units: int = 256  # each path's output
-    d_hidden: list[int] = field(default_factory=lambda: [512, 128])  # after the concatenation
+    d_units: Count = 256  # each path's output
+    d_hidden: list[Count] = field(default_factory=lambda: [512, 128])  # after the concatenation
 
 
 @dataclass
-class BiGANOptions:
+class BiGANOptions(LazyPenalty):  # penalty_every: lazily on the D steps
     name: str = "bigan"
-    ge_loss: str = "nonsaturating"  # nonsaturating (the BiGAN / ALI papers) | minimax (cortex)
-    penalty_weight: float = 0.5  # contractive penalty on x at real pairs (cortex ali.py)
-    penalty_every: int = 1  # lazy regularization: the penalty on every k-th D step, weight x k
+    ge_loss: GELoss = "nonsaturating"
+    penalty_weight: NonNegative = 0.5  # contractive penalty on x at real pairs (cortex ali.py)
 
 
-def ge_loss(real: Tensor, fake: Tensor, kind: str = "nonsaturating") -> Tensor:
+def ge_loss(real: Tensor, fake: Tensor, kind: GELoss = "nonsaturating") -> Tensor:
     """E and G's loss from D's logits on real pairs (x, E(x)) and generated pairs (G(z), z)."""
     if kind == "minimax":
         return jsd_bound(real, fake)  # E log s(real) + E log(1 - s(fake)) = -E sp(-real) - E sp(fake)
@@ -102,19 +102,6 @@ class BiGAN(BaselineObjective):
         self.nets["G"] = self.build_decoder(info)
         self.nets["D"] = JointDiscriminator(m.encoder, info.channels, info.resolution, m.width, m.y_dim,
                                             m.d_units, m.d_hidden)
-
-    @classmethod
-    def check_config(cls, cfg) -> None:
-        super().check_config(cfg)
-        m, o = cfg.model, cfg.objective
-        if o.ge_loss not in GE_LOSSES:
-            raise ConfigError(f"objective.ge_loss: unknown '{o.ge_loss}'; valid choices: {', '.join(GE_LOSSES)}")
-        if o.penalty_weight < 0:
-            raise ConfigError(f"objective.penalty_weight: must be >= 0, got {o.penalty_weight}")
-        if o.penalty_every < 1:
-            raise ConfigError(f"objective.penalty_every: must be >= 1, got {o.penalty_every}")
-        if m.d_units < 1 or any(h < 1 for h in m.d_hidden):
-            raise ConfigError(f"model.d_units / model.d_hidden: widths must be >= 1, got {m.d_units} / {m.d_hidden}")
 
     def phases(self) -> list[Phase]:
         return [Phase("discriminator", ("D",)), Phase("generator", ("encoder", "G"), data="previous")]

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from arena.distributed import convert_sync_batchnorm
 from arena.objective import DataInfo
-from arena.registry import ConfigError
+from arena.schema import Count
 
 from ..decoder import Decoder, decoder_upsamplings
 from ..objective import EncoderObjective, check_encoder_config
@@ -22,7 +22,7 @@ class BaselineModel:
     encoder: str = "dcgan32"  # dcgan32 (32 or 16 px) | alexnet64 (64 px): the DIM rows' encoders (A.1)
     width: float = 1.0  # multiplies the encoder's hidden widths
     y_dim: int = 64  # the code Y: VAE / AAE latent, BiGAN's z (cortex: 64, as DIM's Y)
-    decoder_width: int = 64  # channels of the decoder's (BiGAN: generator's) last hidden map (MS-SSIM probe's)
+    decoder_width: Count = 64  # channels of the decoder's (BiGAN: generator's) last hidden map (MS-SSIM probe's)
     sync_bn: bool = False  # N processes: batch norm over the global batch (encoder, decoder / generator)
 
 
@@ -38,8 +38,6 @@ class BaselineObjective(EncoderObjective):
     def check_config(cls, cfg) -> None:
         check_encoder_config(cfg)
         decoder_upsamplings(cfg.data.resolution)
-        if cfg.model.decoder_width < 1:
-            raise ConfigError(f"model.decoder_width: must be >= 1, got {cfg.model.decoder_width}")
 
     def synced(self, net: nn.Module) -> nn.Module:
         """`net` with global-batch batch norm if model.sync_bn (what N processes = 1 needs)."""

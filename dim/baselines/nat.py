@@ -21,6 +21,7 @@ Hungarian algorithm runs on the CPU: in a re-assignment epoch each step waits fo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +29,9 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 from arena.distributed import convert_sync_batchnorm, gather
-from arena.objective import OBJECTIVES, Batch, DataInfo, Phase
+from arena.objective import OBJECTIVES, Batch, DataInfo, ObjectiveOptions, Phase
 from arena.registry import ConfigError
+from arena.schema import Range
 from arena.seeds import derive_seed
 
 from ..objective import EncoderObjective, check_encoder_config
@@ -44,9 +46,10 @@ class NATModel:
 
 
 @dataclass
-class NATOptions:
+class NATOptions(ObjectiveOptions):
     name: str = "nat"
-    reassign_every: int = 3  # epochs: re-assign on every batch of every k-th epoch (main.lua: 3)
+    # epochs: re-assign on every batch of every k-th epoch (main.lua: 3)
+    reassign_every: Annotated[int, Range(1, note="epochs")] = 3
 
 
 class Assignment(nn.Module):
@@ -88,8 +91,6 @@ class NAT(EncoderObjective):
     @classmethod
     def check_config(cls, cfg) -> None:
         check_encoder_config(cfg)
-        if cfg.objective.reassign_every < 1:
-            raise ConfigError(f"objective.reassign_every: must be >= 1 (epochs), got {cfg.objective.reassign_every}")
 
     def phases(self) -> list[Phase]:
         return [Phase("encoder", ("encoder",))]

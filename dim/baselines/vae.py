@@ -16,25 +16,26 @@ The representation Y is mu. `features()` also gives 'z', a posterior sample;
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from arena.objective import OBJECTIVES, Batch, DataInfo, Phase
-from arena.registry import ConfigError
+from arena.objective import OBJECTIVES, Batch, DataInfo, ObjectiveOptions, Phase
+from arena.schema import NonNegative
 
 from .common import BaselineObjective, eval_mode, squared_error
 
-NDM_CODES = {"mu": "y", "sample": "z"}
+NDM_CODES = {"mu": "y", "sample": "z"}  # objective.ndm_code -> the feature NDM reads
 
 
 @dataclass
-class VAEOptions:
+class VAEOptions(ObjectiveOptions):
     name: str = "vae"
-    beta: float = 1.0  # KL weight: 1 = the VAE (cortex); A.5 sweeps 0.1, 0.5, 1, 1.5, 2, 4
+    beta: NonNegative = 1.0  # KL weight: 1 = the VAE (cortex); A.5 sweeps 0.1, 0.5, 1, 1.5, 2, 4
     # Which code NDM reads: "sample" (z = mu + sigma * eps) gives NDM on the scale of
     # Table 3's VAE row (1.62; a sample is ~20x below mu on digits), "mu" the representation Y.
-    ndm_code: str = "sample"
+    ndm_code: Literal["mu", "sample"] = "sample"
     active_kl: float = 0.1  # nats: a latent dimension whose batch-mean KL exceeds this counts as active
 
 
@@ -55,15 +56,6 @@ class VAE(BaselineObjective):
         self.nets["encoder"] = nn.ModuleDict({"encoder": self.synced(enc), "log_sigma": log_sigma})
         self.nets["decoder"] = self.build_decoder(info)
         self._feature_noise: torch.Generator | None = None
-
-    @classmethod
-    def check_config(cls, cfg) -> None:
-        super().check_config(cfg)
-        o = cfg.objective
-        if o.beta < 0:
-            raise ConfigError(f"objective.beta: must be >= 0, got {o.beta}")
-        if o.ndm_code not in NDM_CODES:
-            raise ConfigError(f"objective.ndm_code: unknown '{o.ndm_code}'; valid choices: {', '.join(NDM_CODES)}")
 
     def phases(self) -> list[Phase]:
         return [Phase("vae", ("encoder", "decoder"))]
