@@ -86,19 +86,21 @@ class Trainer:
         self.step = 0  # finished steps
 
     def train(self) -> Objective:
-        self.load_data()  # a missing or broken dataset fails before the run directory is touched
-        # the run directory checked (no links, writable, one run in it) and locked for this
-        # run; run.resume=auto decided: '' (fresh), 'latest' or a checkpoint directory
-        with rundir.claim(self.cfg, self.procs) as resume:
-            self.cfg = dataclasses.replace(self.cfg, run=dataclasses.replace(self.cfg.run, resume=resume))
-            self.build()
-            try:
+        # a missing dataset or an option the objective refuses (an unknown player) fails
+        # before the run directory is touched
+        self.load_data()
+        self.build()
+        try:
+            # the run directory checked (no links, writable, one run in it) and locked for this
+            # run; run.resume=auto decided: '' (fresh), 'latest' or a checkpoint directory
+            with rundir.claim(self.cfg, self.procs) as resume:
+                self.cfg = dataclasses.replace(self.cfg, run=dataclasses.replace(self.cfg.run, resume=resume))
                 if resume and not self.resume():
                     return self.objective  # the run is complete
                 self.start()
                 self.loop()
-            finally:
-                self.close()
+        finally:
+            self.close()
         return self.objective
 
     # -- build ------------------------------------------------------------------------

@@ -35,8 +35,8 @@ from arena.config import load_config
 from arena.registry import ConfigError
 
 from . import experiment as X
-from .dim_probes import ProbeSettings, load_encoder_run, log, run_probes
 from .cli_args import default_device, device_arg
+from .dim_probes import ProbeSettings, load_encoder_run, log, run_probes
 
 METRICS = (("svm_y", "SVM accuracy on Y (%)", "max"), ("ndm_y", "NDM on Y, no sigmoid (nats)", "min"),
            ("mine_y", "MINE I(X; Y) (nats)", "max"))

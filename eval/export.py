@@ -36,8 +36,8 @@ from arena.images import atomic_file
 from arena.registry import ConfigError, cli_error
 from arena.runs import load_run
 
-from .plot_run import NOT_VALUES, flatten, read_metrics
 from .cli_args import device_arg
+from .plot_run import NOT_VALUES, flatten, read_metrics
 
 
 def to_model_range(x: torch.Tensor) -> torch.Tensor:

@@ -45,11 +45,12 @@ import torch
 from arena.config import load_config
 from arena.objective import DataInfo
 from arena.registry import ConfigError
+from implicit_gen.base import GeneratorOptions
 
 from . import experiment as X
+from .cli_args import default_device, device_arg
 from .fid_is import load_run
 from .fidelity import evaluate_generator
-from .cli_args import default_device, device_arg
 
 GRID_KEYS = ("steps", "budget", "common", "cells")
 
@@ -103,7 +104,7 @@ def measure(run_dir: Path, steps: int, num_samples: int, device: str) -> dict:
             e.copy_(b)
     objective.opts.ema_bn_batches = 0
     copied = fid(True)
-    objective.opts.ema_bn_batches = bn_batches or 200
+    objective.opts.ema_bn_batches = bn_batches or GeneratorOptions.ema_bn_batches  # re-estimated, even if the cell turned it off
     out.update(fid(True))
     out.update(fid_ema_copied_bn=copied["fid"], kid_ema_copied_bn=copied["kid"])
     raw = fid(False)

@@ -47,11 +47,11 @@ from arena.runs import plan_run
 from arena.trainer import Stopped
 
 from . import experiment as X
+from .cli_args import device_arg
 from .dim_probes import probe_command
 from .row_measures import Measuring, scaled
 from .tables import GENERATOR_MEASURES, PROBE_MEASURES, Row, RunSpec, Table, get_table, select_rows
 from .tables.report import complete_rows, fmt_scale, markdown
-from .cli_args import device_arg
 
 ROOT = Path(__file__).resolve().parent.parent
 THROUGHPUT = ROOT / "docs" / "throughput.json"
