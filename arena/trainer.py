@@ -1,9 +1,9 @@
 """The one training loop. accelerate's launcher layout reaches it through
 arena.distributed.processes(); the collectives are torch.distributed's.
 
-`Trainer.train()` reads top to bottom: load the data, claim the run directory
-(arena/rundir.py: checked and locked, run.resume decided), build (objective, optimizers,
-scalers, EMA, batch stream), resume, start, then `loop()`: rounds of the phase
+`Trainer.train()` reads top to bottom: load the data, build (objective, optimizers,
+scalers, EMA, batch stream), claim the run directory (arena/rundir.py: checked and
+locked, run.resume decided), resume, start, then `loop()`: rounds of the phase
 schedule until `train.steps`, with logging, sample grids, hooks and checkpoints between
 rounds. One phase is `run_phase()`: forward, backward, average over processes, clip,
 step, EMA. The update's pieces are in arena/updates.py, the stop signals in
