@@ -25,10 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from arena.data import to_float
+from arena.data import to_float, to_uint8
 from arena.objective import OBJECTIVES
 from arena.registry import ConfigError
 from arena.trainer import Hook
+
+from .dim_probes import image_batches, labeled_indices, probe_datasets, subset
 
 LAYERS = ("y", "fc", "conv")  # the probe points of features(x)
 CHUNK = 1024  # queries per similarity block: [CHUNK, bank] floats at a time
@@ -95,24 +97,22 @@ def linear_accuracy(train: Tensor, train_labels: Tensor, test: Tensor, test_labe
 
 @dataclasses.dataclass
 class Split:
-    """Images (uint8 or float, on the measuring device once used) and their labels."""
+    """uint8 images (on the measuring device once used) and their labels."""
 
     images: Tensor
     labels: Tensor
 
 
 def _labelled(ds, limit: int, seed: int, key: str) -> Split:
-    from .dim_probes import labeled_indices, subset
-
+    """Up to `limit` labelled images of `ds` (a seeded subset), as uint8: images read from
+    files are converted back (8-bit pixels round-trip exactly), a quarter of float's memory."""
     idx = subset(labeled_indices(ds), limit, seed)
     if len(idx) == 0:
         raise ConfigError(f"train.monitor: the {key} split of {ds.describe()} has no labelled images")
     if ds.in_memory:
         return Split(ds.images[idx], ds.labels[idx])
-    from .dim_probes import image_batches
-
     xs, ys = zip(*image_batches(ds, idx, 256))  # read once, kept for every measurement
-    return Split(torch.cat(xs), torch.cat(ys))
+    return Split(to_uint8(torch.cat(xs)), torch.cat(ys))
 
 
 class Monitor:
@@ -120,8 +120,6 @@ class Monitor:
     without classes fails before training) and moved to the device on the first measurement."""
 
     def __init__(self, cfg):
-        from .dim_probes import probe_datasets
-
         self.m = m = cfg.train.monitor
         train_ds, test_ds = probe_datasets(cfg)
         if train_ds.num_classes == 0 or train_ds.multilabel:

@@ -81,11 +81,11 @@ def test_monitor_on_a_generator_is_a_config_error(tmp_path):
 
 def test_monitor_needs_classes(tmp_path, monkeypatch):
     from arena.data.base import InMemoryDataset
-    from eval import dim_probes
+    from eval import monitor
 
     unlabelled = InMemoryDataset("folder", "train", torch.zeros(8, 1, 16, 16, dtype=torch.uint8),
                                  torch.full((8,), -1), num_classes=0)
-    monkeypatch.setattr(dim_probes, "probe_datasets", lambda cfg: (unlabelled, unlabelled))
+    monkeypatch.setattr(monitor, "probe_datasets", lambda cfg: (unlabelled, unlabelled))
     with pytest.raises(ConfigError, match="train.monitor.enabled: .* has no single-label classes"):
         training_hooks(tiny("dim_l_digits", tmp_path / "r", "train.monitor.enabled=true"))
 
@@ -143,3 +143,18 @@ shutdown()
     launch_two_cpu_processes(script)
     logged = [r for r in rows(tmp_path / "two") if "monitor/knn_y" in r]
     assert [r["step"] for r in logged] == [2, 4]  # measured once per interval, by the main process
+
+
+def test_overhead_benchmark_prints_the_share_of_training_time(capsys, cpu_only):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("monitor_overhead", ROOT / "benchmarks" / "monitor_overhead.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--configs", "dim_l_digits", "--steps", "8", "--repeats", "1", "--device", "cpu",
+                       "model.width=0.125", "train.batch_size=16", "train.monitor.bank=128"]) == 0
+    line, record = capsys.readouterr().out.splitlines()[-2:]
+    r = json.loads(record)
+    assert "dim_l_digits on digits 16px" in line and "% of training time" in line
+    assert r["every"] == 500 and r["bank"] == 128 and r["queries"] == 360
+    assert r["share_pct"] == pytest.approx(100 * r["monitor_s"] / (500 * r["step_s"] + r["monitor_s"]))
