@@ -125,6 +125,33 @@ def test_a_monitored_run_trains_exactly_as_an_unmonitored_one(tmp_path):
             assert torch.equal(v, b[net][k]), f"{net}.{k}"
 
 
+def test_images_read_from_files_are_kept_once_as_uint8(tmp_path):
+    from arena.data import build_dataset, to_uint8
+    from tests import fixtures
+
+    fixtures.make_imagefolder(tmp_path / "folder")
+    cfg = tiny("dim_l_digits", tmp_path / "r", "data.name=imagefolder", f"data.root={tmp_path / 'folder'}",
+               "data.resolution=16", "train.monitor.enabled=true", "train.monitor.k=3")
+    monitor = Monitor(cfg)
+    bank, queries = monitor.splits
+    assert bank.images.dtype == torch.uint8 and bank.images.shape == (6, 3, 16, 16)
+    test = build_dataset(cfg.data, "test")
+    assert torch.equal(queries.images, torch.stack([to_uint8(test[i][0]) for i in range(3)]))
+    assert queries.labels.tolist() == [0, 0, 1]
+
+
+def test_supervised_encoder_is_monitored_and_shown_on_the_progress_bar(tmp_path):
+    from arena.trainer import Trainer
+
+    cfg = tiny("supervised_digits", tmp_path / "r", "model.width=0.125", "train.steps=2", "train.log_every=1",
+               "train.monitor.enabled=true", "train.monitor.every=1", "train.monitor.bank=64",
+               "train.monitor.queries=32")
+    trainer = Trainer(cfg, training_hooks(cfg))
+    trainer.train()
+    assert [r["step"] for r in rows(tmp_path / "r") if "monitor/knn_conv" in r] == [1, 2]
+    assert set(trainer.shown) == {"monitor/knn_y", "monitor/knn_conv"}  # beside the losses on the bar
+
+
 def test_two_processes_with_the_monitor_finish(tmp_path, cpu_only):
     script = tmp_path / "run2.py"
     script.write_text(f"""
