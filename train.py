@@ -18,8 +18,9 @@ from arena.trainer import train
 
 
 def hooks_for(cfg):
-    """Metric hooks from eval/ (the only place the trainer's caller reaches into eval)."""
-    if cfg.eval.every <= 0:
+    """Metric hooks from eval/ (the only place the trainer's caller reaches into eval):
+    the encoder monitor (train.monitor) and the generator metrics (eval.every)."""
+    if cfg.eval.every <= 0 and not cfg.train.monitor.enabled:
         return []
     from eval.hooks import training_hooks
 

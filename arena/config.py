@@ -22,7 +22,7 @@ import yaml
 
 from .data import DataConfig
 from .registry import ConfigError, suggest
-from .schema import (INT64, Arg, Count, Fraction, Length, NonNegative, Positive, Range, Seed,
+from .schema import (INT64, Arg, Count, Fraction, Length, NonNegative, NonNegativeInt, Positive, Range, Seed,
                      build_dataclass, coerce, is_null, parse_arg, read_yaml_text, show)
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -63,6 +63,22 @@ class OptimConfig:
 
 
 @dataclass
+class MonitorConfig:
+    """k-NN (and optionally linear-probe) accuracy of an encoder on held-out labelled images
+    while it trains (eval/monitor.py checks the objective and measures)."""
+
+    enabled: bool = False
+    every: Count = 500  # steps; at this interval it costs well under 5% of training (docs/dim.md)
+    k: Count = 20  # neighbours voting, weighted exp(cos / temperature): solo-learn's defaults
+    temperature: Positive = 0.07
+    bank: NonNegativeInt = 5000  # labelled TRAIN images whose features are the neighbours (0 = all)
+    queries: NonNegativeInt = 1000  # labelled TEST images classified (0 = all)
+    layers: list[Literal["y", "fc", "conv"]] = field(default_factory=lambda: ["y", "conv"])
+    linear: bool = False  # also a quick linear probe (softmax regression on the bank)
+    linear_steps: Count = 100
+
+
+@dataclass
 class TrainConfig:
     steps: Count = 1000  # updates of the main player (G for GANs, the encoder for DIM)
     batch_size: Count = 64  # global: split evenly over processes
@@ -80,6 +96,10 @@ class TrainConfig:
     # player -> decay; None = the objective's default, {} = off
     ema: dict[str, Annotated[float, Range(0, 1, open_high=True, note="an EMA decay")]] | None = None
     progress: bool = True
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    # experiment trackers fed the logged values through accelerate.tracking (tensorboard,
+    # wandb, ...); metrics.jsonl is always written. [] = jsonl only
+    log_with: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -370,10 +390,12 @@ def check_phases(phases: list | None) -> None:
 def validate(cfg: Config) -> None:
     """Cross-field checks that a field's type alone cannot express."""
     from .data import check_config
+    from .metrics_log import check_tracker_names
     from .objective import OBJECTIVES
 
     check_config(cfg.data)
     check_phases(cfg.train.phases)
+    check_tracker_names(cfg.train.log_with)
     OBJECTIVES.get(cfg.objective.name, key="objective.name").check_config(cfg)
     if not cfg.run.dir:
         cfg.run.dir = os.path.join("runs", cfg.name)

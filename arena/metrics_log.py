@@ -1,5 +1,5 @@
 """What a run logs: values summed on the device between logs (Tally), and the rows of
-metrics.jsonl (+ TensorBoard when installed) written by the main process (MetricsLog)."""
+metrics.jsonl (+ the trackers of train.log_with) written by the main process (MetricsLog)."""
 from __future__ import annotations
 
 import json
@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .registry import ConfigError, suggest
 from .rundir import drop_metrics_after
 
 
@@ -58,36 +59,99 @@ class Tally:
         return (bad[0][1], bad[0][0]) if bad else None
 
 
-class MetricsLog:
-    """metrics.jsonl (+ TensorBoard when installed) on the main process; a no-op elsewhere.
-    Rows after `start` (steps the run does again) are dropped when it opens."""
+def _accelerate_trackers() -> dict:
+    """accelerate's trackers by name (tensorboard, wandb, comet_ml, aim, mlflow, ...)."""
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 
-    def __init__(self, run_dir: Path, enabled: bool, start: int = 0):
+    return LOGGER_TYPE_TO_CLASS
+
+
+def _installed(name: str) -> bool:
+    """accelerate's own test of whether a tracker's package can be imported."""
+    import accelerate.utils as au
+
+    return getattr(au, f"is_{name}_available")()
+
+
+# the package a user installs for a tracker, where its name differs from the tracker's
+_PACKAGES = {"tensorboard": "tensorboard (or tensorboardX)", "comet_ml": "comet-ml"}
+
+
+def check_tracker_names(names: list[str]) -> None:
+    """train.log_with names trackers of accelerate.tracking (no import of their packages)."""
+    if not names:
+        return
+    known = list(_accelerate_trackers())
+    for i, name in enumerate(names):
+        if name not in known:
+            raise ConfigError(f"train.log_with[{i}]: unknown tracker '{name}'{suggest(name, known)}; "
+                              f"accelerate.tracking supports: {', '.join(known)}")
+    if len(set(names)) < len(names):
+        raise ConfigError(f"train.log_with: a tracker is named twice in {names}")
+
+
+def check_trackers_installed(names: list[str]) -> None:
+    """A tracker whose package is missing fails here, before training, naming the package
+    (rather than after hours, when the first value is logged)."""
+    for name in names:
+        if not _installed(name):
+            package = _PACKAGES.get(name, name)
+            raise ConfigError(f"train.log_with: the '{name}' tracker needs the {package} package, which is not "
+                              f"installed: pip install {package.split()[0]}, or drop '{name}' from train.log_with "
+                              f"(metrics.jsonl is written either way)")
+
+
+def _flat_config(tree: dict, prefix: str = "") -> dict:
+    """{'train': {'steps': 3}} -> {'train.steps': 3}: the scalar types trackers store as
+    hyper-parameters (lists and None as text)."""
+    out = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat_config(v, key + "."))
+        else:
+            out[key] = v if isinstance(v, (bool, int, float, str)) else str(v)
+    return out
+
+
+class MetricsLog:
+    """metrics.jsonl (the record of a run) + the trackers of train.log_with, on the main
+    process; a no-op elsewhere. Rows after `start` (steps the run does again) are dropped
+    when it opens, and TensorBoard purges its events after `start` likewise."""
+
+    def __init__(self, run_dir: Path, enabled: bool, start: int = 0, log_with: list[str] = (),
+                 config: dict | None = None, name: str = "run"):
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
-        self.tb = None
+        self.trackers = []
         self.dropped = 0
-        if enabled:
-            self.dropped = drop_metrics_after(self.path, start)
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=start + 1)
-            except ImportError:  # tensorboard is optional
-                self.tb = None
+        if not enabled:
+            return
+        self.dropped = drop_metrics_after(self.path, start)
+        check_trackers_installed(list(log_with))
+        classes = _accelerate_trackers()
+        for tracker_name in log_with:
+            cls = classes[tracker_name]
+            kwargs = {"purge_step": start + 1} if tracker_name == "tensorboard" else {}
+            args = (name, str(run_dir / "trackers")) if cls.requires_logging_directory else (name,)
+            tracker = cls(*args, **kwargs)
+            tracker.main_process_only = False  # only the main process makes one (no accelerate state needed)
+            tracker.start()
+            if config is not None:
+                tracker.store_init_configuration(_flat_config(config))
+            self.trackers.append(tracker)
 
     def __call__(self, step: int, values: dict) -> None:
         if not self.enabled or not values:
             return
         with open(self.path, "a") as f:
             f.write(json.dumps({"step": step, **values}) + "\n")
-        if self.tb is not None:
-            for k, v in values.items():
-                if isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, step)
-            self.tb.flush()
+        numbers = {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        for tracker in self.trackers:
+            if numbers:
+                tracker.log(numbers, step=step)
 
     def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
+        for tracker in self.trackers:
+            tracker.finish()
+        self.trackers = []

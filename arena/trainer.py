@@ -34,7 +34,7 @@ from .config import Config
 from .data import build_dataset
 from .distributed import Processes, processes
 from .images import save_grid
-from .metrics_log import MetricsLog, Tally
+from .metrics_log import MetricsLog, Tally, check_trackers_installed
 from .objective import Objective, Phase, build_objective, data_info
 from .registry import ConfigError
 from .seeds import derive_seed
@@ -86,8 +86,9 @@ class Trainer:
         self.step = 0  # finished steps
 
     def train(self) -> Objective:
-        # a missing dataset or an option the objective refuses (an unknown player) fails
-        # before the run directory is touched
+        # a missing tracker package, a missing dataset or an option the objective refuses
+        # (an unknown player) fails before the run directory is touched
+        check_trackers_installed(self.cfg.train.log_with)
         self.load_data()
         self.build()
         try:
@@ -138,6 +139,7 @@ class Trainer:
         self.log = MetricsLog(self.run_dir, False)  # opened by start()
         self.stop = StopSignals(procs.world)
         self.bar = None
+        self.shown: dict[str, str] = {}  # hook values on the progress bar
 
     # -- resume ---------------------------------------------------------------------------
     def resume(self) -> bool:
@@ -202,7 +204,8 @@ class Trainer:
         # resumed run continues the same schedule without saving them.
         objective.calls = {name: step * runs for name, runs in objective.runs_per_step().items()}
         # a branch off another run's checkpoint keeps no earlier rows: none of them are its own
-        self.log = MetricsLog(self.run_dir, main, start=0 if rundir.branches(self.run_dir, cfg.run.resume) else step)
+        self.log = MetricsLog(self.run_dir, main, start=0 if rundir.branches(self.run_dir, cfg.run.resume) else step,
+                              log_with=cfg.train.log_with, config=cfg.to_dict(), name=cfg.name)
         if self.log.dropped:  # counted on the main process only
             _say(main, f"metrics.jsonl: dropped {self.log.dropped} rows after step {step} (steps this run does again)")
         from tqdm.auto import tqdm
@@ -308,7 +311,8 @@ class Trainer:
         values["steps_per_s"] = self.steps_since / max(now - self.t_last, 1e-9)
         self.log(self.step, values)
         # each phase's loss, e.g. {critic: 1.36, generator: 0.71}
-        self.bar.set_postfix({k[: -len("/loss")]: f"{v:.3g}" for k, v in values.items() if k.endswith("/loss")})
+        self.bar.set_postfix({**{k[: -len("/loss")]: f"{v:.3g}" for k, v in values.items() if k.endswith("/loss")},
+                              **self.shown})
         self.t_last, self.steps_since = now, 0
 
     def samples_and_hooks(self) -> None:
@@ -322,6 +326,8 @@ class Trainer:
                 values = hook.fn(self.run, step)
                 if values:
                     self.log(step, values)
+                    # the hooks' latest figures stay beside the losses on the bar
+                    self.shown.update({k: f"{v:.3g}" for k, v in values.items() if isinstance(v, float)})
 
     # -- save -------------------------------------------------------------------------------
     def save(self) -> None:

@@ -12,9 +12,20 @@ def count_label(n: int) -> str:
 
 
 def training_hooks(cfg) -> list[Hook]:
+    """The monitor of an encoder (train.monitor, eval/monitor.py) and the metrics of a
+    generator (eval.every), each checked now, before training."""
+    hooks = []
+    if cfg.train.monitor.enabled:
+        from .monitor import monitor_hook
+
+        hooks.append(monitor_hook(cfg))
+    if cfg.eval.every > 0:
+        hooks.append(generator_metrics_hook(cfg))
+    return hooks
+
+
+def generator_metrics_hook(cfg) -> Hook:
     """IS/FID/KID of the generator every eval.every steps, logged as e.g. fid_5k."""
-    if cfg.eval.every <= 0:
-        return []
     metrics = check_metrics(cfg.eval.metrics)
     # Fail now, before training, when the feature extractor's weights are missing or the
     # samples' features cannot fit in memory (gathered images counted, as with several processes).
@@ -29,4 +40,4 @@ def training_hooks(cfg) -> list[Hook]:
                                     procs=run.procs)
         return None if values is None else {f"{k}_{label}": v for k, v in values.items()}
 
-    return [Hook(every=cfg.eval.every, fn=run_metrics, all_processes=True)]
+    return Hook(every=cfg.eval.every, fn=run_metrics, all_processes=True)
