@@ -41,7 +41,10 @@ from arena.runs import load_run, read_run_config
 from . import probes as P
 from .cli_args import default_device, device_arg, seed_arg
 
-LAYERS = ("conv", "fc", "y")
+# Probe points of features(): every encoder objective gives conv, fc and y; a VAE also gives
+# z, one posterior sample per image (NDM reads it there: the objective's ndm_layer).
+LAYERS = ("conv", "fc", "y", "z")
+DEFAULT_LAYERS = ("conv", "fc", "y")
 DEFAULT_PROBES = ("svm", "mlp", "msssim", "mine", "ndm")  # semi fine-tunes the encoder: ask for it
 # The probes' counters (ProbeSettings fields, each a flag --NAME-WITH-DASHES): the one list
 # that the checks, the command line, the scaled settings of eval.reproduce and the
@@ -71,9 +74,16 @@ def load_encoder_run(run_dir: str | Path, checkpoint: str = "latest", device: st
         cfg = read_run_config(run_dir)
         objective, step = untrained_objective(cfg, device), 0
     if not callable(getattr(objective, "features", None)):
-        raise ConfigError(f"objective '{cfg.objective.name}' has no features(x); the probes need a DIM-style "
-                          f"encoder objective (dim, supervised)")
+        raise ConfigError(f"objective '{cfg.objective.name}' has no features(x); the probes need an encoder "
+                          f"objective ({', '.join(encoder_objectives())})")
     return cfg, objective, step
+
+
+def encoder_objectives() -> list[str]:
+    """The registered objectives whose features(x) the probes read (dim, supervised, the baselines)."""
+    from arena.objective import OBJECTIVES
+
+    return [n for n in OBJECTIVES.names() if callable(getattr(OBJECTIVES.get(n), "features", None))]
 
 
 def untrained_objective(cfg, device: str = "cpu"):
@@ -126,12 +136,15 @@ def image_batches(ds: ImageDataset, idx: torch.Tensor, batch_size: int, shuffle:
 
 
 @torch.no_grad()
-def extract(objective, batches, layers=LAYERS, keep_images: bool = False, ema: bool = False):
+def extract(objective, batches, layers=DEFAULT_LAYERS, keep_images: bool = False, ema: bool = False):
     """Frozen features of every batch -> ({layer: [N, D] CPU float}, labels, uint8 images or None)."""
     feats: dict[str, list] = {k: [] for k in layers}
     labels, images = [], []
     for x, y in batches:
         out = objective.features(x, ema=True) if ema else objective.features(x)
+        if missing := [k for k in layers if k not in out]:
+            raise ConfigError(f"layer(s) {', '.join(missing)}: objective '{type(objective).__name__}' gives "
+                              f"no such features; it gives {', '.join(out)}")
         for k in layers:
             feats[k].append(out[k].float().cpu())
         labels.append(y)
@@ -147,8 +160,9 @@ def extract(objective, batches, layers=LAYERS, keep_images: bool = False, ema: b
 @dataclasses.dataclass
 class ProbeSettings:
     probes: tuple[str, ...] = DEFAULT_PROBES
-    layers: tuple[str, ...] = LAYERS
-    rep_layer: str = "y"  # code for msssim / mine / ndm
+    layers: tuple[str, ...] = DEFAULT_LAYERS
+    rep_layer: str = "y"  # code for msssim / mine (and ndm unless ndm_layer says otherwise)
+    ndm_layer: str = ""  # code for ndm; "": the objective's ndm_layer when it names one, else rep_layer
     runs: int = 5  # svm seeds
     seed: int = 0
     batch_size: int = 256  # feature extraction
@@ -174,9 +188,10 @@ class ProbeSettings:
             PROBES.get(p, key="--probes")
         if not self.layers:
             raise ConfigError(f"--layers: empty; choose from {', '.join(LAYERS)}")
-        for k in (*self.layers, self.rep_layer):
+        for k in (*self.layers, self.rep_layer, *([self.ndm_layer] if self.ndm_layer else [])):
             if k not in LAYERS:
-                raise ConfigError(f"--layers / --rep-layer: unknown layer '{k}'; valid choices: {', '.join(LAYERS)}")
+                raise ConfigError(f"--layers / --rep-layer / --ndm-layer: unknown layer '{k}'; valid choices: "
+                                  f"{', '.join(LAYERS)}")
         # a mean over 0 SVM runs is NaN, a batch of 0 never ends: counts are >= 1
         for name in (*COUNTS, "batch_size"):
             if getattr(self, name) < 1:
@@ -270,9 +285,15 @@ def _mine(c: ProbeInputs) -> dict:
         c.x_tr, c.f_tr[k], c.x_te, c.f_te[k], steps=s.mine_steps, seed=s.seed, device=s.device))}
 
 
+def ndm_layer(objective, s: ProbeSettings) -> str:
+    """The code NDM reads: --ndm-layer, else the objective's own choice (a VAE's posterior
+    sample or mean, objective.ndm_code), else --rep-layer."""
+    return s.ndm_layer or getattr(objective, "ndm_layer", None) or s.rep_layer
+
+
 @probe("ndm", "nats", on_code=True)
 def _ndm(c: ProbeInputs) -> dict:
-    k, s = c.s.rep_layer, c.s
+    k, s = ndm_layer(c.objective, c.s), c.s
     return {name: c.timed(f"ndm/{name}", lambda sigmoid=sigmoid: P.ndm(
         c.f_tr[k], c.f_te[k], sigmoid=sigmoid, steps=s.ndm_steps, seed=s.seed, device=s.device))
         for name, sigmoid in ((f"sigmoid({k})", True), (k, False))}
@@ -290,7 +311,8 @@ def run_probes(cfg, objective, s: ProbeSettings) -> tuple[dict, dict]:
     tr_idx = subset(labeled_indices(train_ds), s.max_train, s.seed)
     te_idx = subset(labeled_indices(test_ds), s.max_test, s.seed + 1)
     uses_code = any(PROBES.get(p).on_code for p in probes)
-    layers = sorted(set(s.layers) | ({s.rep_layer} if uses_code else set()), key=LAYERS.index)
+    codes = ({s.rep_layer} if uses_code else set()) | ({ndm_layer(objective, s)} if "ndm" in probes else set())
+    layers = sorted(set(s.layers) | codes, key=LAYERS.index)
     keep_images = any(PROBES.get(p).needs_images for p in probes)
     timings: dict[str, float] = {}
 
@@ -358,8 +380,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random-init", action="store_true",
                    help="probe the run's encoder at step 0 (built from its config.yaml, no weights loaded)")
     p.add_argument("--probes", default=",".join(d.probes), help=f"comma list of {', '.join(PROBES.names())}")
-    p.add_argument("--layers", default=",".join(d.layers), help="svm / mlp probe points: conv,fc,y")
+    p.add_argument("--layers", default=",".join(d.layers), help=f"svm / mlp probe points from {','.join(LAYERS)} "
+                   f"(z: a VAE's posterior sample)")
     p.add_argument("--rep-layer", default=d.rep_layer, help="code for msssim, mine and ndm (default y)")
+    p.add_argument("--ndm-layer", default=d.ndm_layer,
+                   help="code for ndm (default: the objective's ndm_layer, e.g. a VAE's z, else --rep-layer)")
     p.add_argument("--seed", type=seed_arg, default=d.seed)
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="feature extraction batch")
     p.add_argument("--svm-solver", choices=("sgd", "liblinear"), default=d.svm_solver)
@@ -378,7 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_from_args(args) -> ProbeSettings:
     split = lambda s: tuple(v.strip() for v in s.split(",") if v.strip())  # noqa: E731
     return ProbeSettings(
-        probes=split(args.probes), layers=split(args.layers), rep_layer=args.rep_layer, seed=args.seed,
+        probes=split(args.probes), layers=split(args.layers), rep_layer=args.rep_layer, ndm_layer=args.ndm_layer,
+        seed=args.seed,
         batch_size=args.batch_size, svm_solver=args.svm_solver, svm_c=args.svm_c, max_train=args.max_train,
         max_test=args.max_test, device=args.device, ema=args.ema, **{n: getattr(args, n) for n in COUNTS})
 
@@ -388,7 +414,7 @@ def probe_command(run_dir, s: ProbeSettings, random_init: bool = False) -> str:
     d = ProbeSettings()
     parts = [f"python -m eval.dim_probes --run {run_dir}", *(["--random-init"] if random_init else []),
              f"--probes {','.join(s.probes)}", f"--layers {','.join(s.layers)}"]
-    for name in ("rep_layer", "seed", "batch_size", "svm_solver", "svm_c", *COUNTS, "max_train", "max_test"):
+    for name in ("rep_layer", "ndm_layer", "seed", "batch_size", "svm_solver", "svm_c", *COUNTS, "max_train", "max_test"):
         if getattr(s, name) != getattr(d, name):
             parts.append(f"{flag(name)} {getattr(s, name)}")
     return " ".join(parts + (["--ema"] if s.ema else []))

@@ -48,7 +48,7 @@ from arena.trainer import Stopped
 
 from . import experiment as X
 from .cli_args import device_arg
-from .dim_probes import probe_command
+from .dim_probes import encoder_objectives, probe_command
 from .row_measures import Measuring, scaled
 from .tables import GENERATOR_MEASURES, PROBE_MEASURES, Row, RunSpec, Table, get_table, select_rows
 from .tables.report import complete_rows, fmt_scale, markdown
@@ -175,8 +175,9 @@ def _preflight_one(e: Entry, checked: dict) -> None:
     generates = OBJECTIVES.get(e.cfg.objective.name, key="objective.name").generates
     if e.spec.mode == "train" and wanted & set(GENERATOR_MEASURES) and not generates:
         raise ConfigError(f"IS / FID need a generator; objective '{e.cfg.objective.name}' has none")
-    if wanted & set(PROBE_MEASURES) and e.cfg.objective.name not in ("dim", "supervised"):
-        raise ConfigError(f"the probes need a DIM-style encoder (dim, supervised), not '{e.cfg.objective.name}'")
+    if wanted & set(PROBE_MEASURES) and e.cfg.objective.name not in encoder_objectives():
+        raise ConfigError(f"the probes need an encoder objective with features() ({', '.join(encoder_objectives())}), "
+                          f"not '{e.cfg.objective.name}'")
     data = dataclasses.replace(e.cfg.data, augment=False)
     sig = json.dumps(dataset_signature(data, "train"), sort_keys=True)
     if sig not in checked:  # the same dataset failed (or passed) for an earlier row

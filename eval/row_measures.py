@@ -47,11 +47,13 @@ class Measuring:
         if () in by_layers and len(by_layers) > 1:  # msssim / mine / ndm / semi join the first call
             others = by_layers.pop(())
             by_layers[next(iter(by_layers))] += others
+        # the code NDM reads, from its measure: ndm/sigmoid(z) -> z
+        ndm_code = next((k.removeprefix("sigmoid(").removesuffix(")") for p, k in wanted if p == "ndm"), "")
         out = []
         for layers, probes in by_layers.items():
             # only code probes (msssim / mine / ndm / semi): the layers are just where features are read
             s = ProbeSettings(**{**self.table.probe, "probes": tuple(probes), "layers": layers or ("y",),
-                                 "device": self.device})
+                                 "ndm_layer": ndm_code if "ndm" in probes else "", "device": self.device})
             for name in COUNTS:
                 setattr(s, name, scaled(getattr(s, name), self.scale))
             out.append(s)

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from eval import experiment, reproduce
 from eval.row_measures import Measuring
@@ -46,7 +47,9 @@ def test_paper_numbers_are_the_printed_ones():
     t3 = get_table("table3")
     assert t3.row("dim_lg").paper["CIFAR10"] == ("57.55 ± 1.442", "45.56 ± 4.18", "18.63 ± 4.79", "0.53",
                                                  "101.65", "0.5", "22.89")
-    assert t3.row("vae").paper["CIFAR10"][-2:] == ("1.62", None)
+    # the comparison models' single NDM, beside the NDM without the sigmoid (ndm_eval.py's default)
+    assert t3.row("vae").paper["CIFAR10"][-2:] == (None, "1.62")
+    assert t3.row("bigan").paper["CIFAR10"][-2:] == (None, "24.49")
     t4 = get_table("table4")
     assert [c.label for c in t4.groups[0].columns] == ["Y(64)", "fc (1024)", "conv"]  # the paper's order
     assert t4.row("coord_occlude").paper["CIFAR100"] == ("45.96", "48.00", "48.72")
@@ -57,23 +60,24 @@ def test_paper_numbers_are_the_printed_ones():
     assert parse_number("52.2") == {"mean": 52.2, "std": None}
 
 
-def test_unimplemented_models_keep_the_paper_numbers_and_are_never_shown_as_measured(tmp_path):
+def test_comparison_models_train_their_configs_and_show_paper_numbers_only_as_paper(tmp_path):
     t = get_table("table1")
-    assert not any(t.row(n).implemented for n in ("vae", "aae", "bigan", "nat"))
+    assert all(t.row(n).implemented for n in ("vae", "aae", "bigan", "nat"))
     data = {"command": "python -m eval.reproduce table1", "scale": 1, "measure_scale": 1, "updated": "now",
             "notes": [], "rows": complete_rows(t, {})}
     by_key = {(r["row"], r["group"]): r for r in data["rows"]}
-    assert by_key[("vae", "CIFAR10")]["status"] == "not implemented"
+    assert by_key[("vae", "CIFAR10")]["status"] == "not run"
     assert by_key[("dim_l_nce", "CIFAR10")]["status"] == "not run"
     for r in data["rows"]:
         for c in r["cells"].values():
             assert c["measured"] is None and c["difference"] is None
     md = markdown(t, data)
+    assert "not implemented" not in md
     line = next(ln for ln in md.splitlines() if ln.startswith("| DIM(L) (NCE) |"))
     # | model | run | step | conv | paper | Δ | ...: the paper's number sits in the paper column only
     assert [c.strip() for c in line.split("|")[4:7]] == ["not run", "75.21", ""]
     line = next(ln for ln in md.splitlines() if ln.startswith("| VAE |"))
-    assert [c.strip() for c in line.split("|")[4:7]] == ["not implemented", "60.71", ""]
+    assert [c.strip() for c in line.split("|")[4:7]] == ["not run", "60.71", ""]
 
 
 def test_rows_are_picked_by_row_or_run_name():
@@ -274,3 +278,84 @@ def test_main_then_all_never_leaves_a_process_waiting(tmp_path, monkeypatch, who
         assert results[1] == ("RuntimeError", f"{type(failure).__name__}: {failure}")
         assert results[0] == ("ok", 0)
     assert not (tmp_path / "m.json.tmp").exists()
+
+
+# ---------------------------------------------------------------------------- the comparison models
+
+
+BASELINES = ("vae", "aae", "bigan", "nat")
+
+
+def test_the_comparison_rows_plan_their_own_configs_in_tables_1_2_and_3(tmp_path):
+    expect = {"table1": {"CIFAR10": "cifar10", "CIFAR100": "cifar100"},
+              "table2": {"Tiny ImageNet": "tinyimagenet", "STL-10 (random crop pretraining)": "stl10"},
+              "table3": {"CIFAR10": "cifar10"}}
+    for name, groups in expect.items():
+        t = get_table(name)
+        args = reproduce.build_parser().parse_args([name, *_args(tmp_path)])
+        entries = reproduce.plan(t, select_rows(t, ",".join(BASELINES)), args)
+        assert len(entries) == len(BASELINES) * len(groups)
+        for e in entries:
+            assert e.spec.config == f"{e.row.name}_{groups[e.group]}" and e.trains and e.state == "fresh"
+            assert e.cfg.objective.name == e.row.name
+            assert all(m is not None for m in e.measures.values())  # every column measured
+    t3 = get_table("table3")
+    measures = {r.name: {c.label: r.measure(c) for c in t3.groups[0].columns} for r in t3.rows}
+    assert measures["vae"]["NDM (no sigmoid)"] == "ndm/z" and measures["vae"]["NDM"] == "ndm/sigmoid(z)"
+    assert measures["bigan"]["NDM (no sigmoid)"] == "ndm/y" and measures["bigan"]["MS-SSIM"] == "msssim/y"
+    (call,) = Measuring(t3, 0.1, "cpu").probe_settings(measures["vae"])
+    assert call.ndm_layer == "z" and call.rep_layer == "y"  # MS-SSIM and MINE stay on Y = mu
+    assert "not implemented" not in Path(reproduce.__file__).with_name("tables").joinpath("paper.py").read_text()
+
+
+def test_table1_dry_run_lists_a_training_and_probe_command_for_every_row(tmp_path, capsys):
+    code = reproduce.main(["table1", "--dry-run", "--data-root", str(tmp_path / "nodata"), *_args(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 2  # no CIFAR here: every row says so, and still lists its commands
+    t = get_table("table1")
+    for row in t.rows:
+        for group, spec in row.runs.items():
+            assert f"python train.py --config {spec.config} run.dir={tmp_path / 'runs' / spec.run_name}" in out
+            block = out.split(f"[{row.name}/{group}]")[1].split("\n\n")[0]
+            assert "measure: " in block and ("eval.dim_probes --run" in block or "classifier" in block)
+    assert out.count("train: python train.py") == sum(len(r.runs) for r in t.rows) == 16
+    assert "not implemented" not in out
+
+
+def test_a_tiny_vae_row_measures_every_cell_with_ndm_on_its_posterior_sample(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DIM_FIDELITY_CACHE", str(tmp_path / "fidelity"))
+    assert reproduce.main(["digits", "--rows", "vae", *TINY, *_args(tmp_path)]) == 0
+    data = json.loads((tmp_path / "results" / "digits-x0.01-m0.01.json").read_text())
+    got = {(r["row"], r["group"]): r for r in data["rows"]}
+    for group in ("digits: representation", "digits: generation"):
+        rec = got[("vae", group)]
+        assert rec["status"] == "measured" and rec["step"] == 5
+        for label, c in rec["cells"].items():
+            v = c["measured"]["mean"] if isinstance(c["measured"], dict) else c["measured"]
+            assert v is not None and v == v and abs(v) < float("inf"), label
+    rep = got[("vae", "digits: representation")]
+    assert rep["cells"]["NDM"]["measure"] == "ndm/sigmoid(z)" and rep["cells"]["NDM (no sigmoid)"]["measure"] == "ndm/z"
+    assert [p["ndm_layer"] for p in rep["settings"]["probes"] if "ndm" in p["probes"]] == ["z"]
+
+
+def test_ndm_reads_the_objectives_ndm_layer_and_a_missing_layer_is_a_message():
+    from arena.config import load_config
+    from arena.registry import ConfigError
+    from eval.dim_probes import ProbeSettings, run_probes, untrained_objective
+
+    tiny = dict(ndm_steps=5, max_train=64, max_test=32, batch_size=32)
+    for code, layer in (("sample", "z"), ("mu", "y")):
+        cfg = load_config("vae_digits", [f"objective.ndm_code={code}"])
+        vae = untrained_objective(cfg)
+        assert vae.ndm_layer == layer
+        results, settings = run_probes(cfg, vae, ProbeSettings(probes=("ndm",), layers=("y",), **tiny))
+        assert set(results["ndm"]) == {layer, f"sigmoid({layer})"}
+    # mu and the posterior sample are different codes: a sample adds sigma * eps to mu
+    f = vae.features(torch.rand(8, 1, 16, 16) * 2 - 1)
+    assert f["z"].shape == f["y"].shape and not torch.equal(f["z"], f["y"])
+    # --ndm-layer overrides the objective's choice; an encoder without z names the layer and what it has
+    results, _ = run_probes(cfg, vae, ProbeSettings(probes=("ndm",), layers=("y",), ndm_layer="z", **tiny))
+    assert set(results["ndm"]) == {"z", "sigmoid(z)"}
+    dim_cfg = load_config("dim_l_digits")
+    with pytest.raises(ConfigError, match=r"layer\(s\) z: .* gives conv, fc, y"):
+        run_probes(dim_cfg, untrained_objective(dim_cfg), ProbeSettings(probes=("ndm",), ndm_layer="z", **tiny))

@@ -10,6 +10,7 @@ Every column names the measure that fills it:
     semi/conv                    semi-supervised fine-tuning (eval.probes.semi_probe)
     msssim/y, mine/y             decoder MS-SSIM, MINE estimate of I(X; Y)
     ndm/sigmoid(y), ndm/y        neural dependency measure with / without the sigmoid
+    ndm/sigmoid(z), ndm/z        the same on a VAE's posterior sample z
     classifier                   a supervised run's own test accuracy
     isc, fid, kid                eval.fidelity's IS / FID / KID
 
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from arena.registry import ConfigError, Registry, suggest
 
 PROBE_MEASURES = ("mlp/conv", "mlp/fc", "mlp/y", "svm/conv", "svm/fc", "svm/y", "semi/conv", "msssim/y",
-                  "mine/y", "ndm/sigmoid(y)", "ndm/y")
+                  "mine/y", "ndm/sigmoid(y)", "ndm/y", "ndm/sigmoid(z)", "ndm/z")
 GENERATOR_MEASURES = ("isc", "fid", "kid")
 MEASURES = (*PROBE_MEASURES, "classifier", *GENERATOR_MEASURES)
 MODES = ("train", "random", "real")

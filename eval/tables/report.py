@@ -51,8 +51,11 @@ def markdown(table: Table, data: dict) -> str:
              f"Measured: `{data['command']}` (scale {fmt_scale(data['scale'])}, measure scale "
              f"{fmt_scale(data['measure_scale'])}), {data['updated']}."]
     if paper:
-        lines.append("'paper' columns hold the paper's printed numbers; Δ = measured − paper. 'not run': no "
-                     "measurement yet; 'not implemented': no such model in this toolkit (the paper's numbers kept).")
+        legend = ("'paper' columns hold the paper's printed numbers; Δ = measured − paper. 'not run': no "
+                  "measurement yet")
+        if not all(r.implemented for r in table.rows):
+            legend += "; 'not implemented': no such model in this toolkit (the paper's numbers kept)"
+        lines.append(legend + ".")
     lines += [f"{n}" for n in data["notes"]]
     for g in table.groups:
         recs = [r for r in data["rows"] if r["group"] == g.name]
