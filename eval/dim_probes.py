@@ -1,4 +1,4 @@
-"""Probe a trained DIM (or supervised) encoder: the paper's Tables 1-3 for one run.
+"""Probe a trained encoder (DIM, supervised, VAE, AAE, BiGAN, NAT): the paper's Tables 1-3 for one run.
 
     python -m eval.dim_probes --run runs/dim_l_digits --table
     python -m eval.dim_probes --run runs/dim_l_digits --probes svm,mlp --layers conv,fc,y --runs 5
@@ -10,10 +10,12 @@ Prints ONE JSON object on its first line of stdout,
 
 appends it with "step" to RUN_DIR/metrics.jsonl, and with --table prints a Markdown
 table after it (rows = probe x layer, as the columns of the paper's Table 3). Progress
-goes to stderr. Probes (eval.probes): svm, mlp (frozen features at conv / fc / y),
-semi (the whole encoder fine-tuned: a copy, the run's weights are untouched), msssim,
-mine and ndm (on --rep-layer, Y by default). Every probe trains on the TRAIN split and
-reports on the TEST split. Accuracies in %, MI / NDM in nats.
+goes to stderr. Probes (eval.probes): svm, mlp (frozen features at conv / fc / y, and
+z, a VAE's posterior sample), semi (the whole encoder fine-tuned: a copy, the run's
+weights are untouched), msssim, mine (on --rep-layer, Y by default) and ndm (on
+--ndm-layer, by default the objective's own `ndm_layer` where it names one, e.g. the
+VAE's z, else --rep-layer). Every probe trains on the TRAIN split and reports on the
+TEST split. Accuracies in %, MI / NDM in nats.
 
 Features are extracted in batches with the encoder frozen (eval mode, no gradients),
 each batch moved to the CPU. Labeled training images only (STL-10's 100k unlabeled
@@ -41,8 +43,7 @@ from arena.runs import load_run, read_run_config
 from . import probes as P
 from .cli_args import default_device, device_arg, seed_arg
 
-# Probe points of features(): every encoder objective gives conv, fc and y; a VAE also gives
-# z, one posterior sample per image (NDM reads it there: the objective's ndm_layer).
+# Probe points of features(): every encoder gives conv, fc, y; a VAE also z, a posterior sample
 LAYERS = ("conv", "fc", "y", "z")
 DEFAULT_LAYERS = ("conv", "fc", "y")
 DEFAULT_PROBES = ("svm", "mlp", "msssim", "mine", "ndm")  # semi fine-tunes the encoder: ask for it
@@ -286,8 +287,7 @@ def _mine(c: ProbeInputs) -> dict:
 
 
 def ndm_layer(objective, s: ProbeSettings) -> str:
-    """The code NDM reads: --ndm-layer, else the objective's own choice (a VAE's posterior
-    sample or mean, objective.ndm_code), else --rep-layer."""
+    """The code NDM reads: --ndm-layer, else the objective's own (a VAE's objective.ndm_code), else --rep-layer."""
     return s.ndm_layer or getattr(objective, "ndm_layer", None) or s.rep_layer
 
 
@@ -380,8 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random-init", action="store_true",
                    help="probe the run's encoder at step 0 (built from its config.yaml, no weights loaded)")
     p.add_argument("--probes", default=",".join(d.probes), help=f"comma list of {', '.join(PROBES.names())}")
-    p.add_argument("--layers", default=",".join(d.layers), help=f"svm / mlp probe points from {','.join(LAYERS)} "
-                   f"(z: a VAE's posterior sample)")
+    p.add_argument("--layers", default=",".join(d.layers), help=f"svm / mlp probe points from {','.join(LAYERS)}")
     p.add_argument("--rep-layer", default=d.rep_layer, help="code for msssim, mine and ndm (default y)")
     p.add_argument("--ndm-layer", default=d.ndm_layer,
                    help="code for ndm (default: the objective's ndm_layer, e.g. a VAE's z, else --rep-layer)")

@@ -26,8 +26,10 @@ checked before any training. Under `accelerate launch`, every training uses all 
 processes; the probes run on the main process and the generator's samples are drawn
 by all of them.
 
-Paper numbers appear only in the "paper" columns; a cell without a measurement says
-"not run", a model this toolkit does not implement "not implemented".
+Every row of the paper's tables trains, the comparison models (VAE, AAE, BiGAN, NAT:
+configs `{row}_{dataset}`) like the DIM rows. Paper numbers appear only in the "paper"
+columns; a cell without a measurement says "not run" (a row naming no run would say
+"not implemented"; no shipped table has one).
 """
 from __future__ import annotations
 

@@ -229,3 +229,22 @@ def test_every_shipped_grid_reads_and_resolves_every_cell(path):
     for name in grid["cells"]:
         cfg = gen_ablation.cell_config(name, grid, Path("runs") / "g")
         assert cfg.run.dir == str(Path("runs") / "g" / name) and cfg.train.steps >= 1
+
+
+def test_dim_probes_on_a_vae_reads_z_and_a_layer_an_encoder_lacks_is_a_message(tmp_path, capsys):
+    from arena.config import load_config
+    from eval import dim_probes
+
+    tiny = ["--no-append", "--probes", "ndm", "--layers", "y", "--ndm-steps", "3", "--max-train", "64",
+            "--max-test", "32"]
+    for name in ("vae_digits", "dim_l_digits"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text(load_config(name).to_yaml())
+    assert dim_probes.main(["--run", str(tmp_path / "vae_digits"), "--random-init", *tiny]) == 0
+    out = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert set(out["ndm"]) == {"z", "sigmoid(z)"}  # the VAE's ndm_layer: a posterior sample
+    assert dim_probes.main(["--run", str(tmp_path / "dim_l_digits"), "--random-init", "--ndm-layer", "z", *tiny]) == 2
+    err = capsys.readouterr().err
+    assert "layer(s) z" in err and "gives conv, fc, y" in err and "Traceback" not in err
+    assert dim_probes.main(["--run", str(tmp_path / "vae_digits"), "--random-init", *tiny, "--layers", "w"]) == 2
+    assert "unknown layer 'w'; valid choices: conv, fc, y, z" in capsys.readouterr().err
