@@ -73,7 +73,8 @@ def test_embed_a_plain_folder_of_images(folder_run, tmp_path, cpu_only):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--layer", "z"], "--layer: unknown layer(s) z"),
+    (["--layer", "w"], "--layer: unknown layer(s) w"),
+    (["--layer", "z"], "layer(s) z: objective 'DIM' gives no such features"),  # z: a VAE's posterior sample
     (["train.steps=3"], "only data.KEY=VALUE overrides"),
     (["data.resolution=32"], "reads 3x16x16 images"),
     (["data.rooot=x"], "data.rooot: unknown key"),
