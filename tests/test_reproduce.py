@@ -359,3 +359,16 @@ def test_ndm_reads_the_objectives_ndm_layer_and_a_missing_layer_is_a_message():
     dim_cfg = load_config("dim_l_digits")
     with pytest.raises(ConfigError, match=r"layer\(s\) z: .* gives conv, fc, y"):
         run_probes(dim_cfg, untrained_objective(dim_cfg), ProbeSettings(probes=("ndm",), ndm_layer="z", **tiny))
+
+
+def test_a_rows_note_is_the_tables_text_and_printed_once_for_all_its_groups():
+    from eval.tables.report import empty_record
+
+    t = get_table("digits")
+    vae = t.row("vae")
+    stale = {f"vae/{g}": {**empty_record(t, vae, g, "measured"), "note": "an older wording"} for g in vae.runs}
+    data = {"command": "c", "scale": 1, "measure_scale": 1, "updated": "now", "notes": [],
+            "rows": complete_rows(t, stale)}
+    assert {r["note"] for r in data["rows"] if r["row"] == "vae"} == {vae.note}
+    notes = [ln for ln in markdown(t, data).splitlines() if ln.startswith("- VAE")]
+    assert notes == [f"- VAE (digits: representation, digits: generation): {vae.note}"]

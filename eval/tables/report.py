@@ -84,7 +84,11 @@ def markdown(table: Table, data: dict) -> str:
                 else:
                     out.append(m)
             lines.append("| " + " | ".join(out) + " |")
-    notes = [f"- {r['label']} ({r['group']}): {r['note']}" for r in data["rows"] if r.get("note")]
+    groups: dict[tuple, list] = {}  # a row's note once, with every group it applies to
+    for r in data["rows"]:
+        if r.get("note"):
+            groups.setdefault((r["label"], r["note"]), []).append(r["group"])
+    notes = [f"- {label} ({', '.join(gs)}): {note}" for (label, note), gs in groups.items()]
     if notes:
         lines += ["", *notes]
     return "\n".join(lines) + "\n"
@@ -102,6 +106,8 @@ def complete_rows(table: Table, records: dict[str, dict]) -> list[dict]:
             if rec is not None and "skipped" in rec:
                 rec = {**empty_record(table, row, g.name, rec["skipped"]), "key": rec["key"],
                        "run_dir": rec.get("run_dir"), "skipped": rec["skipped"]}
+            if rec is not None:  # label and note are the table's text, not part of the measurement
+                rec = {**rec, "label": row.label, "note": row.note}
             status = "not run" if g.name in row.runs else "not implemented"
             rows.append(rec or empty_record(table, row, g.name, status))
     return rows
