@@ -167,6 +167,18 @@ def claim(cfg, procs):
             unlock(run_dir)
 
 
+def append_metrics(run_dir: str | Path, record: dict) -> None:
+    """Append one row to run_dir/metrics.jsonl (a command's measurement of a finished run),
+    never through a symbolic link: ConfigError naming the file and why it cannot be written."""
+    path = Path(run_dir) / "metrics.jsonl"
+    try:  # O_NOFOLLOW: a metrics.jsonl that is a link is refused, nothing is written outside the run
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644), "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as err:
+        why = "it is a symbolic link" if os.path.islink(path) else (err.strerror or str(err))
+        raise ConfigError(f"--run: cannot append to {path}: {why}") from None
+
+
 def read_metrics(path: str | Path) -> list[dict]:
     """The rows of a metrics.jsonl that are JSON objects; other lines are skipped."""
     path = Path(path)

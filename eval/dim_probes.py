@@ -38,6 +38,7 @@ import torch
 from arena.data import ImageDataset, NamedErrors, build_dataset, make_loader_kwargs, to_uint8
 from arena.objective import build_objective, data_info
 from arena.registry import ConfigError, Registry, cli_error
+from arena.rundir import append_metrics, check_links
 from arena.runs import load_run, read_run_config
 
 from . import probes as P
@@ -367,11 +368,6 @@ def markdown_table(results: dict, title: str = "value") -> str:
     return "\n".join(rows)
 
 
-def append_metrics(run_dir: str | Path, record: dict) -> None:
-    with open(Path(run_dir) / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     d = ProbeSettings()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -424,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         s = settings_from_args(args)
         s.check()
+        if not args.no_append:
+            check_links(args.run)  # metrics.jsonl is appended to: refused now, not after the probes
         t0 = time.perf_counter()
         cfg, objective, step = load_encoder_run(args.run, args.checkpoint, args.device, args.random_init)
         if s.ema and "encoder" not in objective.ema:
@@ -437,7 +435,10 @@ def main(argv: list[str] | None = None) -> int:
     out = {**results, "settings": settings}
     print(json.dumps(out), flush=True)
     if not args.no_append:
-        append_metrics(args.run, {"step": step, **out})
+        try:
+            append_metrics(args.run, {"step": step, **out})
+        except ConfigError as err:
+            return cli_error(err)
     if args.table:
         title = f"{cfg.name} step {step}" + (" (random init)" if args.random_init else "")
         print()

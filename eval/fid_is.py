@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from pathlib import Path
 
 from arena.registry import ConfigError, cli_error
-from arena.rundir import check_links
+from arena.rundir import append_metrics, check_links
 from arena.runs import load_run  # a module attribute, so tests can swap it
 
 from .cli_args import count_arg, default_device, device_arg, seed_arg
@@ -79,13 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     line = json.dumps(record)
     print(line)
-    log = Path(args.run) / "metrics.jsonl"
-    try:  # O_NOFOLLOW: a metrics.jsonl that is a symbolic link is refused, nothing written outside the run
-        with os.fdopen(os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644), "a") as f:
-            f.write(line + "\n")
-    except OSError as e:  # the values are printed above; say why they are not in the run's log
-        why = "it is a symbolic link" if os.path.islink(log) else (e.strerror or str(e))
-        return cli_error(ConfigError(f"--run: cannot append to {log}: {why}"))
+    try:  # the values are printed above; an error says why they are not in the run's log
+        append_metrics(args.run, record)
+    except ConfigError as err:
+        return cli_error(err)
     return 0
 
 

@@ -345,7 +345,7 @@ def run_table(entries: list[Entry], m: Measuring, args, argv) -> int:
         return state.run_dir if state is not None else Path(by_key[spec.key].cfg.run.dir)
 
     failed = X.run_specs(specs, lambda spec, state, procs: m.record(by_key[spec.key], run_dir(spec, state), procs),
-                         results, hooks=lambda cfg: training_hooks(cfg) if cfg.eval.every > 0 else [],
+                         results, hooks=training_hooks,  # the monitor and generator metrics a row's config asks for
                          measure_key=lambda spec, state: m.key(by_key[spec.key], run_dir(spec, state)), say=say)
     if processes().main:
         data = results.write()

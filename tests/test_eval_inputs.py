@@ -283,3 +283,23 @@ def test_every_experiment_cli_refuses_a_device_it_cannot_use(device, no_gpu, tmp
                        (reproduce.main, ["digits", "--out", str(tmp_path / "r")])):
         refused(capsys, main, [*argv, "--device", device], "argument --device", f"'{device}'")
     assert not list(tmp_path.iterdir())
+
+
+def test_dim_probes_never_append_through_a_symbolic_link(tmp_path, dim_run, capsys):  # noqa: F811
+    """A run whose metrics.jsonl is a link is refused before any probe runs; the shared
+    append refuses a link made later, naming the file. Nothing outside the run changes."""
+    import shutil
+
+    from arena.rundir import append_metrics
+    from eval import dim_probes
+
+    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere.jsonl"
+    shutil.copytree(dim_run, run, ignore=shutil.ignore_patterns(".lock"))
+    (run / "metrics.jsonl").unlink()
+    elsewhere.write_text("")
+    (run / "metrics.jsonl").symlink_to(elsewhere)
+    refused(capsys, dim_probes.main, ["--run", str(run), "--probes", "ndm", "--device", "cpu"],
+            f"{run / 'metrics.jsonl'} is a symbolic link (to {elsewhere})")
+    with pytest.raises(ConfigError, match="cannot append to .*metrics.jsonl: it is a symbolic link"):
+        append_metrics(run, {"step": 1})
+    assert elsewhere.read_text() == ""
