@@ -11,7 +11,7 @@ samples). Networks use this module, so it imports accelerate only inside
 process group, or one process, every collective here is the identity.
 
 Gradient scaling. The trainer averages parameter gradients over processes (a mean,
-the trainer), and the objective it optimizes is the mean of the
+arena.updates.average_gradients), and the objective it optimizes is the mean of the
 processes' losses. A loss computed on gathered features depends on every process's
 shard, so the gradient reaching shard r must collect every process's loss:
 

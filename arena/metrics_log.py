@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from .registry import ConfigError, suggest
-from .rundir import drop_metrics_after
+from .rundir import TRACKERS, drop_metrics_after
 
 
 class Tally:
@@ -128,12 +128,11 @@ class MetricsLog:
         if not enabled:
             return
         self.dropped = drop_metrics_after(self.path, start)
-        check_trackers_installed(list(log_with))
         classes = _accelerate_trackers()
         for tracker_name in log_with:
             cls = classes[tracker_name]
             kwargs = {"purge_step": start + 1} if tracker_name == "tensorboard" else {}
-            args = (name, str(run_dir / "trackers")) if cls.requires_logging_directory else (name,)
+            args = (name, str(run_dir / TRACKERS)) if cls.requires_logging_directory else (name,)
             tracker = cls(*args, **kwargs)
             tracker.main_process_only = False  # only the main process makes one (no accelerate state needed)
             tracker.start()

@@ -4,11 +4,13 @@ directory, and where a run starts from.
     with claim(cfg, procs) as resume:   # '' (fresh), 'latest' or a checkpoint directory
         ...train...
 
-`claim` runs its checks on the main process, before any data is read or anything is
-written, and every process raises the same ConfigError (or gets the same answer):
+`claim` runs its checks on the main process, before anything is written to the run
+directory (the trainer loads the data and builds the objective first, so bad data or
+options leave nothing behind), and every process raises the same ConfigError (or gets
+the same answer):
 
 - Links. The files a run writes (config.yaml, metrics.jsonl, .lock, checkpoints/,
-  samples/, tb/, and the entries of checkpoints/ and samples/) must not be symbolic
+  samples/, trackers/, and the entries of checkpoints/ and samples/) must not be symbolic
   links: the toolkit would write, rotate or delete through them, outside the run
   directory. They are refused, naming the link and its target. `run.dir` itself (or a
   folder above it) may be a link: the run directory is then where it points.
@@ -49,7 +51,8 @@ from .registry import ConfigError
 
 LOCK_NAME = ".lock"
 # what a run writes at the top of its directory (files and folders)
-WRITTEN = ("config.yaml", "metrics.jsonl", LOCK_NAME, "checkpoints", "samples", "tb")
+TRACKERS = "trackers"  # the folder of train.log_with's trackers (TensorBoard's event files, ...)
+WRITTEN = ("config.yaml", "metrics.jsonl", LOCK_NAME, "checkpoints", "samples", TRACKERS)
 _HELD: dict[Path, int] = {}  # run directories this process has locked -> the lock file's descriptor
 
 
@@ -149,7 +152,12 @@ def claim(cfg, procs):
             lock(run_dir)
             locked = True
             answer = ("", resume_source(run_dir, cfg.run.resume))
-        except ConfigError as err:
+        except Exception as err:  # noqa: BLE001 - every process must hear of it, then it is raised
+            if locked:
+                unlock(run_dir)
+                locked = False
+            if not isinstance(err, ConfigError):
+                err = ConfigError(f"run.dir: {run_dir}: {type(err).__name__}: {err}")
             answer = (str(err), "")
     if procs.world > 1 and dist.is_initialized():
         shared = [answer]

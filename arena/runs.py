@@ -66,6 +66,8 @@ NOT_IDENTITY = (
     "data.num_workers",  # loader processes: every item is seeded by its position, not its worker
     "eval.inception_weights",  # a local copy of the same weights
     "train.gpu_paths",  # fused updates and memory layout: the same math, to float rounding
+    "train.monitor",  # the kNN monitor reads features between steps; it changes no weight (tested)
+    "train.log_with",  # where the logged values also go
 )
 
 
@@ -95,7 +97,8 @@ class RunState:
 
 
 def identity(cfg_dict: dict) -> dict:
-    """The flattened config ({'train.steps': 500, ...}) minus NOT_IDENTITY."""
+    """The flattened config ({'train.steps': 500, ...}) minus NOT_IDENTITY (a key, or a
+    whole section such as train.monitor)."""
     flat: dict = {}
 
     def walk(d: dict, prefix: str) -> None:
@@ -106,7 +109,7 @@ def identity(cfg_dict: dict) -> dict:
                 flat[f"{prefix}{k}"] = v
 
     walk(cfg_dict, "")
-    return {k: v for k, v in flat.items() if k not in NOT_IDENTITY}
+    return {k: v for k, v in flat.items() if not any(k == n or k.startswith(n + ".") for n in NOT_IDENTITY)}
 
 
 def identity_hash(cfg: Config) -> str:
@@ -175,7 +178,7 @@ def _state_in(run_dir: Path, cfg: Config, wanted: dict) -> tuple[str, int, str]:
         return "", done, f"{run_dir} holds a run of another config ({differences(saved, wanted)})"
     if found and saved is None:
         return "", done, f"{run_dir} holds checkpoints but no config.yaml"
-    if done > cfg.train.steps:
+    if done > cfg.train.steps:  # the same identity, yet a later checkpoint: copied in or edited by hand
         return "", done, f"{run_dir} holds {found[-1].name}, past train.steps={cfg.train.steps}"
     how = "reuse" if found and done == cfg.train.steps else "resume" if found else "fresh"
     return how, done, ""

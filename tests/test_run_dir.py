@@ -103,6 +103,20 @@ def test_the_lock_is_one_per_directory_within_a_process_too(tmp_path):
     assert steps_of(tmp_path) == [1, 2]
 
 
+def test_an_unexpected_error_while_claiming_is_a_message_and_releases_the_lock(tmp_path, monkeypatch):
+    """Any error after the lock is taken (here: reading the checkpoints fails) releases it
+    and reaches the caller as a ConfigError naming the run directory."""
+    def unreadable(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(rundir, "resume_source", unreadable)
+    with pytest.raises(ConfigError, match=rf"run.dir: {tmp_path}: PermissionError"):
+        run(tmp_path, "train.steps=1")
+    monkeypatch.undo()
+    run(tmp_path, "train.steps=1")  # not "in use by another trainer in this process"
+    assert steps_of(tmp_path) == [1]
+
+
 def test_every_process_of_a_launch_meets_the_lock(tmp_path):
     from tests.helpers import launch_two_cpu_processes
 
@@ -137,7 +151,8 @@ json.dump(result, open({str(tmp_path)!r} + f"/rank{{rank}}.json", "w"))
 
 # -- symbolic links ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["checkpoints", "samples", "metrics.jsonl", "config.yaml", "checkpoint inside"])
+@pytest.mark.parametrize("name", ["checkpoints", "samples", "trackers", "metrics.jsonl", "config.yaml",
+                                  "checkpoint inside"])
 def test_nothing_is_written_through_a_link_in_the_run_dir(tmp_path, name):
     elsewhere = tmp_path / "elsewhere"
     (elsewhere / "folder").mkdir(parents=True)
@@ -152,7 +167,7 @@ def test_nothing_is_written_through_a_link_in_the_run_dir(tmp_path, name):
     else:
         run_dir.mkdir()
         link = run_dir / name
-        target = elsewhere / ("folder" if name in ("checkpoints", "samples") else "file")
+        target = elsewhere / ("folder" if name in ("checkpoints", "samples", "trackers") else "file")
     link.symlink_to(target)
     resume = ["run.resume=latest"] if name == "checkpoint inside" else []
     with pytest.raises(ConfigError, match=rf"run.dir: {link} is a symbolic link \(to {target}\); a run writes, "

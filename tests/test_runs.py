@@ -3,7 +3,7 @@ import pytest
 
 from arena import checkpoint as ckpt
 from arena.registry import ConfigError
-from arena.runs import NOT_IDENTITY, ensure_trained, identity, plan_run, read_run_config
+from arena.runs import NOT_IDENTITY, ensure_trained, identity, identity_hash, plan_run, read_run_config
 from tests.helpers import tiny
 
 SMALL = ["data.name=shapes", "data.resolution=8", "data.num_images=256", "model.width=4", "model.out_dim=3",
@@ -45,6 +45,11 @@ def test_identity_leaves_out_only_what_never_changes_the_weights(tmp_path):
     flat = identity(cfg(tmp_path).to_dict())
     assert not set(NOT_IDENTITY) & set(flat)
     assert {"train.steps", "train.batch_size", "run.seed", "objective.name", "train.sample_every"} <= set(flat)
+    assert not any(k.startswith("train.monitor") for k in flat)  # a whole section left out
+    # watching a run (the monitor, trackers) names the same run: a finished row is reused
+    watched = cfg(tmp_path, "train.monitor.enabled=true", "train.monitor.every=7", "train.log_with=[tensorboard]")
+    assert identity_hash(watched) == identity_hash(cfg(tmp_path))
+    assert identity_hash(cfg(tmp_path, "train.steps=7")) != identity_hash(cfg(tmp_path))
 
 
 @pytest.mark.parametrize("text, message", [("a: [1, 2\n", "not a readable config"), ("- 1\n- 2\n", "holds a list"),
