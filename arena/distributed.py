@@ -52,6 +52,14 @@ class Processes:
         """Every process's rows in rank order; row counts may differ (see `gather`)."""
         return gather(x, ragged=True)
 
+    def gather_objects(self, obj) -> list:
+        """Every process's picklable `obj` in rank order (small things: an error, a flag)."""
+        if self.world == 1:
+            return [obj]
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
 
 def processes() -> Processes:
     """The layout `accelerate launch` set up (a single process without it). The CPU is

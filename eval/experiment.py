@@ -164,31 +164,37 @@ def main_then_all(procs: Processes, fn, marker: Path):
 
     Whatever fn raises on any process (a Ctrl-C included) is caught until every process
     has passed the closing barrier, so none is left waiting for a marker or a barrier
-    that never comes; a process killed outright ends the whole job (accelerate launch
-    stops the others), so the poll needs no deadline."""
+    that never comes; then every process learns every process's error: the one that
+    raised raises its own exception again, the others the first error (a ConfigError as a
+    ConfigError, so the command ends with its message on every process). A process killed
+    outright ends the whole job (accelerate launch stops the others), so the poll needs
+    no deadline."""
     if procs.world == 1:
         return fn()
     if procs.main:
         marker.unlink(missing_ok=True)
     procs.barrier()
-    error, out, raised = None, None, None
+    out, raised = None, None
     try:
         out = fn()
     except BaseException as err:  # noqa: BLE001 - re-raised below, after the barrier
-        error, raised = f"{type(err).__name__}: {err}", err
+        raised = err
     if procs.main:
-        write_atomic(marker, json.dumps({"error": error}))
+        write_atomic(marker, "done")
     else:
         while not marker.is_file():
             time.sleep(2.0)
-        error = error or json.loads(marker.read_text())["error"]
     procs.barrier()
-    if procs.main:  # every process has read it
+    if procs.main:  # every process has seen it
         marker.unlink(missing_ok=True)
-    if isinstance(raised, (KeyboardInterrupt, SystemExit)):
+    mine = None if raised is None else (isinstance(raised, ConfigError), f"{type(raised).__name__}: {raised}")
+    errors = procs.gather_objects(mine)
+    if raised is not None:
         raise raised
-    if error:
-        raise RuntimeError(error)
+    for error in errors:
+        if error is not None:
+            is_config, message = error
+            raise ConfigError(message) if is_config else RuntimeError(message)
     return out
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from arena.registry import ConfigError
 from eval import experiment, reproduce
 from eval.row_measures import Measuring
 from eval.tables import TABLES, get_table, parse_number, select_rows, table_names
@@ -232,19 +233,30 @@ def test_digits_table_end_to_end_resumes_skips_and_writes_results(tmp_path, caps
 
 
 class _ThreadDist:
-    """Two 'processes' as threads: main_then_all only needs world, main and barrier."""
+    """Two 'processes' as threads: main_then_all only needs world, main, barrier and
+    gather_objects."""
+
+    shared: dict = {}
 
     def __init__(self, rank, barrier):
-        self.world, self.main, self._barrier = 2, rank == 0, barrier
+        self.rank, self.world, self.main, self._barrier = rank, 2, rank == 0, barrier
 
     def barrier(self):
         self._barrier.wait(timeout=20)
 
+    def gather_objects(self, obj):
+        self.shared[self.rank] = obj
+        self.barrier()
+        out = [self.shared[r] for r in range(self.world)]
+        self.barrier()
+        return out
+
 
 @pytest.mark.parametrize("who_fails, failure", [
-    (0, ValueError("torch-fidelity said no")),  # not a ConfigError / RuntimeError: used to hang rank 1
+    (0, ValueError("torch-fidelity said no")),  # not a ConfigError / RuntimeError
     (1, OSError("disk full")),
     (0, KeyboardInterrupt()),
+    (1, ConfigError("--probes: no such probe")),
 ])
 def test_main_then_all_never_leaves_a_process_waiting(tmp_path, monkeypatch, who_fails, failure):
     import threading
@@ -268,15 +280,13 @@ def test_main_then_all_never_leaves_a_process_waiting(tmp_path, monkeypatch, who
         t.join(timeout=30)
     assert not any(t.is_alive() for t in threads), "a rank is still waiting"
     assert not barrier.broken
-    if isinstance(failure, KeyboardInterrupt):
-        assert results[0][0] == "KeyboardInterrupt"  # the signal itself goes on up on the main process
-        assert results[1] == ("RuntimeError", "KeyboardInterrupt: ")
-    elif who_fails == 0:
-        # the main process's error reaches every rank, through the marker file
-        assert results[0] == results[1] == ("RuntimeError", f"{type(failure).__name__}: {failure}")
+    # the process that raised raises its own error again; every other process learns it
+    other, message = 1 - who_fails, f"{type(failure).__name__}: {failure}"
+    assert results[who_fails] == (type(failure).__name__, str(failure))
+    if isinstance(failure, ConfigError):  # a message on every process, not a traceback
+        assert results[other] == ("ConfigError", message)
     else:
-        assert results[1] == ("RuntimeError", f"{type(failure).__name__}: {failure}")
-        assert results[0] == ("ok", 0)
+        assert results[other] == ("RuntimeError", message)
     assert not (tmp_path / "m.json.tmp").exists()
 
 
