@@ -131,16 +131,16 @@ def prepare(run_dir: str | Path, step: int) -> Path:
 
 def write(path: Path, obj) -> None:
     """Write one file of a save in progress (under its .tmp-checkpoint-* directory). On an
-    OS error (ENOSPC, EDQUOT, EIO) the temporary directory is removed, so the failed save
-    leaves nothing behind, and a ConfigError says what happened; the checkpoints already
-    committed are untouched, as a save only replaces them after every file is written."""
+    OS error (ENOSPC, EDQUOT, EIO) a ConfigError says what happened; the caller removes the
+    temporary directory once every process has stopped writing to it (the trainer's main
+    process), so the failed save leaves nothing behind. The checkpoints already committed
+    are untouched, as a save only replaces them after every file is written."""
     try:
         with open(path, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
     except OSError as err:
-        shutil.rmtree(path.parent, ignore_errors=True)
         run_dir = path.parent.parent.parent
         found = checkpoint_dirs(run_dir)
         kept = (f"the newest checkpoint, {found[-1]}, is intact" if found

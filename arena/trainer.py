@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -343,27 +344,45 @@ class Trainer:
             raise NonFiniteWeights(f"weights became non-finite (nan or inf) by step {at} in "
                                    f"{ckpt.describe_nonfinite(bad)}; stopping without saving them. "
                                    f"{_saved_so_far(self.cfg)}")
-        if main:
-            ckpt.prepare(self.run_dir, at)
-        self.procs.barrier()
+        self.together(lambda: ckpt.prepare(self.run_dir, at) if main else None)
         tmp = ckpt.tmp_dir(self.run_dir, at)
-        ckpt.write(tmp / f"rng-rank{rank}.pt", ckpt.rng_state())
-        if main:
-            ckpt.write(tmp / "state.pt", {
-                "step": at, "nets": nets, "ema": ema,
-                "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
-                "optimizer_types": {n: type(o).__name__ for n, o in self.optimizers.items()},
-                "scalers": {n: s.state_dict() for n, s in self.scalers.items()},
-                "data": self.stream.state_dict(),
-                "data_info": vars(self.info),
-                "config": self.cfg.to_yaml(),
-                "version": __version__,
-                "world_size": self.procs.world,
-            })
-        self.procs.barrier()
-        if main:
-            ckpt.commit(self.run_dir, at, self.cfg.train.keep_checkpoints)
-        self.procs.barrier()
+        state = {
+            "step": at, "nets": nets, "ema": ema,
+            "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+            "optimizer_types": {n: type(o).__name__ for n, o in self.optimizers.items()},
+            "scalers": {n: s.state_dict() for n, s in self.scalers.items()},
+            "data": self.stream.state_dict(),
+            "data_info": vars(self.info),
+            "config": self.cfg.to_yaml(),
+            "version": __version__,
+            "world_size": self.procs.world,
+        } if main else None
+
+        def write() -> None:
+            ckpt.write(tmp / f"rng-rank{rank}.pt", ckpt.rng_state())
+            if main:
+                ckpt.write(tmp / "state.pt", state)
+
+        try:
+            self.together(write)
+        except ConfigError:
+            if main:  # every process has stopped writing: the partial save goes
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.together(lambda: ckpt.commit(self.run_dir, at, self.cfg.train.keep_checkpoints) if main else None)
+
+    def together(self, fn: Callable[[], object]) -> None:
+        """fn on this process, then every process waits for the others and learns whether
+        any failed: a ConfigError on one process (a save it could not write) is raised on
+        every process, so none is left waiting in the next collective."""
+        try:
+            fn()
+            mine = ""
+        except ConfigError as err:
+            mine = str(err)
+        failed = [e for e in self.procs.gather_objects(mine) if e]  # a barrier with N processes
+        if failed:
+            raise ConfigError(failed[0])
 
     def close(self) -> None:
         self.stop.uninstall()

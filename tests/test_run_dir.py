@@ -212,6 +212,46 @@ def test_a_full_disk_while_saving_is_a_message_and_loses_nothing(tmp_path, monke
     assert steps_of(tmp_path) == [2, 4] and metric_steps(tmp_path) == [1, 2, 3, 4]
 
 
+def test_a_save_that_fails_on_one_process_stops_every_process_with_the_message(tmp_path):
+    """Rank 1 cannot write its RNG file (a full disk on its node): every process raises the
+    same message instead of the others waiting in the save's next collective, the partial
+    save is removed and the earlier checkpoint stays."""
+    from tests.helpers import launch_two_cpu_processes
+
+    script = tmp_path / "full2.py"
+    script.write_text(f"""
+import json, sys
+sys.path.insert(0, {str(ROOT)!r})
+import torch
+from tests.helpers import tiny
+from arena import checkpoint as ckpt
+from arena.distributed import processes, shutdown
+from arena.registry import ConfigError
+from arena.trainer import train
+
+rank = processes().rank
+real = torch.save
+def disk_full(obj, f, *args, **kwargs):
+    if rank == 1 and "checkpoint-000004" in getattr(f, "name", ""):
+        raise OSError(28, "No space left on device")
+    return real(obj, f, *args, **kwargs)
+ckpt.torch.save = disk_full
+try:
+    train(tiny("prior_match_digits", {str(tmp_path / 'run')!r}, *{SMALL!r}, "train.steps=4",
+               "train.checkpoint_every=2"))
+    result = "trained"
+except ConfigError as err:
+    result = str(err)
+shutdown()
+json.dump(result, open({str(tmp_path)!r} + f"/rank{{rank}}.json", "w"))
+""")
+    launch_two_cpu_processes(script)
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert results[0] == results[1] and "cannot write checkpoint-000004" in results[0], results
+    assert "No space left on device" in results[0]
+    assert steps_of(tmp_path / "run") == [2] and not list((tmp_path / "run" / "checkpoints").glob(".tmp-*"))
+
+
 # -- foreign state.pt ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("missing", ["nets", "config"])
