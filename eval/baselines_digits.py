@@ -27,12 +27,12 @@ import torch
 
 from arena.config import load_config
 from arena.data import build_dataset, to_float
-from arena.registry import ConfigError, cli_error
 from arena.runs import ensure_trained, load_run
 
 from dim.baselines.nat import initial_assignment
 from dim.baselines.vae import gaussian_kl
 
+from . import experiment as X
 from .cli_args import count_arg
 from .probes import msssim, ndm
 
@@ -125,23 +125,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", default="runs/baselines_digits", help="folder of the runs (one per model)")
     p.add_argument("--ndm-steps", type=count_arg(0, 10**6), default=1000, help="NDM training steps for the VAE (0: skip)")
     args = p.parse_args(argv)
-    runs = Path(args.runs)
-    try:
-        results = {}
-        for label in RUNS:
-            cfg, objective, _, run_dir = trained(label, runs)
-            x = to_float(build_dataset(cfg.data, "test").images).to(objective.device)
-            x_train = to_float(build_dataset(cfg.data, "train").images).to(objective.device)
-            if label == "vae":
-                results[label] = check_vae(objective, x, x_train, args.ndm_steps)
-            elif label == "nat":
-                results[label] = check_nat(objective, x_train, cfg.run.seed)
-            elif label.startswith("aae"):
-                results[label] = check_aae(objective, x, run_dir)
-            else:
-                results[label] = check_bigan(objective, x, run_dir)
-    except ConfigError as err:
-        return cli_error(err)
+    return X.run_cli("baselines_digits", lambda: check_all(Path(args.runs), args.ndm_steps))
+
+
+def check_all(runs: Path, ndm_steps: int) -> int:
+    """Train (or reuse) each run, check it, print one line a run and write checks.json."""
+    results = {}
+    for label in RUNS:
+        cfg, objective, _, run_dir = trained(label, runs)
+        x = to_float(build_dataset(cfg.data, "test").images).to(objective.device)
+        x_train = to_float(build_dataset(cfg.data, "train").images).to(objective.device)
+        if label == "vae":
+            results[label] = check_vae(objective, x, x_train, ndm_steps)
+        elif label == "nat":
+            results[label] = check_nat(objective, x_train, cfg.run.seed)
+        elif label.startswith("aae"):
+            results[label] = check_aae(objective, x, run_dir)
+        else:
+            results[label] = check_bigan(objective, x, run_dir)
     for label, values in results.items():
         print(f"{label:20s} " + "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                                           for k, v in values.items()))

@@ -268,6 +268,7 @@ def run_cli(name: str, body: Callable[[], int]) -> int:
     the work; Ctrl-C elsewhere 130."""
     try:
         return body()
-    except ENDINGS as err:
+    except ENDINGS as err:  # with N processes the main one says it, the others only exit
         return exit_status(err, prog=name, resume_hint="; run the same command again to finish",
-                           interrupted="finished records are in the results file; rerun to continue")
+                           interrupted="finished records are in the results file; rerun to continue",
+                           quiet=not processes().main)

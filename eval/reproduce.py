@@ -44,9 +44,8 @@ from arena.config import Config, load_config
 from arena.data import build_dataset, dataset_signature
 from arena.distributed import processes, shutdown
 from arena.objective import OBJECTIVES
-from arena.registry import ConfigError, cli_error
+from arena.registry import ConfigError
 from arena.runs import plan_run
-from arena.trainer import Stopped
 
 from . import experiment as X
 from .cli_args import device_arg
@@ -357,35 +356,27 @@ def run_table(entries: list[Entry], m: Measuring, args, argv) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    procs = None
-    try:
-        check_args(args)
-        table = get_table(args.table)
-        entries = plan(table, select_rows(table, args.rows), args)
-        problems = preflight(entries)
-        procs = processes()
-        m = Measuring(table, args.measure_scale, args.device or str(procs.device))
-        if args.dry_run:
-            if procs.main:
-                dry_run(entries, m, args, procs.world, problems)
-            return 2 if problems else 0
-        if problems:
-            first, *rest = problems.values()
-            more = f" (and {len(rest)} more row(s): {', '.join(k for k in list(problems)[1:])})" if rest else ""
-            raise ConfigError(f"{first}{more}; nothing was trained")
-        code = run_table(entries, m, args, argv)
-        shutdown()
-        return code
-    except ConfigError as err:
-        return cli_error(err) if procs is None or procs.main else 2
-    except Stopped as err:  # SIGTERM / Ctrl-C in a training: its step was saved; rerun to resume
-        shutdown()
-        if procs is None or procs.main:
-            print(f"[reproduce] {err}; run the same command again to resume", file=sys.stderr)
-        return 128 + err.signum
-    except KeyboardInterrupt:  # Ctrl-C outside a training step (probes, metrics, or a second one)
-        print("[reproduce] interrupted; finished rows are in the results file, rerun to continue", file=sys.stderr)
-        return 130
+    return X.run_cli("reproduce", lambda: reproduce(args, argv))
+
+
+def reproduce(args, argv) -> int:
+    check_args(args)
+    table = get_table(args.table)
+    entries = plan(table, select_rows(table, args.rows), args)
+    problems = preflight(entries)
+    procs = processes()
+    m = Measuring(table, args.measure_scale, args.device or str(procs.device))
+    if args.dry_run:
+        if procs.main:
+            dry_run(entries, m, args, procs.world, problems)
+        return 2 if problems else 0
+    if problems:
+        first, *rest = problems.values()
+        more = f" (and {len(rest)} more row(s): {', '.join(k for k in list(problems)[1:])})" if rest else ""
+        raise ConfigError(f"{first}{more}; nothing was trained")
+    code = run_table(entries, m, args, argv)
+    shutdown()
+    return code
 
 
 if __name__ == "__main__":
