@@ -184,8 +184,11 @@ def read_yaml_text(text: str, where: str, typed: bool = False) -> Any:
         return _read(text, _TypedLoader if typed else _Loader)
     except _TooBig as err:
         raise ConfigError(f"{where}: {err}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{where}: not valid YAML: {err}") from None
+    except yaml.YAMLError as err:  # one line: where, and what the parser met
+        mark = getattr(err, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML{at}: {problem}") from None
 
 
 NULLS = ("", "~", "null", "Null", "NULL")

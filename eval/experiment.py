@@ -23,13 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import yaml
-
 from arena.cli import ENDINGS, exit_status
 from arena.config import Config
 from arena.distributed import Processes, processes
 from arena.registry import ConfigError
 from arena.runs import RunState, ensure_trained, plan_run
+from arena.schema import read_yaml_text
 from arena.stops import NonFiniteLoss
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")
@@ -72,11 +71,10 @@ def read_yaml_mapping(path: str | Path, flag: str) -> dict:
     if p.stat().st_size > MAX_GRID_BYTES:
         raise ConfigError(f"{flag} {p}: {p.stat().st_size} bytes; a grid file is at most {MAX_GRID_BYTES}")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as err:  # RecursionError: nested past the parser
-        where = getattr(err, "problem_mark", None)
-        at = f" (line {where.line + 1})" if where is not None else ""
-        raise ConfigError(f"{flag} {p}: not valid YAML{at}: {type(err).__name__}") from None
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{flag} {p}: not valid YAML: the file is not UTF-8 text") from None
+    data = read_yaml_text(text, f"{flag} {p}", typed=True)  # the config reader's bounds (size, nesting, aliases)
     if not isinstance(data, dict):
         raise ConfigError(f"{flag} {p}: the top level must be a mapping of keys, not a {type(data).__name__}")
     return data
