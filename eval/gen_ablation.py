@@ -131,13 +131,6 @@ def cell_config(name: str, grid: dict, root: Path):
                                         "train.progress=false"])
 
 
-def cell_steps(cell: dict, grid: dict) -> int:
-    """budget: steps -> every cell trains `steps` steps; budget: data -> every cell reads
-    `steps` data batches, i.e. steps // (its batches per step) steps."""
-    one = {**grid, "cells": {"cell": {"overrides": [], **cell}}}
-    return cell_config("cell", one, Path("runs")).train.steps
-
-
 def table(cells: list[dict]) -> str:
     rows = ["| cell | overrides | data batches | FID (EMA, BN re-estimated) | FID (EMA, copied BN) | FID (raw G) "
             "| KID | AUC (1:1, end) | overlap |", "|---|---|---|---|---|---|---|---|---|"]

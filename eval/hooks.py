@@ -1,4 +1,5 @@
-"""Metric hooks that train.py hands to the trainer (`eval.every` steps)."""
+"""The training hooks from eval/: the encoder monitor (train.monitor) and the generator
+metrics (eval.every), for train.py and the experiment commands."""
 from __future__ import annotations
 
 from arena.trainer import Hook

@@ -1,5 +1,6 @@
 """The generator ablation runner: grid checks, one tiny cell trained and measured."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -44,13 +45,19 @@ def test_one_tiny_cell_is_trained_measured_and_reused(tmp_path, capsys, monkeypa
     assert "train_seconds" not in again and again["fid"] == pytest.approx(cell["fid"])
 
 
+def cell_steps(cell: dict, grid: dict) -> int:
+    """The train.steps gen_ablation gives one cell of a grid."""
+    one = {**grid, "cells": {"cell": {"overrides": [], **cell}}}
+    return gen_ablation.cell_config("cell", one, Path("runs")).train.steps
+
+
 def test_equal_data_budget_gives_each_cell_steps_for_the_same_batches():
     grid = {"steps": 600, "budget": "data", "common": ["model.width=8"]}
-    steps = {name: gen_ablation.cell_steps({"config": config, "overrides": over}, grid) for name, (config, over) in {
+    steps = {name: cell_steps({"config": config, "overrides": over}, grid) for name, (config, over) in {
         "ie": ("ie_digits", ["objective.g_target=mu_p"]), "ie_real_mean": ("ie_digits", ["objective.g_target=real_mean"]),
         "nsgan_cp": ("nsgan_cp_digits", []), "wgan_gp": ("wgan_gp_digits", [])}.items()}
     assert steps == {"ie": 300, "ie_real_mean": 200, "nsgan_cp": 600, "wgan_gp": 120}
-    assert gen_ablation.cell_steps({"config": "wgan_gp_digits"}, {**grid, "budget": "steps"}) == 600
+    assert cell_steps({"config": "wgan_gp_digits"}, {**grid, "budget": "steps"}) == 600
 
 
 def test_results_of_earlier_calls_with_the_same_settings_are_kept(tmp_path, capsys):
