@@ -55,7 +55,8 @@ def positives(scores: torch.Tensor) -> torch.Tensor:
 
 
 @ESTIMATORS.register("jsd")
-def jsd_mi(scores: torch.Tensor) -> torch.Tensor:
+def jsd_mi(scores: torch.Tensor, max_negatives: int | None = None,
+           generator: torch.Generator | None = None) -> torch.Tensor:
     """Jensen-Shannon MI estimate (eq. 4) in the official code's log2-shifted form.
 
     E_P[log 2 - sp(-T)] - E_{PxP~}[sp(T) - log 2]
@@ -65,13 +66,22 @@ def jsd_mi(scores: torch.Tensor) -> torch.Tensor:
     for perfectly separated scores (pos -> +inf, neg -> -inf) and is 0 when all scores are 0.
     The shift is a constant: it changes the reported value, not the gradients.
     Softplus is evaluated stably for any |T|.
+
+    max_negatives: E_neg over only that many negative images per image i (all their
+    locations), chosen as nce_mi chooses them (_negative_images): the N * m * L negatives
+    s[i, j, l'] for the m images j of row i, the study of Fig. 8.
     """
     s = _as_nnl(scores)
     n, _, l = s.shape
     pos = positives(s)
     e_pos = (math.log(2.0) - F.softplus(-pos)).mean()
-    sp_neg = F.softplus(s).masked_fill(positive_mask(n, l, s.device), 0.0)  # zero out i == j
-    e_neg = sp_neg.sum() / (n * (n - 1) * l) - math.log(2.0)
+    idx = _negative_images(n, max_negatives, generator, s.device)
+    if idx is None:
+        sp_neg = F.softplus(s).masked_fill(positive_mask(n, l, s.device), 0.0)  # zero out i == j
+        e_neg = sp_neg.sum() / (n * (n - 1) * l) - math.log(2.0)
+    else:
+        neg = torch.gather(s, 1, idx.unsqueeze(-1).expand(-1, -1, l))  # [N, m, L]
+        e_neg = F.softplus(neg).mean() - math.log(2.0)
     return e_pos - e_neg
 
 

@@ -31,8 +31,10 @@ from arena.schema import Count, NonNegative, NonNegativeInt
 from .coords import Coord, CoordinatePredictor, coord_modes, coordinate_loss
 from .critics import LOCAL_CRITICS, GlobalCritic, build_local_critic
 from .encoders import ConvEncoder, build_encoder, encoder_spec
-from .estimators import ESTIMATORS, nce_mi
+from .estimators import ESTIMATORS
 from .occlusion import check_block, occlusion_mask
+
+SUBSAMPLING = ("jsd", "nce")  # the estimators that take max_negatives (Fig. 8)
 
 @dataclass
 class DIMModel:
@@ -62,7 +64,7 @@ class DIMOptions(LazyPenalty):  # penalty_every: lazy regularization of prior_D'
     alpha: NonNegative = 0.0  # global MI weight
     beta: NonNegative = 1.0  # local MI weight
     gamma: NonNegative = 0.1  # prior matching weight
-    max_negatives: NonNegativeInt = 0  # nce only: negative images per image (0 = all others in the batch; Fig. 8)
+    max_negatives: NonNegativeInt = 0  # jsd / nce: negative images per image (0 = all others in the batch; Fig. 8)
     prior: PriorConfig = field(default_factory=_dim_prior)
     prior_sigmoid: bool = True  # squash Y into (0, 1) in the prior branch only
     occlude: bool = False  # global vector from an occluded copy of the input (sec. 4.3)
@@ -171,9 +173,9 @@ class DIM(EncoderObjective):
             raise ConfigError(f"objective.alpha / objective.beta: at least one MI term must be on "
                               f"(got alpha={o.alpha}, beta={o.beta}); DIM(G) is alpha 1, beta 0, "
                               f"DIM(L) alpha 0, beta 1")
-        if o.max_negatives > 0 and o.estimator != "nce":
-            raise ConfigError(f"objective.max_negatives: only the nce estimator subsamples negatives; "
-                              f"{o.estimator} uses all of them (set it to 0)")
+        if o.max_negatives > 0 and o.estimator not in SUBSAMPLING:
+            raise ConfigError(f"objective.max_negatives: only the {' and '.join(SUBSAMPLING)} estimators "
+                              f"subsample negatives; {o.estimator} uses all of them (set it to 0)")
         if cfg.train.batch_size < 2:
             raise ConfigError(f"train.batch_size: DIM needs >= 2 images per batch (negatives are the "
                               f"other images), got {cfg.train.batch_size}")
@@ -198,8 +200,8 @@ class DIM(EncoderObjective):
     # -- losses -------------------------------------------------------------------
     def mi(self, scores: Tensor) -> Tensor:
         """The configured estimator's MI estimate (to maximize) from [N, N, L] scores."""
-        if self.opts.estimator == "nce" and self.opts.max_negatives > 0:
-            return nce_mi(scores, max_negatives=self.opts.max_negatives)
+        if self.opts.max_negatives > 0:  # jsd or nce (check_config)
+            return self._estimator(scores, max_negatives=self.opts.max_negatives)
         return self._estimator(scores)
 
     def prior_input(self, y: Tensor) -> Tensor:

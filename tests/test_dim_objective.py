@@ -325,7 +325,7 @@ def test_prior_phase_does_not_touch_batch_norm_statistics():
     (["model.encoder=alexnet64"], "data.resolution"),
     (["model.local_layer=conv9"], "model.local_layer"),
     (["objective.alpha=0", "objective.beta=0"], "objective.alpha"),
-    (["objective.estimator=jsd", "objective.max_negatives=4"], "objective.max_negatives"),
+    (["objective.estimator=dv", "objective.max_negatives=4"], "objective.max_negatives"),
     (["objective.coord=diagonal"], "objective.coord"),
     (["objective.prior.name=cauchy"], "objective.prior.name"),
     (["train.phases=[[encoder, 1], [prior, 1]]"], "train.phases"),
