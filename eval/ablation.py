@@ -1,15 +1,20 @@
 """The alpha / beta (/ gamma) ablation of DIM (paper App. A.4, Figs. 9-10).
 
     python -m eval.ablation --config dim_l_digits --alpha 0,0.5,1 --beta 0,0.5,1 --steps 200 \
-        --out runs/ablation/heatmap.png [--gamma 0,0.1] [override ...]
+        --out runs/ablation/heatmap.png [--gamma 0,0.1] [--measures svm,ndm,mine,msssim] [override ...]
+    python -m eval.ablation --config dim_l_celeba --measures svm --out fig10.png     (Figure 10)
 
 Trains one short run per grid cell with arena.trainer.train and the overrides
 objective.alpha / beta / gamma (plus any extra key=value overrides) into
 RUNS_ROOT/<cell> (default runs/ablation/a<alpha>_b<beta>_g<gamma>), then probes each
-cell's encoder: linear SVM accuracy on Y (%), NDM on Y without the sigmoid (nats; as
-Fig. 9) and MINE I(X; Y) (nats). Draws the three heatmaps side by side (one row per
-gamma) with each cell's value written in it and the best cell (highest accuracy / MINE,
-lowest NDM) framed; writes the numbers to the same path with .json. A cell with
+cell's encoder (--measures, all four by default): linear SVM accuracy on Y (%), NDM on
+Y without the sigmoid (nats; as Fig. 9), MINE I(X; Y) (nats) and the reconstruction A.4
+discusses, the MS-SSIM of a decoder trained on the frozen Y (eval.probes.reconstruction).
+On multi-label data (CelebA's 40 attributes, Fig. 10) the SVM is one binary probe per
+attribute and gives three panels: the mean, minimum and maximum accuracy over the
+attributes. Draws the heatmaps side by side (one row per gamma) with each cell's value
+written in it and the best cell (highest accuracy / MINE / MS-SSIM, lowest NDM) framed;
+writes the numbers to the same path with .json. A cell with
 alpha = beta = 0 is not a DIM model (no MI term): it is skipped and drawn hatched.
 
 Each cell goes through arena.runs.ensure_trained and eval.experiment: a finished cell
@@ -38,8 +43,14 @@ from . import experiment as X
 from .cli_args import default_device, device_arg
 from .dim_probes import ProbeSettings, load_encoder_run, log, run_probes
 
-METRICS = (("svm_y", "SVM accuracy on Y (%)", "max"), ("ndm_y", "NDM on Y, no sigmoid (nats)", "min"),
-           ("mine_y", "MINE I(X; Y) (nats)", "max"))
+# (record key, panel title, which end is best, the --measures name that produces it)
+METRICS = (("svm_y", "SVM accuracy on Y (%)", "max", "svm"),
+           ("svm_y_min", "SVM on Y: worst attribute (%)", "max", "svm"),
+           ("svm_y_max", "SVM on Y: best attribute (%)", "max", "svm"),
+           ("ndm_y", "NDM on Y, no sigmoid (nats)", "min", "ndm"),
+           ("mine_y", "MINE I(X; Y) (nats)", "max", "mine"),
+           ("msssim_y", "MS-SSIM of a decoder on Y", "max", "msssim"))
+MEASURES = ("svm", "ndm", "mine", "msssim")
 
 
 def floats(s: str) -> list[float]:
@@ -49,22 +60,53 @@ def floats(s: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from None
 
 
+def measure_list(s: str) -> list[str]:
+    names = [v.strip() for v in s.split(",") if v.strip()]
+    unknown = [v for v in names if v not in MEASURES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown measure(s) {', '.join(unknown) or '(none given)'}; "
+                                         f"choose from {', '.join(MEASURES)}")
+    return names
+
+
 def cell_name(a: float, b: float, g: float) -> str:
     return f"a{a:g}_b{b:g}_g{g:g}"
 
 
 def probe_cell(state, settings: ProbeSettings) -> dict:
-    """SVM, NDM and MINE on Y of a cell's encoder at its last step."""
+    """The probes of settings (SVM, NDM, MINE, MS-SSIM) on Y of a cell's encoder at its last
+    step; a multi-label SVM adds the worst and best attribute's accuracy."""
     cfg, objective, step = load_encoder_run(state.run_dir, str(ckpt.final_dir(state.run_dir, state.steps)),
                                             settings.device)
     results, _ = run_probes(cfg, objective, settings)
-    return {"run": str(state.run_dir), "svm_y": results["svm"]["y"]["mean"], "svm_y_std": results["svm"]["y"]["std"],
-            "ndm_y": results["ndm"]["y"], "ndm_sigmoid_y": results["ndm"]["sigmoid(y)"],
-            "mine_y": results["mine"]["y"], "step": step}
+    record = {"run": str(state.run_dir), "step": step}
+    if "svm" in results:
+        svm = results["svm"]["y"]
+        record.update(svm_y=svm["mean"], svm_y_std=svm["std"])
+        if "min" in svm:  # one probe per attribute
+            record.update(svm_y_min=svm["min"], svm_y_max=svm["max"], svm_y_attributes=svm["per_attribute"])
+    if "ndm" in results:
+        record.update(ndm_y=results["ndm"]["y"], ndm_sigmoid_y=results["ndm"]["sigmoid(y)"])
+    if "mine" in results:
+        record["mine_y"] = results["mine"]["y"]
+    if "msssim" in results:
+        record["msssim_y"] = results["msssim"]["y"]
+    return record
+
+
+def panels(cells: list[dict], measures) -> list[tuple[str, str, str]]:
+    """The heatmaps to draw: every metric of the measures asked for that some cell has
+    (the attribute extremes only on multi-label data), in METRICS' order."""
+    shown = [(k, label, best) for k, label, best, m in METRICS
+             if m in measures and any(c.get(k) is not None for c in cells)]
+    if any(k == "svm_y_min" for k, _, _ in shown):
+        shown = [(k, "SVM on Y: mean over attributes (%)" if k == "svm_y" else label, best)
+                 for k, label, best in shown]
+    return shown or [(k, label, best) for k, label, best, m in METRICS[:1]]
 
 
 def draw(cells: list[dict], alphas: list[float], betas: list[float], gammas: list[float], out: Path,
-         title: str) -> None:
+         title: str, measures=MEASURES) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -72,10 +114,11 @@ def draw(cells: list[dict], alphas: list[float], betas: list[float], gammas: lis
     import numpy as np
     from matplotlib.patches import Rectangle
 
-    fig, axes = plt.subplots(len(gammas), len(METRICS), squeeze=False,
-                             figsize=(3.6 * len(METRICS), 3.0 * len(gammas) + 0.6))
+    shown = panels(cells, measures)
+    fig, axes = plt.subplots(len(gammas), len(shown), squeeze=False,
+                             figsize=(3.6 * len(shown), 3.0 * len(gammas) + 0.6))
     for r, g in enumerate(gammas):
-        for c, (key, label, best) in enumerate(METRICS):
+        for c, (key, label, best) in enumerate(shown):
             ax = axes[r][c]
             grid = np.full((len(betas), len(alphas)), np.nan)
             for cell in cells:
@@ -127,9 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=200, help="training steps per cell")
     p.add_argument("--out", required=True, help="heatmap PNG (numbers go to the same name with .json)")
     p.add_argument("--runs-root", default="runs/ablation", help="cells train into RUNS_ROOT/<cell>")
+    p.add_argument("--measures", type=measure_list, default=list(MEASURES),
+                   help=f"comma-separated subset of {','.join(MEASURES)} (one heatmap each; default all)")
     p.add_argument("--svm-runs", type=int, default=3)
     p.add_argument("--mine-steps", type=int, default=1000)
     p.add_argument("--ndm-steps", type=int, default=1000)
+    p.add_argument("--msssim-epochs", type=int, default=30)
     p.add_argument("--max-train", type=int, default=0)
     p.add_argument("--max-test", type=int, default=0)
     p.add_argument("--retrain", action="store_true", help="train every cell again")
@@ -161,9 +207,9 @@ def _run(args) -> int:
     out = X.output_file(args.out, "--out")
     t0 = time.perf_counter()
     # the probes' flags are checked before any cell trains
-    settings = ProbeSettings(probes=("svm", "mine", "ndm"), layers=("y",), rep_layer="y", runs=args.svm_runs,
-                             mine_steps=args.mine_steps, ndm_steps=args.ndm_steps, max_train=args.max_train,
-                             max_test=args.max_test, device=args.device)
+    settings = ProbeSettings(probes=tuple(args.measures), layers=("y",), rep_layer="y", runs=args.svm_runs,
+                             mine_steps=args.mine_steps, ndm_steps=args.ndm_steps, msssim_epochs=args.msssim_epochs,
+                             max_train=args.max_train, max_test=args.max_test, device=args.device)
     settings.check(flags={"runs": "--svm-runs"})
     base = load_config(args.config, args.overrides)
     if base.objective.name != "dim":
@@ -171,8 +217,9 @@ def _run(args) -> int:
                           f"'{base.objective.name}'")
     gammas = args.gamma if args.gamma is not None else [base.objective.gamma]
     specs = cell_specs(args, gammas)
-    probes = {"svm_runs": settings.runs, **{k: getattr(settings, k) for k in ("mine_steps", "ndm_steps",
-                                                                             "max_train", "max_test")}}
+    probes = {"measures": args.measures, "svm_runs": settings.runs,
+              **{k: getattr(settings, k) for k in ("mine_steps", "ndm_steps", "msssim_epochs", "max_train",
+                                                   "max_test")}}
     head = {"config": args.config, "overrides": args.overrides, "steps": args.steps, "alpha": args.alpha,
             "beta": args.beta, "gamma": gammas, "probes": probes}
     results = X.Results(out.with_suffix(".json"), head, field="cells", key="cell",
@@ -193,7 +240,7 @@ def _run(args) -> int:
     record = {**results.write(), "cells": cells, "wall_seconds": round(time.perf_counter() - t0, 1)}
     draw(cells, args.alpha, args.beta, gammas, out,
          f"DIM ablation: {args.config}, {args.steps} steps per cell"
-         + (f" ({' '.join(args.overrides)})" if args.overrides else ""))
+         + (f" ({' '.join(args.overrides)})" if args.overrides else ""), args.measures)
     print(json.dumps({k: v for k, v in record.items() if k != "cells"} | {"cells": len(cells)}))
     log(f"wrote {out} and {out.with_suffix('.json')}")
     return 0

@@ -2,6 +2,7 @@
 selection and math on tiny inputs, and one tiny end-to-end run of each command."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 
 from arena.config import load_config
 from arena.objective import DataInfo, build_objective
+from arena.registry import ConfigError
 from dim.estimators import jsd_mi
 
 
@@ -61,3 +63,92 @@ def test_dim_objective_passes_max_negatives_to_jsd():
     s = torch.randn(8, 8, 16)
     assert objective.mi(s).item() == pytest.approx(jsd_mi(s, max_negatives=2).item(), abs=1e-6)
     assert objective.mi(s).item() != pytest.approx(jsd_mi(s).item(), abs=1e-6)
+
+
+# ---------------------------------------------------------------------------- the commands
+
+
+TINY_DIM = ["model.width=0.125", "model.mi_units=32", "model.global_units=32", "objective.prior.hidden=[32]",
+            "train.batch_size=16", "train.log_every=1"]
+
+
+def test_figure_commands_have_help(capsys):
+    from eval import figure8, figure12
+
+    for module in (figure8, figure12):
+        with pytest.raises(SystemExit) as exit_:
+            module.main(["--help"])
+        assert exit_.value.code == 0
+    assert "negatives" in capsys.readouterr().out
+
+
+def test_figure8_points_and_their_checks(tmp_path):
+    from eval import figure8
+
+    args = figure8.build_parser().parse_args(["--negatives", "1,63", "--seeds", "0,1", "--steps", "7",
+                                              "--runs-root", str(tmp_path), "model.mi_units=64"])
+    specs = figure8.point_specs(args)
+    assert [s.key for s in specs] == ["jsd_m1_s0", "jsd_m1_s1", "jsd_m63_s0", "jsd_m63_s1",
+                                      "nce_m1_s0", "nce_m1_s1", "nce_m63_s0", "nce_m63_s1"]
+    cfg = specs[6].cfg
+    assert (cfg.objective.estimator, cfg.objective.max_negatives, cfg.run.seed) == ("nce", 63, 0)
+    assert cfg.train.steps == 7 and cfg.model.mi_units == 64 and cfg.run.dir == str(tmp_path / "nce_m63_s0")
+    from arena.registry import ConfigError
+    for bad, match in ((["--negatives", "64"], "batch - 1 = 63"), (["--negatives", "0"], "1 <= m"),
+                       (["--estimators", "dv"], "--estimators"), (["--config", "vae_digits"], "--config")):
+        with pytest.raises(ConfigError, match=match):
+            figure8.point_specs(figure8.build_parser().parse_args([*bad, "--runs-root", str(tmp_path)]))
+
+
+def test_figure_series_and_spread():
+    from eval.figure8 import series as series8
+    from eval.figure12 import series as series12
+    from eval.figures import spread
+
+    s = spread([1.0, 2.0, 3.0])
+    assert s == {"mean": 2.0, "std": 1.0, "min": 1.0, "max": 3.0, "n": 3}
+    assert spread([4.0])["std"] == 0.0
+    records = [{"estimator": "nce", "negatives": 4, "seed": 0, "accuracy": 80.0},
+               {"estimator": "nce", "negatives": 1, "seed": 0, "accuracy": 60.0},
+               {"estimator": "nce", "negatives": 4, "seed": 1, "accuracy": 82.0},
+               {"estimator": "jsd", "negatives": 1, "seed": 0, "skipped": "diverged"}]
+    assert series8(records) == {"NCE": [(1, [60.0]), (4, [80.0, 82.0])]}
+    records = [{"beta": 2.0, "seed": 0, "layer": "z", "ndm": [0.1, 0.2]},
+               {"beta": 0.5, "seed": 0, "layer": "z", "ndm": [0.5]},
+               {"beta": 2.0, "seed": 1, "layer": "z", "ndm": [0.3]}]
+    assert series12(records) == {"a posterior sample z": [(0.5, [0.5]), (2.0, [0.1, 0.2, 0.3])]}
+
+
+def test_figure8_end_to_end_and_rerun_reuses(tmp_path, capsys):
+    from eval import figure8
+
+    out = tmp_path / "f8.png"
+    argv = ["--negatives", "1,15", "--steps", "2", "--svm-runs", "1", "--max-train", "96", "--max-test", "48",
+            "--runs-root", str(tmp_path / "runs"), "--out", str(out), "--device", "cpu", *TINY_DIM]
+    assert figure8.main(argv) == 0
+    data = json.loads(out.with_suffix(".json").read_text())
+    points = {(p["estimator"], p["negatives"]): p for p in data["points"]}
+    assert set(points) == {("jsd", 1), ("jsd", 15), ("nce", 1), ("nce", 15)}
+    assert all(0 <= p["accuracy"] <= 100 and p["step"] == 2 for p in points.values())
+    assert out.is_file() and "| nce | 15 | 0 |" in out.with_suffix(".md").read_text()
+    capsys.readouterr()
+    assert figure8.main(argv) == 0
+    err = capsys.readouterr().err
+    assert err.count("reused, not trained") == 4 and err.count("measured before with the same settings") == 4
+
+
+def test_figure12_end_to_end_reads_the_ndm_code(tmp_path):
+    from eval import figure12
+
+    out = tmp_path / "f12.png"
+    argv = ["--betas", "0.5,2", "--seeds", "0", "--steps", "2", "--ndm-nets", "2", "--ndm-steps", "5",
+            "--max-train", "96", "--max-test", "48", "--runs-root", str(tmp_path / "runs"), "--out", str(out),
+            "--device", "cpu", "model.width=0.125", "model.decoder_width=4", "train.batch_size=16"]
+    assert figure12.main(argv) == 0
+    points = json.loads(out.with_suffix(".json").read_text())["points"]
+    assert [(p["beta"], p["layer"], len(p["ndm"])) for p in points] == [(0.5, "z", 2), (2.0, "z", 2)]
+    assert all(math.isfinite(v) for p in points for v in p["ndm"]) and out.is_file()
+    assert figure12.main([*argv, "--out", str(tmp_path / "mu.png"), "objective.ndm_code=mu"]) == 0
+    assert {p["layer"] for p in json.loads((tmp_path / "mu.json").read_text())["points"]} == {"y"}
+    with pytest.raises(ConfigError, match="--config: Figure 12 sweeps options of .vae."):
+        figure12.point_specs(figure12.build_parser().parse_args(["--config", "dim_l_digits"]))

@@ -1,0 +1,124 @@
+"""The paper's Figure 12 (App. A.5): the neural dependency measure (NDM) of beta-VAE codes
+against beta.
+
+    python -m eval.figure12 --config vae_digits --betas 0.1,0.5,1,1.5,2,4 --seeds 0,1,2 --out fig12.png
+    python -m eval.figure12 --config vae_cifar10 --seeds 0,1,2,3,4 --ndm-nets 10 --steps 0 --out fig12.png
+
+Each (beta, seed) point is --config with objective.beta and run.seed, trained into
+RUNS_ROOT/b<beta>_s<seed> through eval.experiment (finished runs are reused, stopped ones
+resume, a point measured with the same settings is not measured again). NDM
+(eval.probes.ndm: a DV discriminator between the codes and their dimension-wise shuffled
+copy, trained on the TRAIN codes and read on the TEST codes) is measured --ndm-nets times
+per run with differently seeded discriminators, as the paper's "five runs of each VAE and
+estimating NDM with 10 different networks". The code is the one the objective names in
+`ndm_layer` (the VAE's objective.ndm_code: a posterior sample z by default, or mu = Y);
+the plot says which. The plot: mean +- std over every run and network per beta, each
+measurement a faint dot. Numbers go to OUT.json and OUT.md.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from arena import checkpoint as ckpt
+from arena.registry import ConfigError
+
+from . import experiment as X
+from . import probes as P
+from .cli_args import count_arg
+from .dim_probes import extract, image_batches, labeled_indices, load_encoder_run, log, probe_datasets, subset
+from .figures import add_common_args, check_objective, line_plot, number_list, point_config, spread, sweep
+
+PAPER_BETAS = [0.1, 0.5, 1.0, 1.5, 2.0, 4.0]
+CODE_NAMES = {"y": "mu (Y)", "z": "a posterior sample z"}
+
+
+def point_specs(args) -> list[X.Spec]:
+    check_objective(args.config, args.overrides, "vae", "Figure 12")
+    specs = []
+    for beta in args.betas:
+        if beta < 0:
+            raise ConfigError(f"--betas: beta must be >= 0, got {beta:g}")
+        for seed in args.seeds:
+            name = f"b{beta:g}_s{seed}"
+            cfg = point_config(args.config, args.overrides, [f"objective.beta={beta}", f"run.seed={seed}"],
+                               args.steps, Path(args.runs_root) / name)
+            specs.append(X.Spec(name, cfg, {"beta": beta, "seed": seed}, f"ndm x {args.ndm_nets}"))
+    return specs
+
+
+def measure(state, args) -> dict:
+    """NDM of the run's ndm_layer code, once per discriminator seed 0..ndm_nets-1."""
+    cfg, objective, step = load_encoder_run(state.run_dir, str(ckpt.final_dir(state.run_dir, state.steps)),
+                                            args.device)
+    layer = getattr(objective, "ndm_layer", "y")
+    train_ds, test_ds = probe_datasets(cfg)
+    codes = []
+    for ds, limit, seed in ((train_ds, args.max_train, 0), (test_ds, args.max_test, 1)):
+        idx = subset(labeled_indices(ds), limit, seed)
+        feats, _, _ = extract(objective, image_batches(ds, idx, 256, data_cfg=cfg.data), (layer,))
+        codes.append(feats[layer])
+    values = [P.ndm(codes[0], codes[1], sigmoid=args.sigmoid, steps=args.ndm_steps, seed=k, device=args.device)
+              for k in range(args.ndm_nets)]
+    return {"layer": layer, "ndm": values, **{k: v for k, v in spread(values).items() if k != "n"}, "step": step}
+
+
+def series(records: list[dict]) -> dict[str, list[tuple[float, list[float]]]]:
+    """{code: [(beta, [every NDM of every seed]), ...]}."""
+    out: dict[str, dict[float, list[float]]] = {}
+    for r in records:
+        if "ndm" in r:
+            out.setdefault(CODE_NAMES.get(r["layer"], r["layer"]), {}).setdefault(r["beta"], []).extend(r["ndm"])
+    return {code: sorted(points.items()) for code, points in out.items()}
+
+
+def to_markdown(data: dict) -> str:
+    lines = [f"# Figure 12: {data['config']}, NDM (nats) per beta", "",
+             "| beta | seed | code | NDM mean | NDM std | nets |", "|---|---|---|---|---|---|"]
+    for r in data["points"]:
+        if "ndm" in r:
+            lines.append(f"| {r['beta']:g} | {r['seed']} | {r['layer']} | {r['mean']:.3f} | {r['std']:.3f} "
+                         f"| {len(r['ndm'])} |")
+        else:
+            lines.append(f"| {r['beta']:g} | {r['seed']} | | {r.get('skipped', '')} | | |")
+    return "\n".join(lines) + "\n"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m eval.figure12", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="vae_digits", help="a vae config (configs/NAME.yaml)")
+    p.add_argument("--betas", type=number_list(float), default=PAPER_BETAS)
+    p.add_argument("--seeds", type=number_list(int), default=[0, 1, 2], help="training seeds per beta")
+    p.add_argument("--steps", type=count_arg(0), default=0, help="training steps per run (0: the config's)")
+    p.add_argument("--ndm-nets", type=count_arg(1), default=3, help="NDM discriminators per run")
+    p.add_argument("--ndm-steps", type=count_arg(1), default=1000)
+    p.add_argument("--sigmoid", action="store_true", help="NDM on sigmoid(code) (Table 3's DIM column)")
+    add_common_args(p, "figure12")
+    return p
+
+
+def _run(args) -> int:
+    out = X.output_file(args.out, "--out")
+    t0 = time.perf_counter()
+    specs = point_specs(args)
+    ndm = {k: getattr(args, k) for k in ("ndm_nets", "ndm_steps", "sigmoid", "max_train", "max_test")}
+    head = {"config": args.config, "overrides": args.overrides, "steps": args.steps, **ndm}
+    records = sweep("figure12", specs, lambda state: measure(state, args), head, out, to_markdown)
+    codes = sorted({CODE_NAMES.get(r["layer"], r["layer"]) for r in records if "layer" in r})
+    line_plot(series(records), out, xlabel="beta", ylabel="NDM (nats)" + (", sigmoid" if args.sigmoid else ""),
+              title=f"Figure 12: {args.config}, NDM on {' / '.join(codes) or '?'}; "
+                    f"{len(args.seeds)} run(s) x {args.ndm_nets} NDM net(s) per beta")
+    log(f"wrote {out}, {out.with_suffix('.json')} and {out.with_suffix('.md')} ({time.perf_counter() - t0:.0f}s)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_intermixed_args(argv)
+    return X.run_cli("figure12", lambda: _run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
