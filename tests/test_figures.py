@@ -152,3 +152,39 @@ def test_figure12_end_to_end_reads_the_ndm_code(tmp_path):
     assert {p["layer"] for p in json.loads((tmp_path / "mu.json").read_text())["points"]} == {"y"}
     with pytest.raises(ConfigError, match="--config: Figure 12 sweeps options of .vae."):
         figure12.point_specs(figure12.build_parser().parse_args(["--config", "dim_l_digits"]))
+
+
+def test_ablation_panels_follow_the_measures_and_the_labels():
+    from eval.ablation import panels
+
+    single = [{"svm_y": 80.0, "ndm_y": 1.0, "mine_y": 2.0, "msssim_y": 0.5}, {"skipped": "alpha = beta = 0"}]
+    assert [k for k, _, _ in panels(single, ("svm", "ndm", "mine", "msssim"))] == ["svm_y", "ndm_y", "mine_y",
+                                                                                   "msssim_y"]
+    assert [(k, best) for k, _, best in panels(single, ("msssim", "ndm"))] == [("ndm_y", "min"), ("msssim_y", "max")]
+    multi = [{"svm_y": 80.0, "svm_y_min": 60.0, "svm_y_max": 95.0}]
+    shown = panels(multi, ("svm",))
+    assert [k for k, _, _ in shown] == ["svm_y", "svm_y_min", "svm_y_max"]
+    assert "mean over attributes" in shown[0][1] and "worst attribute" in shown[1][1]
+
+
+def test_figure10_ablation_on_a_celeba_fixture_gives_attribute_panels(tmp_path):
+    """The Figure 10 command end to end on CelebA's on-disk format (6 train / 2 test faces,
+    40 attributes): per-attribute SVM accuracy (mean, min, max) and the MS-SSIM panel."""
+    from eval import ablation
+    from tests import fixtures
+
+    fixtures.make_celeba(tmp_path / "data")
+    out = tmp_path / "fig10.png"
+    argv = ["--config", "dim_l_celeba", "--alpha", "0,1", "--beta", "1", "--steps", "1", "--measures", "svm,msssim",
+            "--svm-runs", "1", "--msssim-epochs", "1", "--runs-root", str(tmp_path / "cells"), "--out", str(out),
+            "--device", "cpu", f"data.root={tmp_path / 'data'}", "data.num_workers=0", "model.width=0.125",
+            "model.mi_units=32", "objective.prior.hidden=[32]", "train.batch_size=3", "train.log_every=1"]
+    assert ablation.main(argv) == 0
+    cells = json.loads(out.with_suffix(".json").read_text())["cells"]
+    assert [(c["alpha"], c["beta"]) for c in cells] == [(0.0, 1.0), (1.0, 1.0)]
+    for c in cells:
+        assert len(c["svm_y_attributes"]) == 40
+        assert c["svm_y_min"] <= c["svm_y"] <= c["svm_y_max"]
+        assert c["svm_y"] == pytest.approx(sum(c["svm_y_attributes"]) / 40, abs=0.01)
+        assert 0.0 <= c["msssim_y"] <= 1.0 and "ndm_y" not in c and "mine_y" not in c
+    assert out.is_file()
