@@ -108,9 +108,10 @@ def _run(args) -> int:
     head = {"config": args.config, "overrides": args.overrides, "steps": args.steps, **ndm}
     records = sweep("figure12", specs, lambda state: measure(state, args), head, out, to_markdown)
     codes = sorted({CODE_NAMES.get(r["layer"], r["layer"]) for r in records if "layer" in r})
-    line_plot(series(records), out, xlabel="beta", ylabel="NDM (nats)" + (", sigmoid" if args.sigmoid else ""),
-              title=f"Figure 12: {args.config}, NDM on {' / '.join(codes) or '?'}; "
-                    f"{len(args.seeds)} run(s) x {args.ndm_nets} NDM net(s) per beta")
+    line_plot(series(records), out, xlabel="beta", symlog_y=True,
+              ylabel="NDM (nats, symlog axis)" + (", sigmoid" if args.sigmoid else ""),
+              title=f"Figure 12: {args.config}, NDM on {' / '.join(codes) or '?'}\n"
+                    f"{len(args.seeds)} run(s) x {args.ndm_nets} NDM net(s) per beta, mean +- std")
     log(f"wrote {out}, {out.with_suffix('.json')} and {out.with_suffix('.md')} ({time.perf_counter() - t0:.0f}s)")
     return 0
 

@@ -118,7 +118,7 @@ def _run(args) -> int:
     line_plot(series(records), out, xlabel="negative images per image (log2 axis)",
               ylabel=f"{args.probe.upper()} accuracy on {args.layer} (%)", log2_x=True,
               title=f"Figure 8: {args.config}" + (f", {args.steps} steps" if args.steps else "")
-              + f", {len(args.seeds)} seed(s)")
+              + f"\n{len(args.seeds)} seed(s), mean +- std")
     log(f"wrote {out}, {out.with_suffix('.json')} and {out.with_suffix('.md')} ({time.perf_counter() - t0:.0f}s)")
     return 0
 

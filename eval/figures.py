@@ -81,9 +81,10 @@ def spread(values: list[float]) -> dict:
 
 
 def line_plot(series: dict[str, list[tuple[float, list[float]]]], out: Path, *, xlabel: str, ylabel: str,
-              title: str, log2_x: bool = False) -> None:
+              title: str, log2_x: bool = False, symlog_y: bool = False) -> None:
     """One line per series through the mean at each x, error bars of +-1 std, and every
-    single measurement as a faint dot. series: {label: [(x, [values]), ...]}."""
+    single measurement as a faint dot. series: {label: [(x, [values]), ...]}. symlog_y:
+    a y axis linear in [-1, 1] and logarithmic beyond (values spanning decades, some <= 0)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -102,6 +103,8 @@ def line_plot(series: dict[str, list[tuple[float, list[float]]]], out: Path, *, 
             ax.scatter([x] * len(v), v, s=8, alpha=0.35, color=line[0].get_color())
     if log2_x:
         ax.set_xscale("log", base=2)
+    if symlog_y:
+        ax.set_yscale("symlog", linthresh=1.0)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
