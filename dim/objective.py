@@ -36,6 +36,7 @@ from .occlusion import check_block, occlusion_mask
 
 SUBSAMPLING = ("jsd", "nce")  # the estimators that take max_negatives (Fig. 8)
 
+
 @dataclass
 class DIMModel:
     encoder: str = "dcgan32"  # dcgan32 (32 or 16 px) | alexnet64 (64 px)
