@@ -33,7 +33,7 @@ except ImportError:
     pass
 for k, program in enumerate(sys.argv[1:]):  # each program's input k.pt -> output out-k.pt
     model = torch.export.load(program).module()
-    torch.save(model(torch.load(f"{k}.pt")), f"out-{k}.pt")
+    torch.save(model(torch.load(f"{k}.pt", weights_only=True)), f"out-{k}.pt")
 """
 
 
@@ -48,7 +48,7 @@ def run_clean(tmp_path, *calls):
     proc = subprocess.run([sys.executable, "-I", "-S", "-c", CLEAN, site, *(str(p) for p, _ in calls)],
                           cwd=folder, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return [torch.load(folder / f"out-{k}.pt") for k in range(len(calls))]
+    return [torch.load(folder / f"out-{k}.pt", weights_only=True) for k in range(len(calls))]
 
 
 def test_exported_encoder_loads_without_the_toolkit_and_matches(tmp_path):
