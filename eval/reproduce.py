@@ -245,7 +245,7 @@ def dry_run(entries: list[Entry], m: Measuring, args, world: int, problems: dict
     say(f"dry run (scale {fmt_scale(args.scale)}, measure scale {fmt_scale(args.measure_scale)}); "
         f"nothing is trained. Runs under {runs_root(args)}, results to "
         f"{Path(args.out) / results_stem(table, args)}.md/.json")
-    known, unknown = 0.0, []
+    known, unknown, budgeted = 0.0, [], {}  # budgeted: run dir -> the entry that trains it
     for e in entries:
         print(f"\n{e.row.label} [{e.key}]: {e.state}")
         if e.spec is None:
@@ -258,7 +258,10 @@ def dry_run(entries: list[Entry], m: Measuring, args, world: int, problems: dict
             if e.state != "finished":
                 print(f"  train: {train_command(e, world)}")
             speed = speeds.get(e.spec.run_name) or speeds.get(e.spec.config)
-            if left == 0:
+            shared = budgeted.setdefault(e.cfg.run.dir, e.key)
+            if shared != e.key:  # one run serves several column groups: trained (and counted) once
+                print(f"  budget: the run of [{shared}], counted there")
+            elif left == 0:
                 print(f"  budget: done ({e.done} of {e.cfg.train.steps} steps)")
             elif speed:
                 secs = left / speed["steps_per_s"]

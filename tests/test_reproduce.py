@@ -164,6 +164,16 @@ def test_dry_run_prints_commands_and_a_budget_from_measured_speeds(tmp_path, cap
     assert not (tmp_path / "runs").exists()
 
 
+def test_dry_run_counts_a_run_shared_by_two_column_groups_once(tmp_path, capsys):
+    """The VAE's one run is probed (representation) and sampled (generation): one budget."""
+    assert reproduce.main(["digits", "--dry-run", "--rows", "vae", *_args(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    rate = reproduce.load_throughput()["vae_digits"]["steps_per_s"]
+    assert out.count(f"500 steps / {rate:g} steps/s") == 1
+    assert "budget: the run of [vae/digits: representation], counted there" in out
+    assert f"training budget: {reproduce.fmt_seconds(500 / rate)} for the rows" in out
+
+
 def test_dry_run_says_unknown_without_a_measured_speed_and_lists_data_problems(tmp_path, capsys):
     code = reproduce.main(["table1", "--dry-run", "--rows", "dim_l_nce_cifar10", "--data-root",
                            str(tmp_path / "nodata"), *_args(tmp_path)])
