@@ -1,7 +1,22 @@
-"""Small plain networks the core's own objectives need (the method packages have theirs)."""
+"""Small plain networks the core's own objectives need (the method packages have theirs),
+and eval_mode, how any objective runs a net in eval mode for a block."""
 from __future__ import annotations
 
+import contextlib
+
 from torch import Tensor, nn
+
+
+@contextlib.contextmanager
+def eval_mode(net: nn.Module):
+    """`net` in eval mode (batch norm's running statistics, no dropout) for the block, then
+    back in the mode it was in."""
+    was_training = net.training
+    net.eval()
+    try:
+        yield net
+    finally:
+        net.train(was_training)
 
 
 class ConvEncoder(nn.Module):

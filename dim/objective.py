@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from arena.distributed import convert_sync_batchnorm, gather
+from arena.nets import eval_mode
 from arena.objective import OBJECTIVES, Batch, DataInfo, LazyPenalty, Objective, Phase, resolve_schedule
 from arena.prior import PriorConfig, PriorDiscriminator, check_prior, discriminator_loss, encoder_loss, lazy_penalty_log, sample_prior
 from arena.registry import ConfigError
@@ -38,17 +39,23 @@ SUBSAMPLING = ("jsd", "nce")  # the estimators that take max_negatives (Fig. 8)
 
 
 @dataclass
-class DIMModel:
-    encoder: str = "dcgan32"  # dcgan32 (32 or 16 px) | alexnet64 (64 px)
-    width: float = 1.0  # multiplies every hidden width: encoder, critics, coordinate predictor
-    y_dim: int = 64  # size of Y, the global vector
+class EncoderModel:
+    """The model section of every encoder objective: its DIM encoder (dim.encoders)."""
+
+    encoder: str = "dcgan32"  # dcgan32 (32 or 16 px) | alexnet64 (64 px): the DIM rows' encoders (A.1)
+    width: float = 1.0  # multiplies the encoder's hidden widths (dim: its critics' and coordinate predictor's too)
+    y_dim: int = 64  # size of Y, the global vector (the baselines' code)
+    sync_bn: bool = False  # N processes: batch norm over the global batch (the nets that see one process's slice)
+
+
+@dataclass
+class DIMModel(EncoderModel):
     local_layer: str | None = None  # conv map for local DIM; None = the arch's default (A.1)
     local_critic: str = "encode_dot"  # encode_dot (Tables 1, 2, 4) | concat_convolve (Table 3, ablations)
     mi_units: Count = 2048  # encode-and-dot embedding size (Tables 7-8)
     concat_units: Count = 512  # concat-and-convolve hidden 1x1 convs (Table 6)
     global_units: Count = 512  # global critic hidden layers (Table 5)
     coord_hidden: Count = 512  # coordinate predictor hidden layers (A.6)
-    sync_bn: bool = False  # N processes: batch norm over the global batch (see DIM.__init__)
 
 
 def _dim_prior() -> PriorConfig:
@@ -100,11 +107,26 @@ class EncoderObjective(Objective):
 
     main_player = "encoder"
 
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """The encoder the config asks for can be built (dim.encoders.encoder_spec decides)."""
+        m = cfg.model
+        encoder_spec(m.encoder, resolution=cfg.data.resolution, local_layer=getattr(m, "local_layer", None),
+                     width=m.width, y_dim=m.y_dim)
+
     @staticmethod
     def build_encoder(cfg, info: DataInfo) -> ConvEncoder:
         m = cfg.model
         return build_encoder(m.encoder, channels=info.channels, resolution=info.resolution, y_dim=m.y_dim,
                              width=m.width, local_layer=getattr(m, "local_layer", None))
+
+    def synced(self, net: nn.Module) -> nn.Module:
+        """`net` with global-batch batch norm if model.sync_bn (what N processes = 1 needs)."""
+        return convert_sync_batchnorm(net) if self.cfg.model.sync_bn else net
+
+    def encoder_player(self, info: DataInfo, **extra: nn.Module) -> nn.ModuleDict:
+        """The `encoder` player: the DIM encoder (synced) and the nets in `extra` after it."""
+        return nn.ModuleDict({"encoder": self.synced(self.build_encoder(self.cfg, info)), **extra})
 
     @property
     def encoder(self) -> ConvEncoder:
@@ -115,21 +137,13 @@ class EncoderObjective(Objective):
         """x [B, C, H, W] in [-1, 1] -> {'conv': [B, C*h*w] (last conv map, flattened),
         'fc': [B, units], 'y': [B, y_dim]}: the probe points of Tables 1-3, computed in eval
         mode (batch norm running statistics) without gradients. The caller batches."""
-        enc = self.net("encoder", ema)["encoder"]
-        was_training = enc.training
-        enc.eval()
-        try:
-            out = enc(x.to(self.device))
-        finally:
-            enc.train(was_training)
-        return {"conv": out["conv"].flatten(1), "fc": out["fc"], "y": out["y"]}
+        with eval_mode(self.net("encoder", ema)["encoder"]) as enc:
+            return probe_points(enc(x.to(self.device)))
 
 
-def check_encoder_config(cfg) -> None:
-    """The encoder the config asks for can be built (dim.encoders.encoder_spec decides)."""
-    m = cfg.model
-    encoder_spec(m.encoder, resolution=cfg.data.resolution, local_layer=getattr(m, "local_layer", None),
-                 width=m.width, y_dim=m.y_dim)
+def probe_points(out: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The encoder's outputs as features() gives them: conv flattened, fc and y as they are."""
+    return {"conv": out["conv"].flatten(1), "fc": out["fc"], "y": out["y"]}
 
 
 @OBJECTIVES.register("dim")
@@ -166,7 +180,7 @@ class DIM(EncoderObjective):
     # -- config -------------------------------------------------------------------
     @classmethod
     def check_config(cls, cfg) -> None:
-        check_encoder_config(cfg)
+        super().check_config(cfg)
         m, o = cfg.model, cfg.objective
         ESTIMATORS.get(o.estimator, key="objective.estimator")
         LOCAL_CRITICS.get(m.local_critic, key="model.local_critic")

@@ -24,7 +24,7 @@ from arena.registry import ConfigError
 from arena.schema import Fraction, NonNegativeInt
 
 from .heads import MLPHead
-from .objective import EncoderObjective, check_encoder_config
+from .objective import EncoderObjective
 
 @dataclass
 class SupervisedModel:
@@ -54,10 +54,6 @@ class Supervised(EncoderObjective):
         enc = self.build_encoder(cfg, info)
         head = MLPHead(enc.feature_dims[m.head_input], info.num_classes, m.head_hidden, m.head_dropout)
         self.nets["encoder"] = nn.ModuleDict({"encoder": enc, "head": head})
-
-    @classmethod
-    def check_config(cls, cfg) -> None:
-        check_encoder_config(cfg)
 
     def phases(self) -> list[Phase]:
         return [Phase("classifier", ("encoder",))]

@@ -11,6 +11,8 @@ the total similarity sum_i u_i . c_target(i), then the step trains on the new ta
 assignment stays a permutation of the N targets. Source: facebookresearch/noise-as-targets
 main.lua (random initial assignment, re-assignment every 3rd epoch, squared distance). Only
 training images have targets (cortex's arch/nat.py also assigned them to test images).
+The model section is an encoder objective's; model.y_dim is the size of Y and of the targets
+(main.lua: 2048-d codes; 64 keeps Y the DIM rows' size).
 
 State: the targets are a function of the run seed (rebuilt, never stored or broadcast); the
 assignment is an integer buffer of the encoder player, saved in every checkpoint and never
@@ -28,21 +30,13 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
-from arena.distributed import convert_sync_batchnorm, gather
+from arena.distributed import gather
 from arena.objective import OBJECTIVES, Batch, DataInfo, ObjectiveOptions, Phase
 from arena.registry import ConfigError
 from arena.schema import Range
 from arena.seeds import derive_seed
 
-from ..objective import EncoderObjective, check_encoder_config
-
-
-@dataclass
-class NATModel:
-    encoder: str = "dcgan32"  # dcgan32 (32 or 16 px) | alexnet64 (64 px): the DIM rows' encoders (A.1)
-    width: float = 1.0  # multiplies the encoder's hidden widths
-    y_dim: int = 64  # Y and the targets (main.lua: 2048-d codes; 64 keeps Y the DIM rows' size)
-    sync_bn: bool = False  # N processes: batch norm over the global batch
+from ..objective import EncoderModel, EncoderObjective
 
 
 @dataclass
@@ -73,7 +67,7 @@ def initial_assignment(n: int, seed: int) -> Tensor:
 
 @OBJECTIVES.register("nat")
 class NAT(EncoderObjective):
-    Model = NATModel
+    Model = EncoderModel
     Options = NATOptions
 
     def __init__(self, cfg, info: DataInfo):
@@ -82,15 +76,8 @@ class NAT(EncoderObjective):
         if n < 1:
             raise ConfigError(f"objective.name: nat needs the number of training images of {cfg.data.name} "
                               f"(one target per image); the data description has none")
-        enc = self.build_encoder(cfg, info)
-        if cfg.model.sync_bn:
-            convert_sync_batchnorm(enc)
-        self.nets["encoder"] = nn.ModuleDict({"encoder": enc, "assignment": Assignment(initial_assignment(n, seed))})
+        self.nets["encoder"] = self.encoder_player(info, assignment=Assignment(initial_assignment(n, seed)))
         self._targets = nat_targets(n, cfg.model.y_dim, seed)
-
-    @classmethod
-    def check_config(cls, cfg) -> None:
-        check_encoder_config(cfg)
 
     def phases(self) -> list[Phase]:
         return [Phase("encoder", ("encoder",))]

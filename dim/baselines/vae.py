@@ -21,10 +21,12 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from arena.nets import eval_mode
 from arena.objective import OBJECTIVES, Batch, DataInfo, ObjectiveOptions, Phase
 from arena.schema import NonNegative
 
-from .common import BaselineObjective, eval_mode, squared_error
+from ..objective import probe_points
+from .common import BaselineObjective, squared_error
 
 NDM_CODES = {"mu": "y", "sample": "z"}  # objective.ndm_code -> the feature NDM reads
 
@@ -93,8 +95,7 @@ class VAE(BaselineObjective):
         if self._feature_noise is None:
             self._feature_noise = torch.Generator().manual_seed(self.cfg.run.seed)
         eps = torch.randn(out["y"].shape, generator=self._feature_noise).to(out["y"])
-        return {"conv": out["conv"].flatten(1), "fc": out["fc"], "y": out["y"],
-                "z": out["y"] + torch.exp(log_sigma) * eps}
+        return {**probe_points(out), "z": out["y"] + torch.exp(log_sigma) * eps}
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor, sample: bool = False) -> Tensor:
