@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from arena.nets import eval_mode
 from arena.objective import Objective, ObjectiveOptions
 from arena.schema import Count, NonNegativeInt
 
@@ -71,12 +72,8 @@ class GeneratorObjective(Objective):
         G = self.net("G", ema)
         if ema and "G" in self.ema:
             self._refresh_ema_bn(G)
-        was_training = G.training
-        G.eval()
-        try:
+        with eval_mode(G):
             return G(z.to(self.device))
-        finally:
-            G.train(was_training)
 
     def _refresh_ema_bn(self, G: nn.Module) -> None:
         """The EMA copy holds the live G's BatchNorm statistics (the trainer copies
