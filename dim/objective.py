@@ -40,7 +40,7 @@ SUBSAMPLING = ("jsd", "nce")  # the estimators that take max_negatives (Fig. 8)
 
 @dataclass
 class EncoderModel:
-    """The model section of every encoder objective: its DIM encoder (dim.encoders)."""
+    """The model section of DIM and the baselines: the DIM encoder they train (dim.encoders)."""
 
     encoder: str = "dcgan32"  # dcgan32 (32 or 16 px) | alexnet64 (64 px): the DIM rows' encoders (A.1)
     width: float = 1.0  # multiplies the encoder's hidden widths (dim: its critics' and coordinate predictor's too)
