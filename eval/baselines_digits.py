@@ -1,7 +1,7 @@
 """The baselines' must-show checks on digits, one command that trains what it needs (a
 finished run is reused, a stopped one resumed: arena.runs' rule) and prints a table:
 
-    python -m eval.baselines_digits [--runs runs/baselines_digits] [--ndm-steps 1000]
+    python -m eval.baselines_digits [--runs runs/baselines_digits] [--ndm-steps 1000] [KEY=VALUE ...]
 
 - VAE: its decoder's reconstructions of the TEST images, Dec(mu), against those images
   (own) and against the test images shifted by one (mismatched pairs), by MS-SSIM; active
@@ -15,11 +15,14 @@ finished run is reused, a stopped one resumed: arena.runs' rule) and prints a ta
   permutation, and the fraction of images whose target changed since the start.
 - BiGAN: the logged ||x - G(E(x))|| / ||x' - G(E(x))|| at the first and last log, and on
   the test set; own / mismatched MS-SSIM of G(E(x)).
+
+Each run is a spec of eval.experiment's driver: the checks go to RUNS/checks.json (--out)
+and a Markdown table beside it, and a rerun measures again only the runs whose checkpoint
+or --ndm-steps changed. Overrides apply to every run (train.steps=50: a quick look).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -27,7 +30,7 @@ import torch
 
 from arena.config import load_config
 from arena.data import build_dataset, to_float
-from arena.runs import ensure_trained, load_run
+from arena.rundir import read_metrics
 
 from dim.baselines.nat import initial_assignment
 from dim.baselines.vae import gaussian_kl
@@ -36,27 +39,14 @@ from . import experiment as X
 from .cli_args import count_arg
 from .probes import msssim, ndm
 
-# label -> (config, overrides)
-RUNS = {
-    "vae": ("vae_digits", []),
-    "aae": ("aae_digits", []),
-    "aae_no_adversarial": ("aae_digits", ["objective.adversarial=0"]),
-    "bigan": ("bigan_digits", []),
-    "nat": ("nat_digits", []),
-}
+
+def images(cfg, objective, split: str) -> torch.Tensor:
+    return to_float(build_dataset(cfg.data, split).images).to(objective.device)
 
 
-def trained(label: str, runs: Path):
-    """The run `label` at its full length, as the core's run rule decides (arena.runs:
-    reused when finished, resumed when stopped, beside a run dir of another config)."""
-    name, overrides = RUNS[label]
-    cfg = load_config(name, [f"run.dir={runs / label}", "train.progress=false", *overrides])
-    state = ensure_trained(cfg, say=lambda msg: print(f"[baselines] {label}: {msg}", flush=True))
-    return (*load_run(state.run_dir), Path(state.run_dir))
-
-
-def metric_rows(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+def logged(cfg, name: str) -> list[float]:
+    """The values of `name` in the run's metrics.jsonl, in order."""
+    return [row[name] for row in read_metrics(Path(cfg.run.dir) / "metrics.jsonl") if name in row]
 
 
 def gaussian_fit_kl(codes: torch.Tensor) -> float:
@@ -66,88 +56,115 @@ def gaussian_fit_kl(codes: torch.Tensor) -> float:
     return float(0.5 * (s.trace() + m @ m - c.shape[1] - torch.logdet(s)))
 
 
-def matched_msssim(x_hat: torch.Tensor, x: torch.Tensor) -> tuple[float, float]:
+def matched_msssim(x_hat: torch.Tensor, x: torch.Tensor) -> dict:
     """MS-SSIM of reconstructions against their own images and against the images shifted by one."""
-    return msssim(x_hat, x), msssim(x_hat, x.roll(1, 0))
+    return {"msssim_own": msssim(x_hat, x), "msssim_mismatched": msssim(x_hat, x.roll(1, 0))}
 
 
-def check_vae(objective, x: torch.Tensor, x_train: torch.Tensor, ndm_steps: int) -> dict:
-    objective.nets.eval()
+# Each check: (cfg, objective, ndm_steps) of a run at its final checkpoint (nets in eval
+# mode, cfg.run.dir its directory) -> the values it records.
+
+
+def check_vae(cfg, objective, ndm_steps: int) -> dict:
+    x = images(cfg, objective, "test")
     with torch.no_grad():
         feats = objective.features(x)
-        mu, log_sigma = objective.posterior(x)
-        kl_dims = gaussian_kl(mu, log_sigma).mean(0)
-        own, other = matched_msssim(objective.reconstruct(x), x)
-    out = {"msssim_own": own, "msssim_mismatched": other, "active_dims": int((kl_dims > 0.1).sum())}
+        kl_dims = gaussian_kl(*objective.posterior(x)).mean(0)
+        out = {**matched_msssim(objective.reconstruct(x), x), "active_dims": int((kl_dims > 0.1).sum())}
+        train_feats = objective.features(images(cfg, objective, "train")) if ndm_steps > 0 else None
     if ndm_steps > 0:  # fitted on the training codes, reported on the test codes
-        train_feats = objective.features(x_train)
         out["ndm_mu"] = ndm(train_feats["y"], feats["y"], steps=ndm_steps)
         out["ndm_sample"] = ndm(train_feats["z"], feats["z"], steps=ndm_steps)
     return out
 
 
 @torch.no_grad()
-def check_aae(objective, x: torch.Tensor, run_dir: Path) -> dict:
-    objective.nets.eval()
+def check_aae(cfg, objective, ndm_steps: int) -> dict:
+    x = images(cfg, objective, "test")
     y = objective.features(x)["y"]
-    own, other = matched_msssim(objective.nets["decoder"](y), x)
-    bounds = [r["prior/d_prior"] for r in metric_rows(run_dir) if "prior/d_prior" in r]
-    return {"msssim_own": own, "msssim_mismatched": other, "prior_kl_gaussian_fit": gaussian_fit_kl(y),
-            "d_prior_last": bounds[-1]}
+    return {**matched_msssim(objective.nets["decoder"](y), x), "prior_kl_gaussian_fit": gaussian_fit_kl(y),
+            "d_prior_last": logged(cfg, "prior/d_prior")[-1]}
 
 
 @torch.no_grad()
-def check_bigan(objective, x: torch.Tensor, run_dir: Path) -> dict:
-    objective.nets.eval()
+def check_bigan(cfg, objective, ndm_steps: int) -> dict:
+    x = images(cfg, objective, "test")
     x_hat = objective.generate(objective.features(x)["y"], ema=False)
-    own, other = matched_msssim(x_hat, x)
-    ratios = [r["generator/recon_ratio"] for r in metric_rows(run_dir) if "generator/recon_ratio" in r]
+    ratios = logged(cfg, "generator/recon_ratio")
     test_ratio = (x - x_hat).flatten(1).norm(dim=1).mean() / (x.roll(1, 0) - x_hat).flatten(1).norm(dim=1).mean()
-    return {"msssim_own": own, "msssim_mismatched": other, "recon_ratio_first_log": ratios[0],
-            "recon_ratio_last_log": ratios[-1], "recon_ratio_test": float(test_ratio)}
+    return {**matched_msssim(x_hat, x), "recon_ratio_first_log": ratios[0], "recon_ratio_last_log": ratios[-1],
+            "recon_ratio_test": float(test_ratio)}
 
 
 @torch.no_grad()
-def check_nat(objective, x_train: torch.Tensor, seed: int) -> dict:
-    objective.nets.eval()
-    u = torch.nn.functional.normalize(objective.features(x_train)["y"], dim=1)
+def check_nat(cfg, objective, ndm_steps: int) -> dict:
+    u = torch.nn.functional.normalize(objective.features(images(cfg, objective, "train"))["y"], dim=1)
     target_of, targets = objective.target_of, objective.targets()
     shuffled = target_of[torch.randperm(len(target_of), generator=torch.Generator().manual_seed(1))]
-    start = initial_assignment(len(target_of), seed).to(target_of.device)
+    start = initial_assignment(len(target_of), cfg.run.seed).to(target_of.device)
     return {"cosine_assigned": float((u * targets[target_of]).sum(1).mean()),
             "cosine_random": float((u * targets[shuffled]).sum(1).mean()),
             "is_permutation": bool(torch.equal(target_of.sort().values, torch.arange(len(target_of)))),
             "changed_since_start": float((target_of != start).float().mean())}
 
 
+# label -> (config, overrides, check)
+RUNS = {
+    "vae": ("vae_digits", [], check_vae),
+    "aae": ("aae_digits", [], check_aae),
+    "aae_no_adversarial": ("aae_digits", ["objective.adversarial=0"], check_aae),
+    "bigan": ("bigan_digits", [], check_bigan),
+    "nat": ("nat_digits", [], check_nat),
+}
+
+
+def checks(record: dict) -> dict:
+    """A record's check values (or why it has none), without the driver's bookkeeping."""
+    return {k: v for k, v in record.items() if k not in ("run", "run_dir", "trained", "train_seconds",
+                                                         "measure_seconds", "measure_key")}
+
+
+def fmt(value) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def markdown(data: dict) -> str:
+    rows = [[r["run"], k, fmt(v)] for r in data["checks"] for k, v in checks(r).items()]
+    return X.markdown_table(["run", "check", "value"], rows)
+
+
+def log(msg: str) -> None:
+    print(f"[baselines] {msg}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", default="runs/baselines_digits", help="folder of the runs (one per model)")
     p.add_argument("--ndm-steps", type=count_arg(0, 10**6), default=1000, help="NDM training steps for the VAE (0: skip)")
+    p.add_argument("--out", default="", help="JSON file of the checks (default RUNS/checks.json; a .md table beside it)")
+    p.add_argument("overrides", nargs="*", help="config overrides for every run (KEY=VALUE)")
     args = p.parse_args(argv)
-    return X.run_cli("baselines_digits", lambda: check_all(Path(args.runs), args.ndm_steps))
+    return X.run_cli("baselines_digits", lambda: check_all(args))
 
 
-def check_all(runs: Path, ndm_steps: int) -> int:
-    """Train (or reuse) each run, check it, print one line a run and write checks.json."""
-    results = {}
+def check_all(args) -> int:
+    """Train (or reuse) each run, check it, print one line a run; the checks in --out and beside it."""
+    runs = Path(args.runs)
+    results = X.Results(X.output_file(args.out or runs / "checks.json", "--out"), {"overrides": args.overrides},
+                        field="checks", key="run", render=markdown, say=log, command="eval.baselines_digits")
+    specs = [X.Spec(label, load_config(config, [f"run.dir={runs / label}", "train.progress=false", *extra,
+                                                *args.overrides]))
+             for label, (config, extra, _) in RUNS.items()]
+
+    def measure(spec, state) -> dict:
+        cfg, objective, _ = X.load_final(state)
+        return RUNS[spec.key][2](cfg, objective, args.ndm_steps)
+
+    failed = X.run_specs(specs, X.on_main(measure), results, measure_key={"ndm_steps": args.ndm_steps}, say=log)
     for label in RUNS:
-        cfg, objective, _, run_dir = trained(label, runs)
-        x = to_float(build_dataset(cfg.data, "test").images).to(objective.device)
-        x_train = to_float(build_dataset(cfg.data, "train").images).to(objective.device)
-        if label == "vae":
-            results[label] = check_vae(objective, x, x_train, ndm_steps)
-        elif label == "nat":
-            results[label] = check_nat(objective, x_train, cfg.run.seed)
-        elif label.startswith("aae"):
-            results[label] = check_aae(objective, x, run_dir)
-        else:
-            results[label] = check_bigan(objective, x, run_dir)
-    for label, values in results.items():
-        print(f"{label:20s} " + "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
-                                          for k, v in values.items()))
-    (runs / "checks.json").write_text(json.dumps(results, indent=1))
-    return 0
+        values = checks(results.records[label])
+        print(f"{label:20s} " + "  ".join(f"{k} {fmt(v)}" for k, v in values.items()))
+    return 3 if failed else 0
 
 
 if __name__ == "__main__":

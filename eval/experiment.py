@@ -3,13 +3,14 @@
 JSON file and a Markdown file, rewritten whole after every record.
 
     results = Results(Path("out.json"), head={"steps": 600}, field="cells", render=to_markdown)
-    failed = run_specs(specs, measure, results, say=log)
+    failed = run_specs(specs, on_main(measure), results, measure_key={"samples": 360}, say=log)
 
-`eval.reproduce`, `eval.ablation`, `eval.gen_ablation` and `eval.figure14` are specs,
-measures and plots over it. A results file keeps the records of earlier calls made with
-the same settings (`head`), so a grid can be filled a few specs at a time and a stopped
-command rerun the same way finishes the work: finished runs are reused, a stopped one
-resumes, and a record whose `measure_key` is unchanged is not measured again.
+`eval.reproduce`, `eval.ablation`, `eval.gen_ablation`, `eval.figure8`, `eval.figure12`,
+`eval.figure14` and `eval.baselines_digits` are specs, measures and plots over it. A
+results file keeps the records of earlier calls made with the same settings (`head`), so
+a grid can be filled a few specs at a time and a stopped command rerun the same way
+finishes the work: finished runs are reused, a stopped one resumes, and a record whose
+`measure_key` is unchanged is not measured again.
 """
 from __future__ import annotations
 
@@ -23,11 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from arena.checkpoint import final_dir
 from arena.cli import ENDINGS, exit_status
 from arena.config import Config
 from arena.distributed import Processes, processes
 from arena.registry import ConfigError
-from arena.runs import RunState, ensure_trained, plan_run
+from arena.runs import RunState, ensure_trained, load_run, plan_run
 from arena.schema import read_yaml_text
 from arena.stops import NonFiniteLoss
 
@@ -81,9 +83,28 @@ def read_yaml_mapping(path: str | Path, flag: str) -> dict:
 
 
 def string_list(value, what: str) -> list[str]:
+    """A grid's list of KEY=VALUE overrides, or a ConfigError naming `what`."""
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{what}: expected a list of KEY=VALUE strings, got {short(value)}")
     return list(value)
+
+
+def in_range(flag: str, value: int, top: int) -> int:
+    """A count flag from 1 to top, or a ConfigError naming it (checked before any training)."""
+    if not 1 <= value <= top:
+        raise ConfigError(f"{flag} must be from 1 to {top}, got {value}")
+    return value
+
+
+def choose(text: str, valid, flag: str, where: str = "") -> list[str]:
+    """A comma-separated subset of `valid` (empty: all of it), or a ConfigError naming the
+    unknown names and the choices; `where` says where the choices come from."""
+    valid = list(valid)
+    chosen = [name for name in text.split(",") if name] or valid
+    unknown = [name for name in chosen if name not in valid]
+    if unknown:
+        raise ConfigError(f"{flag}: {', '.join(unknown)} unknown{where}; choose from {', '.join(valid)}")
+    return chosen
 
 
 def output_file(path: str | Path, flag: str) -> Path:
@@ -94,6 +115,13 @@ def output_file(path: str | Path, flag: str) -> Path:
     if p.parent.exists() and not p.parent.is_dir():
         raise ConfigError(f"{flag}: {p.parent} is not a directory")
     return p
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    """A Markdown table; a row shorter than the header (a skipped run's) is padded with empty cells."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join([*map(str, row), *[""] * (len(header) - len(row))]) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------- results
@@ -156,17 +184,15 @@ class Results:
 
 
 def main_then_all(procs: Processes, fn, marker: Path):
-    """Run fn on every process (it may use collectives), then let the other processes wait
-    for the main one by polling a file rather than in a collective: the main process's
-    part (probes, torch-fidelity) may outlast a collective's timeout.
+    """Run fn on every process (it may use collectives); the other processes then wait for
+    the main one by polling `marker`, not in a collective: the main process's part (probes,
+    torch-fidelity) may outlast a collective's timeout.
 
-    Whatever fn raises on any process (a Ctrl-C included) is caught until every process
-    has passed the closing barrier, so none is left waiting for a marker or a barrier
-    that never comes; then every process learns every process's error: the one that
-    raised raises its own exception again, the others the first error (a ConfigError as a
-    ConfigError, so the command ends with its message on every process). A process killed
-    outright ends the whole job (accelerate launch stops the others), so the poll needs
-    no deadline."""
+    An error fn raises on any process (Ctrl-C included) is held until every process has
+    passed the closing barrier, so none waits for ever; then the process that raised raises
+    it again and the others the first error (a ConfigError as a ConfigError: every process
+    ends with its message). A process killed outright ends the whole job (accelerate launch
+    stops the others), so the poll needs no deadline."""
     if procs.world == 1:
         return fn()
     if procs.main:
@@ -214,15 +240,28 @@ def _train(spec: Spec, train: bool, hooks, say) -> tuple[RunState | None, str]:
         return None, f"diverged: {err}"
 
 
+def _measure_key(measure_key, spec: Spec, state: RunState | None):
+    """What the measurement of `spec` depends on, as JSON reads it back (tuples become lists)."""
+    if callable(measure_key):
+        key = measure_key(spec, state)
+    else:  # None, or settings that go with the run's directory and length
+        key = measure_key and {"run_dir": str(state.run_dir), "step": state.steps, **measure_key}
+    return json.loads(json.dumps(key))
+
+
 def run_specs(specs: list[Spec], measure, results: Results, *, train: bool = True, hooks=None,
               measure_key=None, say=print) -> list[str]:
     """Each spec: ensure trained (or, train=False, reuse only), measure on every process
-    (`measure(spec, state, procs)` -> dict on the main process, None elsewhere), record,
-    write. `measure_key(spec, state)`: what a measurement depends on; an earlier record
-    with the same key is kept instead of measured again. -> the keys left unmeasured."""
+    (`measure(spec, state, procs)` -> dict on the main process, None elsewhere; see
+    `on_main`), record, write. -> the keys left unmeasured (not trained, diverged).
+
+    measure_key: what a measurement depends on, a dict of settings (with the run's
+    directory and step) or a function (spec, state) -> key; an earlier record with the
+    same key is kept instead of measured again. None: every call measures again."""
     procs = processes()
     say = say if procs.main else (lambda msg: None)
     results.order = [s.key for s in specs] + [k for k in results.order if k not in {s.key for s in specs}]
+    sync = results.path.parent / f".{results.path.name}.sync"  # main_then_all's marker files
     failed = []
     for spec in specs:
         state, skipped = _train(spec, train, hooks, say)
@@ -237,26 +276,35 @@ def run_specs(specs: list[Spec], measure, results: Results, *, train: bool = Tru
                 results.put(spec.key, {**record, "skipped": skipped}, say)
                 results.write()
             continue
-        key = json.loads(json.dumps(measure_key(spec, state))) if measure_key else None
+        key = _measure_key(measure_key, spec, state)
         old = results.records.get(spec.key, {})
         if key is not None and "skipped" not in old and old.get("measure_key") == key:
             say(f"{spec.key}: measured before with the same settings; kept")
             continue
         say(f"{spec.key}: measuring {spec.measures}".rstrip())
-        marker = results.path.parent / f".{results.path.name}.sync" / hashlib.sha1(spec.key.encode()).hexdigest()
         t0 = time.perf_counter()
-        out = main_then_all(procs, lambda: measure(spec, state, procs), marker)
+        out = main_then_all(procs, lambda: measure(spec, state, procs), sync / hashlib.sha1(spec.key.encode()).hexdigest())
         if procs.main:
-            record.update(out)
-            record["measure_seconds"] = round(time.perf_counter() - t0, 1)
+            record.update(out, measure_seconds=round(time.perf_counter() - t0, 1))
             if key is not None:
                 record["measure_key"] = key
             results.put(spec.key, record, say)
             results.write()
-    sync = results.path.parent / f".{results.path.name}.sync"  # the markers of main_then_all, all removed
     if procs.main and sync.is_dir() and not any(sync.iterdir()):
         sync.rmdir()
     return failed
+
+
+def on_main(measure: Callable[[Spec, RunState | None], dict]):
+    """A measure that runs on the main process only (probes, torch-fidelity on one device),
+    as run_specs calls it: the other processes return None and wait."""
+    return lambda spec, state, procs: measure(spec, state) if procs.main else None
+
+
+def load_final(state: RunState, device="cpu"):
+    """-> (cfg, objective, step) of a run at its final checkpoint (train.steps), the nets in
+    eval mode: the same weights whether this call trained the run or found it finished."""
+    return load_run(state.run_dir, str(final_dir(state.run_dir, state.steps)), device)
 
 
 def run_cli(name: str, body: Callable[[], int]) -> int:

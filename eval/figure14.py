@@ -35,13 +35,11 @@ from pathlib import Path
 
 import torch
 
-from arena import checkpoint as ckpt
 from arena.config import config_from_dict, merge, parse_overrides, resolve
 from arena.data import build_dataset
-from arena.registry import ConfigError
-from arena.runs import load_run
 
 from . import experiment as X
+from .cli_args import default_device
 
 # panel title -> (objective, overrides, phases at a 50:1 ratio, net whose output is shown).
 # A phase [name, "R"] runs R (--ratio) times in a row; ("R", [phases]) repeats the group R
@@ -158,12 +156,8 @@ def check_args(args) -> list[str]:
     """-> the chosen panels; a ConfigError names the first bad flag (before any training)."""
     for flag, value, top in (("--ratio", args.ratio, 10**4), ("--steps", args.steps, 10**9),
                              ("--samples", args.samples, 10**6)):
-        if not 1 <= value <= top:
-            raise ConfigError(f"{flag} must be from 1 to {top}, got {value}")
-    chosen = [p for p in args.panels.split(",") if p] or list(PANELS)
-    unknown = [p for p in chosen if p not in PANELS]
-    if unknown:
-        raise ConfigError(f"--panels: {', '.join(unknown)} unknown; choose from {', '.join(PANELS)}")
+        X.in_range(flag, value, top)
+    chosen = X.choose(args.panels, PANELS, "--panels")
     X.output_file(args.out, "--out")
     return chosen
 
@@ -172,8 +166,7 @@ def measure_panel(args, spec: X.Spec, state) -> dict:
     """The panel's net on --samples real and as many generated images: their outputs (kept,
     so a rerun redraws without measuring), moments and separability."""
     _, _, _, net = LOSSES[spec.record["title"]]
-    cfg = state.cfg
-    objective = state.objective or load_run(state.run_dir, str(ckpt.final_dir(state.run_dir, args.steps)))[1]
+    cfg, objective, _ = X.load_final(state, default_device())
     real, fake = outputs(objective, net, cfg, args.samples, args.split)
     rec = {"real_mean": real.mean().item(), "real_std": real.std().item(), "fake_mean": fake.mean().item(),
            "fake_std": fake.std().item(), **separability(real, fake), "split": args.split}
@@ -186,17 +179,17 @@ def measure_panel(args, spec: X.Spec, state) -> dict:
 
 
 def markdown(data: dict) -> str:
-    lines = ["| loss | real: mean +- std | fake: mean +- std | AUC | overlap |", "|---|---|---|---|---|"]
+    rows = []
     for v in data["panels"]:
         if "skipped" in v:
-            lines.append(f"| {v['title']} | {v['skipped']} | | | |")
+            rows.append([v["title"], v["skipped"]])
             continue
-        lines.append(f"| {v['title']} | {v['real_mean']:.2f} +- {v['real_std']:.2f} | {v['fake_mean']:.2f} +- "
-                     f"{v['fake_std']:.2f} | {v['auc']:.3f} | {v['overlap']:.2f} |")
+        rows.append([v["title"], f"{v['real_mean']:.2f} +- {v['real_std']:.2f}",
+                     f"{v['fake_mean']:.2f} +- {v['fake_std']:.2f}", f"{v['auc']:.3f}", f"{v['overlap']:.2f}"])
         if "target_auc" in v:
-            lines.append(f"| (E on its targets N(mu_P, 1) / N(mu_Q, 1)) | | | {v['target_auc']:.3f} "
-                         f"| {v['target_overlap']:.2f} |")
-    return "\n".join(lines) + "\n"
+            rows.append(["(E on its targets N(mu_P, 1) / N(mu_Q, 1))", "", "", f"{v['target_auc']:.3f}",
+                         f"{v['target_overlap']:.2f}"])
+    return X.markdown_table(["loss", "real: mean +- std", "fake: mean +- std", "AUC", "overlap"], rows)
 
 
 def draw(panels: list[dict], args, chosen: list[str]) -> None:
@@ -249,9 +242,8 @@ def run(args) -> int:
     out = Path(args.out)
     results = X.Results(out.with_suffix(".json"), head, field="panels", key="panel", render=markdown,
                         command="eval.figure14")
-    X.run_specs(specs, lambda spec, state, procs: measure_panel(args, spec, state) if procs.main else None,
-                results, say=print,
-                measure_key=lambda spec, state: {"run_dir": str(state.run_dir), "samples": args.samples})
+    X.run_specs(specs, X.on_main(lambda spec, state: measure_panel(args, spec, state)), results,
+                measure_key={"samples": args.samples}, say=print)
     panels = [results.records[n] for n in chosen if n in results.records]
     draw(panels, args, chosen)
     print(f"wrote {args.out}, {results.path} and {results.md}\n")

@@ -43,14 +43,14 @@ from pathlib import Path
 import torch
 
 from arena.config import load_config
-from arena.objective import DataInfo
+from arena.objective import DataInfo, build_objective
 from arena.registry import ConfigError
 from implicit_gen.base import GeneratorOptions
 
 from . import experiment as X
 from .cli_args import default_device, device_arg
-from .fid_is import load_run
 from .fidelity import evaluate_generator
+from .figure14 import outputs, separability
 
 GRID_KEYS = ("steps", "budget", "common", "cells")
 
@@ -79,20 +79,12 @@ def read_grid(path: str) -> dict:
     return grid
 
 
-def separability_at(objective, cfg, n: int) -> dict:
-    """The image net's output on n test images vs n samples of the live G."""
-    from .figure14 import outputs, separability
-
-    r, f = outputs(objective, objective.image_net, cfg, n)
-    return {**separability(r, f), "out_real": r.mean().item(), "out_fake": f.mean().item()}
-
-
-def measure(run_dir: Path, steps: int, num_samples: int, device: str) -> dict:
-    cfg, objective, step = load_run(str(run_dir), str(run_dir / "checkpoints" / f"checkpoint-{steps:06d}"), device)
-    metrics = ["fid", "kid"]
+def measure(state, num_samples: int, device: str) -> dict:
+    """FID / KID of three generators, and separability of the image net's output, at the run's last step."""
+    cfg, objective, step = X.load_final(state, device)
 
     def fid(ema: bool) -> dict:
-        v = evaluate_generator(objective, cfg, num_samples=num_samples, metrics=metrics, ema=ema)
+        v = evaluate_generator(objective, cfg, num_samples=num_samples, metrics=["fid", "kid"], ema=ema)
         return {"fid": v["fid"], "kid": v["kid_mean"]}
 
     out = {"step": step, "data_batches": step * objective.data_batches_per_step()}
@@ -109,8 +101,9 @@ def measure(run_dir: Path, steps: int, num_samples: int, device: str) -> dict:
     out.update(fid_ema_copied_bn=copied["fid"], kid_ema_copied_bn=copied["kid"])
     raw = fid(False)
     out.update(fid_raw=raw["fid"], kid_raw=raw["kid"])
-    out.update(separability_at(objective, cfg, 360))
-    return out
+    # the image net (D, or the IE's E) on 360 test images against as many samples of the live G
+    r, f = outputs(objective, objective.image_net, cfg, 360)
+    return {**out, **separability(r, f), "out_real": r.mean().item(), "out_fake": f.mean().item()}
 
 
 def log(msg: str) -> None:
@@ -120,28 +113,26 @@ def log(msg: str) -> None:
 def cell_config(name: str, grid: dict, root: Path):
     """The resolved config of one cell: the grid's common overrides, the cell's, its budget."""
     cell = grid["cells"][name]
-    cfg = load_config(cell["config"], [*grid["common"], *cell["overrides"]])
+    overrides = [*grid["common"], *cell["overrides"]]
     steps = grid["steps"]
     if grid["budget"] == "data":  # every cell reads `steps` data batches
-        from arena.objective import build_objective
-
+        cfg = load_config(cell["config"], overrides)
         steps = max(1, steps // build_objective(cfg, DataInfo(1, cfg.data.resolution)).data_batches_per_step())
-    return load_config(cell["config"], [*grid["common"], *cell["overrides"], f"train.steps={steps}",
-                                        f"run.dir={root / name}", f"train.checkpoint_every={steps}",
-                                        "train.progress=false"])
+    return load_config(cell["config"], [*overrides, f"train.steps={steps}", f"run.dir={root / name}",
+                                        f"train.checkpoint_every={steps}", "train.progress=false"])
 
 
 def table(cells: list[dict]) -> str:
-    rows = ["| cell | overrides | data batches | FID (EMA, BN re-estimated) | FID (EMA, copied BN) | FID (raw G) "
-            "| KID | AUC (1:1, end) | overlap |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = []
     for c in cells:
         over = " ".join(c["overrides"]) or "-"
         if "skipped" in c:
-            rows.append(f"| {c['cell']} | {over} | {c['skipped']} |||||||")
+            rows.append([c["cell"], over, c["skipped"]])
             continue
-        rows.append(f"| {c['cell']} | {over} | {c['data_batches']} | {c['fid']:.2f} | {c['fid_ema_copied_bn']:.2f} "
-                    f"| {c['fid_raw']:.2f} | {c['kid']:.3f} | {c['auc']:.3f} | {c['overlap']:.2f} |")
-    return "\n".join(rows) + "\n"
+        rows.append([c["cell"], over, c["data_batches"], f"{c['fid']:.2f}", f"{c['fid_ema_copied_bn']:.2f}",
+                     f"{c['fid_raw']:.2f}", f"{c['kid']:.3f}", f"{c['auc']:.3f}", f"{c['overlap']:.2f}"])
+    return X.markdown_table(["cell", "overrides", "data batches", "FID (EMA, BN re-estimated)", "FID (EMA, copied BN)",
+                             "FID (raw G)", "KID", "AUC (1:1, end)", "overlap"], rows)
 
 
 def drop_changed(results: X.Results, grid: dict) -> None:
@@ -173,31 +164,25 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args) -> int:
     grid = read_grid(args.grid)
-    if not 1 <= args.num_samples <= 10**7:
-        raise ConfigError(f"--num-samples must be from 1 to 10^7, got {args.num_samples}")
-    names = [c for c in args.cells.split(",") if c] or list(grid["cells"])
-    missing = [c for c in names if c not in grid["cells"]]
-    if missing:
-        raise ConfigError(f"--cells: {', '.join(missing)} not in {args.grid} ({', '.join(grid['cells'])})")
+    X.in_range("--num-samples", args.num_samples, 10**7)
+    names = X.choose(args.cells, grid["cells"], "--cells", f" in {args.grid}")
     head = {"grid": args.grid, "steps": grid["steps"], "budget": grid["budget"], "common": grid["common"],
             "num_samples": args.num_samples}
     results = X.Results(X.output_file(args.out, "--out"), head, field="cells", key="cell",
                         render=lambda d: table(d["cells"]), compare=["steps", "budget", "common", "num_samples"],
                         say=log, command="eval.gen_ablation")
     drop_changed(results, grid)
-    root = Path(args.runs_root)
-    specs = [X.Spec(n, cell_config(n, grid, root), {"config": grid["cells"][n]["config"],
-                                                    "overrides": grid["cells"][n]["overrides"]}) for n in names]
+    specs = [X.Spec(n, cell_config(n, grid, Path(args.runs_root)), {"config": grid["cells"][n]["config"],
+                                                                   "overrides": grid["cells"][n]["overrides"]})
+             for n in names]
 
-    def measure_cell(spec, state, procs):
-        if not procs.main:
-            return None
-        out = measure(state.run_dir, state.steps, args.num_samples, args.device)
+    def measure_cell(spec, state) -> dict:
+        out = measure(state, args.num_samples, args.device)
         print(json.dumps({"cell": spec.key, **spec.record, **out}), flush=True)
         return out
 
     results.order = list(grid["cells"])
-    X.run_specs(specs, measure_cell, results, train=args.train, say=log)
+    X.run_specs(specs, X.on_main(measure_cell), results, train=args.train, say=log)
     print(table(results.data()["cells"]), end="")
     return 0
 
