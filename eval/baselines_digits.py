@@ -118,19 +118,14 @@ RUNS = {
 }
 
 
-def checks(record: dict) -> dict:
-    """A record's check values (or why it has none), without the driver's bookkeeping."""
-    return {k: v for k, v in record.items() if k not in ("run", "run_dir", "trained", "train_seconds",
-                                                         "measure_seconds", "measure_key")}
-
-
-def fmt(value) -> str:
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
+def line(record: dict) -> str:
+    """A record's checks (or why it has none) as 'name value' pairs, without the driver's fields."""
+    return "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                     for k, v in record.items() if k not in ("run", *X.RUN_FIELDS))
 
 
 def markdown(data: dict) -> str:
-    rows = [[r["run"], k, fmt(v)] for r in data["checks"] for k, v in checks(r).items()]
-    return X.markdown_table(["run", "check", "value"], rows)
+    return X.markdown_table(["run", "checks"], [[r["run"], line(r)] for r in data["checks"]])
 
 
 def log(msg: str) -> None:
@@ -140,8 +135,9 @@ def log(msg: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", default="runs/baselines_digits", help="folder of the runs (one per model)")
-    p.add_argument("--ndm-steps", type=count_arg(0, 10**6), default=1000, help="NDM training steps for the VAE (0: skip)")
-    p.add_argument("--out", default="", help="JSON file of the checks (default RUNS/checks.json; a .md table beside it)")
+    p.add_argument("--ndm-steps", type=count_arg(0, 10**6), default=1000,
+                   help="NDM training steps for the VAE (0: skip)")
+    p.add_argument("--out", default="", help="JSON file of the checks (default RUNS/checks.json; .md beside it)")
     p.add_argument("overrides", nargs="*", help="config overrides for every run (KEY=VALUE)")
     args = p.parse_args(argv)
     return X.run_cli("baselines_digits", lambda: check_all(args))
@@ -161,9 +157,8 @@ def check_all(args) -> int:
         return RUNS[spec.key][2](cfg, objective, args.ndm_steps)
 
     failed = X.run_specs(specs, X.on_main(measure), results, measure_key={"ndm_steps": args.ndm_steps}, say=log)
-    for label in RUNS:
-        values = checks(results.records[label])
-        print(f"{label:20s} " + "  ".join(f"{k} {fmt(v)}" for k, v in values.items()))
+    for record in results.data()["checks"]:  # none on the other processes
+        print(f"{record['run']:20s} {line(record)}")
     return 3 if failed else 0
 
 

@@ -249,6 +249,10 @@ def _measure_key(measure_key, spec: Spec, state: RunState | None):
     return json.loads(json.dumps(key))
 
 
+# what run_specs adds to a spec's record: the run and this call's work on it
+RUN_FIELDS = ("run_dir", "trained", "train_seconds", "measure_seconds", "measure_key")
+
+
 def run_specs(specs: list[Spec], measure, results: Results, *, train: bool = True, hooks=None,
               measure_key=None, say=print) -> list[str]:
     """Each spec: ensure trained (or, train=False, reuse only), measure on every process
@@ -283,7 +287,8 @@ def run_specs(specs: list[Spec], measure, results: Results, *, train: bool = Tru
             continue
         say(f"{spec.key}: measuring {spec.measures}".rstrip())
         t0 = time.perf_counter()
-        out = main_then_all(procs, lambda: measure(spec, state, procs), sync / hashlib.sha1(spec.key.encode()).hexdigest())
+        marker = sync / hashlib.sha1(spec.key.encode()).hexdigest()
+        out = main_then_all(procs, lambda: measure(spec, state, procs), marker)
         if procs.main:
             record.update(out, measure_seconds=round(time.perf_counter() - t0, 1))
             if key is not None:

@@ -46,13 +46,14 @@ from .cli_args import default_device
 # times. The IE's "discriminator" is E with T_P / T_Q, a game of its own: over-trained, it
 # plays that game R rounds (T, E, T, E, ...) per G step. R T-steps then R E-steps
 # (--ie-blocks) would let E best-respond R times to a T that no longer moves.
+GAN_PHASES = [["critic", "R"], ["generator", 1]]
 IE_ROUNDS = [("R", [["discriminators", 1], ["encoder", 1]]), ["generator", 1]]
 IE_BLOCKS = [["discriminators", "R"], ["encoder", "R"], ["generator", 1]]
 LOSSES = {
-    "GAN (log(1 - D))": ("gan", [], [["critic", "R"], ["generator", 1]], "D"),
-    "GAN (-log D)": ("nsgan_cp", ["objective.penalty_weight=0.0"], [["critic", "R"], ["generator", 1]], "D"),
-    "Least squares GAN": ("lsgan", [], [["critic", "R"], ["generator", 1]], "D"),
-    "WGAN-GP": ("wgan_gp", [], [["critic", "R"], ["generator", 1]], "D"),
+    "GAN (log(1 - D))": ("gan", [], GAN_PHASES, "D"),
+    "GAN (-log D)": ("nsgan_cp", ["objective.penalty_weight=0.0"], GAN_PHASES, "D"),
+    "Least squares GAN": ("lsgan", [], GAN_PHASES, "D"),
+    "WGAN-GP": ("wgan_gp", [], GAN_PHASES, "D"),
     "IE (ours)": ("ie", [], IE_ROUNDS, "E"),
 }
 
@@ -119,6 +120,7 @@ def target_separability(mu_p: float, mu_q: float) -> dict[str, float]:
 
 @torch.no_grad()
 def outputs(objective, net: str, cfg, n: int, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
+    """The net's outputs on n images of `split` and on n samples of the live G (both seeded)."""
     ds = build_dataset(cfg.data, split)
     idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:n]
     real = torch.stack([ds[int(i)][0] for i in idx]).to(objective.device)

@@ -315,3 +315,24 @@ def test_the_digits_check_measures_distance_to_the_prior_by_a_gaussian_fit():
     # N(1, I): m'm / 2 = 2;  N(0, 4 I): (tr S - d - log det S) / 2 = (16 - 4 - 4 log 4) / 2
     assert gaussian_fit_kl(z + 1) == pytest.approx(2.0, abs=0.05)
     assert gaussian_fit_kl(2 * z) == pytest.approx((12 - 4 * math.log(4)) / 2, abs=0.05)
+
+
+def test_the_digits_checks_run_on_the_driver_and_a_rerun_reuses_runs_and_measurements(tmp_path, capsys):
+    import json
+
+    from eval import baselines_digits
+
+    argv = ["--runs", str(tmp_path), "--ndm-steps", "2", "train.steps=2", "model.width=0.125", "train.log_every=1"]
+    assert baselines_digits.main(argv) == 0
+    first = capsys.readouterr().out
+    records = {r["run"]: r for r in json.loads((tmp_path / "checks.json").read_text())["checks"]}
+    assert list(records) == list(baselines_digits.RUNS) and all(r["trained"] == "fresh" for r in records.values())
+    assert records["nat"]["is_permutation"] is True and records["vae"]["ndm_sample"] >= 0
+    assert 0 < records["aae"]["prior_kl_gaussian_fit"] and "recon_ratio_test" in records["bigan"]
+    assert first.count("measuring") == 5 and "\nvae                  msssim_own " in first
+    assert (tmp_path / "checks.md").read_text().startswith("| run | checks |\n")
+    assert baselines_digits.main(argv) == 0  # the same command again: nothing trained or measured
+    again = capsys.readouterr().out
+    assert again.count("reused, not trained") == 5 and again.count("measured before with the same settings") == 5
+    assert json.loads((tmp_path / "checks.json").read_text())["checks"] == list(records.values())
+    assert again.split("kept\n")[-1] == first.split("[baselines] nat: measuring\n")[-1]  # the same table
