@@ -16,9 +16,8 @@ finished run is reused, a stopped one resumed: arena.runs' rule) and prints a ta
 - BiGAN: the logged ||x - G(E(x))|| / ||x' - G(E(x))|| at the first and last log, and on
   the test set; own / mismatched MS-SSIM of G(E(x)).
 
-Each run is a spec of eval.experiment's driver: the checks go to RUNS/checks.json (--out)
-and a Markdown table beside it, and a rerun measures again only the runs whose checkpoint
-or --ndm-steps changed. Overrides apply to every run (train.steps=50: a quick look).
+The runs are specs on eval.experiment's driver: the checks go to RUNS/checks.json (--out)
+and a .md beside it; a rerun measures only runs whose checkpoint or --ndm-steps changed.
 """
 from __future__ import annotations
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import reprlib
 import time
@@ -28,6 +27,7 @@ from arena.checkpoint import final_dir
 from arena.cli import ENDINGS, exit_status
 from arena.config import Config
 from arena.distributed import Processes, processes
+from arena.images import atomic_file
 from arena.registry import ConfigError
 from arena.runs import RunState, ensure_trained, load_run, plan_run
 from arena.schema import read_yaml_text
@@ -129,10 +129,8 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 
 def write_atomic(path: Path, text: str) -> None:
     """Written whole to a temporary file, then renamed: a reader (or a kill) never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        Path(tmp).write_text(text)
 
 
 class Results:
@@ -231,9 +229,8 @@ def _train(spec: Spec, train: bool, hooks, say) -> tuple[RunState | None, str]:
         return None, ""
     if not train:
         state = plan_run(spec.cfg)
-        if state.how != "reuse":
-            return state, f"not trained to step {state.steps} under {state.run_dir} (--no-train)"
-        return state, ""
+        why = f"not trained to step {state.steps} under {state.run_dir} (--no-train)"
+        return state, "" if state.how == "reuse" else why
     try:
         return ensure_trained(spec.cfg, hooks(spec.cfg) if hooks else (), say=lambda m: say(f"{spec.key}: {m}")), ""
     except NonFiniteLoss as err:

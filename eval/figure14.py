@@ -72,17 +72,19 @@ def expand(phases: list, ratio: int) -> list[list]:
     return out
 
 
-def panel_config(base: str, objective: str, extra: list[str], phases, ratio: int, steps: int, root: Path,
-                 common: list[str] = ()):
-    """One panel's config: the base's data and nets, this loss's defaults, the over-trained
-    schedule; its run goes to ROOT/<objective> (arena.runs.ensure_trained puts a panel of
-    changed options beside the earlier run)."""
-    phases = expand(phases, ratio)
-    root = Path(root).resolve()  # runs/f14 and ./runs/f14 are one place
-    overrides = [*common, *extra, f"run.dir={root / objective}", f"train.steps={steps}",
-                 f"train.phases={json.dumps(phases)}", "train.progress=false", f"train.checkpoint_every={steps}",
-                 f"train.sample_every={steps}", f"train.log_every={max(1, steps // 4)}"]
-    raw = resolve(base).raw  # the base config with its own bases applied
+def panel_config(args, objective: str):
+    """One panel's config: the --base's data and nets, this loss's defaults (the IE's with
+    --ie), the over-trained schedule; its run goes to RUNS/<objective> (arena.runs.ensure_trained
+    puts a panel of changed options beside the earlier run)."""
+    _, extra, phases, _ = LOSSES[PANELS[objective]]
+    if objective == "ie":
+        extra, phases = [*extra, *args.ie], (IE_BLOCKS if args.ie_blocks else phases)
+    steps, root = args.steps, Path(args.runs).resolve()  # runs/f14 and ./runs/f14 are one place
+    overrides = [*args.overrides, *extra, f"run.dir={root / objective}", f"train.steps={steps}",
+                 f"train.phases={json.dumps(expand(phases, args.ratio))}", "train.progress=false",
+                 f"train.checkpoint_every={steps}", f"train.sample_every={steps}",
+                 f"train.log_every={max(1, steps // 4)}"]
+    raw = resolve(args.base).raw  # the base config with its own bases applied
     if raw.get("objective", {}).get("name") != objective:
         raw["objective"] = {"name": objective}  # the base's data, nets and optimizer; this loss's defaults
     return config_from_dict(merge(raw, parse_overrides(overrides)), name=f"figure14-{objective}")
@@ -207,11 +209,10 @@ def draw(panels: list[dict], args, chosen: list[str]) -> None:
         if "skipped" in p:
             ax.text(0.5, 0.5, p["skipped"], transform=ax.transAxes, ha="center", fontsize=7, wrap=True)
             continue
-        real, fake = torch.tensor(p["real"]), torch.tensor(p["fake"])
-        lo, hi = float(torch.minimum(real.min(), fake.min())), float(torch.maximum(real.max(), fake.max()))
-        bins = torch.linspace(lo, hi + 1e-6, 41).numpy()
-        ax.hist(real.numpy(), bins=bins, alpha=0.6, label="real", color="tab:blue")
-        ax.hist(fake.numpy(), bins=bins, alpha=0.6, label="fake", color="tab:orange")
+        both = p["real"] + p["fake"]
+        bins = torch.linspace(min(both), max(both) + 1e-6, 41).numpy()
+        for name, color in (("real", "tab:blue"), ("fake", "tab:orange")):
+            ax.hist(p[name], bins=bins, alpha=0.6, label=name, color=color)
         text = f"AUC {p['auc']:.3f}\noverlap {p['overlap']:.2f}"
         if "target_auc" in p:
             text += f"\ntargets: {p['target_auc']:.3f} / {p['target_overlap']:.2f}"
@@ -231,18 +232,9 @@ def draw(panels: list[dict], args, chosen: list[str]) -> None:
 def run(args) -> int:
     """The panels as specs on eval.experiment's driver, then the figure from their records."""
     chosen = check_args(args)
-    specs = []
-    for name in chosen:
-        title = PANELS[name]
-        _, extra, phases, _ = LOSSES[title]
-        if name == "ie":
-            extra, phases = [*extra, *args.ie], (IE_BLOCKS if args.ie_blocks else phases)
-        cfg = panel_config(args.base, name, extra, phases, args.ratio, args.steps, Path(args.runs), args.overrides)
-        specs.append(X.Spec(name, cfg, {"title": title}))
-    head = {k: getattr(args, k) for k in ("base", "ratio", "steps", "samples", "split", "overrides", "ie",
-                                         "ie_blocks")}
-    out = Path(args.out)
-    results = X.Results(out.with_suffix(".json"), head, field="panels", key="panel", render=markdown,
+    specs = [X.Spec(name, panel_config(args, name), {"title": PANELS[name]}) for name in chosen]
+    head = {k: getattr(args, k) for k in ("base", "ratio", "steps", "samples", "split", "overrides", "ie", "ie_blocks")}
+    results = X.Results(Path(args.out).with_suffix(".json"), head, field="panels", key="panel", render=markdown,
                         command="eval.figure14")
     X.run_specs(specs, X.on_main(lambda spec, state: measure_panel(args, spec, state)), results,
                 measure_key={"samples": args.samples}, say=print)

@@ -122,9 +122,9 @@ def cell_config(name: str, grid: dict, root: Path):
                                         f"train.checkpoint_every={steps}", "train.progress=false"])
 
 
-def table(cells: list[dict]) -> str:
+def table(data: dict) -> str:
     rows = []
-    for c in cells:
+    for c in data["cells"]:
         over = " ".join(c["overrides"]) or "-"
         if "skipped" in c:
             rows.append([c["cell"], over, c["skipped"]])
@@ -169,12 +169,10 @@ def _run(args) -> int:
     head = {"grid": args.grid, "steps": grid["steps"], "budget": grid["budget"], "common": grid["common"],
             "num_samples": args.num_samples}
     results = X.Results(X.output_file(args.out, "--out"), head, field="cells", key="cell",
-                        render=lambda d: table(d["cells"]), compare=["steps", "budget", "common", "num_samples"],
+                        render=table, compare=["steps", "budget", "common", "num_samples"],
                         say=log, command="eval.gen_ablation")
     drop_changed(results, grid)
-    specs = [X.Spec(n, cell_config(n, grid, Path(args.runs_root)), {"config": grid["cells"][n]["config"],
-                                                                   "overrides": grid["cells"][n]["overrides"]})
-             for n in names]
+    specs = [X.Spec(n, cell_config(n, grid, Path(args.runs_root)), dict(grid["cells"][n])) for n in names]
 
     def measure_cell(spec, state) -> dict:
         out = measure(state, args.num_samples, args.device)
@@ -183,7 +181,7 @@ def _run(args) -> int:
 
     results.order = list(grid["cells"])
     X.run_specs(specs, X.on_main(measure_cell), results, train=args.train, say=log)
-    print(table(results.data()["cells"]), end="")
+    print(table(results.data()), end="")
     return 0
 
 
