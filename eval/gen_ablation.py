@@ -83,11 +83,10 @@ def measure(state, num_samples: int, device: str) -> dict:
     """FID / KID of three generators, and separability of the image net's output, at the run's last step."""
     cfg, objective, step = X.load_final(state, device)
 
-    def fid(ema: bool) -> dict:
+    def fid(ema: bool, name: str = "") -> dict:
         v = evaluate_generator(objective, cfg, num_samples=num_samples, metrics=["fid", "kid"], ema=ema)
-        return {"fid": v["fid"], "kid": v["kid_mean"]}
+        return {f"fid{name}": v["fid"], f"kid{name}": v["kid_mean"]}
 
-    out = {"step": step, "data_batches": step * objective.data_batches_per_step()}
     bn_batches = objective.opts.ema_bn_batches
     # First the EMA G with the live G's statistics, as the trainer copies them (the
     # checkpoint's EMA copy may hold re-estimated ones: a sample grid at the last step).
@@ -95,15 +94,13 @@ def measure(state, num_samples: int, device: str) -> dict:
         for e, b in zip(objective.ema["G"].buffers(), objective.nets["G"].buffers()):
             e.copy_(b)
     objective.opts.ema_bn_batches = 0
-    copied = fid(True)
-    objective.opts.ema_bn_batches = bn_batches or GeneratorOptions.ema_bn_batches  # re-estimated, even if the cell turned it off
-    out.update(fid(True))
-    out.update(fid_ema_copied_bn=copied["fid"], kid_ema_copied_bn=copied["kid"])
-    raw = fid(False)
-    out.update(fid_raw=raw["fid"], kid_raw=raw["kid"])
+    copied = fid(True, "_ema_copied_bn")
+    # then re-estimated for the EMA weights, even if the cell turned that off
+    objective.opts.ema_bn_batches = bn_batches or GeneratorOptions.ema_bn_batches
     # the image net (D, or the IE's E) on 360 test images against as many samples of the live G
     r, f = outputs(objective, objective.image_net, cfg, 360)
-    return {**out, **separability(r, f), "out_real": r.mean().item(), "out_fake": f.mean().item()}
+    return {"step": step, "data_batches": step * objective.data_batches_per_step(), **fid(True), **copied,
+            **fid(False, "_raw"), **separability(r, f), "out_real": r.mean().item(), "out_fake": f.mean().item()}
 
 
 def log(msg: str) -> None:
