@@ -25,7 +25,7 @@ from typing import Callable
 
 from arena.checkpoint import final_dir
 from arena.cli import ENDINGS, exit_status
-from arena.config import Config
+from arena.config import Config, read_config_text
 from arena.distributed import Processes, processes
 from arena.images import atomic_file
 from arena.registry import ConfigError
@@ -72,11 +72,8 @@ def read_yaml_mapping(path: str | Path, flag: str) -> dict:
         raise ConfigError(f"{flag}: {p} is not a file")
     if p.stat().st_size > MAX_GRID_BYTES:
         raise ConfigError(f"{flag} {p}: {p.stat().st_size} bytes; a grid file is at most {MAX_GRID_BYTES}")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"{flag} {p}: not valid YAML: the file is not UTF-8 text") from None
-    data = read_yaml_text(text, f"{flag} {p}", typed=True)  # the config reader's bounds (size, nesting, aliases)
+    # read as configs are: UTF-8, and the config reader's bounds (size, nesting, aliases)
+    data = read_yaml_text(read_config_text(p), f"{flag} {p}", typed=True)
     if not isinstance(data, dict):
         raise ConfigError(f"{flag} {p}: the top level must be a mapping of keys, not a {type(data).__name__}")
     return data
