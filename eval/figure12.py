@@ -19,47 +19,37 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from pathlib import Path
+from itertools import product
 
-from arena import checkpoint as ckpt
 from arena.registry import ConfigError
 
-from . import experiment as X
 from . import probes as P
 from .cli_args import count_arg
-from .dim_probes import extract, image_batches, labeled_indices, load_encoder_run, log, probe_datasets, subset
-from .figures import add_common_args, check_objective, line_plot, number_list, point_config, spread, sweep
+from .dim_probes import extract, image_batches, labeled_indices, probe_datasets, subset
+from .figures import (add_common_args, check_objective, final_encoder, flags, line_plot, main as run_main,
+                      number_list, point, spread, sweep)
 
 PAPER_BETAS = [0.1, 0.5, 1.0, 1.5, 2.0, 4.0]
 CODE_NAMES = {"y": "mu (Y)", "z": "a posterior sample z"}
 
 
-def point_specs(args) -> list[X.Spec]:
-    check_objective(args.config, args.overrides, "vae", "Figure 12")
-    specs = []
-    for beta in args.betas:
-        if beta < 0:
-            raise ConfigError(f"--betas: beta must be >= 0, got {beta:g}")
-        for seed in args.seeds:
-            name = f"b{beta:g}_s{seed}"
-            cfg = point_config(args.config, args.overrides, [f"objective.beta={beta}", f"run.seed={seed}"],
-                               args.steps, Path(args.runs_root) / name)
-            specs.append(X.Spec(name, cfg, {"beta": beta, "seed": seed}, f"ndm x {args.ndm_nets}"))
-    return specs
+def point_specs(args) -> list:
+    check_objective(args, "vae", "Figure 12")
+    for beta in (b for b in args.betas if b < 0):
+        raise ConfigError(f"--betas: beta must be >= 0, got {beta:g}")
+    return [point(args, f"b{beta:g}_s{seed}", [f"objective.beta={beta}", f"run.seed={seed}"],
+                  {"beta": beta, "seed": seed}, f"ndm x {args.ndm_nets}")
+            for beta, seed in product(args.betas, args.seeds)]
 
 
 def measure(state, args) -> dict:
     """NDM of the run's ndm_layer code, once per discriminator seed 0..ndm_nets-1."""
-    cfg, objective, step = load_encoder_run(state.run_dir, str(ckpt.final_dir(state.run_dir, state.steps)),
-                                            args.device)
+    cfg, objective, step = final_encoder(state, args.device)
     layer = getattr(objective, "ndm_layer", "y")
-    train_ds, test_ds = probe_datasets(cfg)
     codes = []
-    for ds, limit, seed in ((train_ds, args.max_train, 0), (test_ds, args.max_test, 1)):
+    for ds, limit, seed in zip(probe_datasets(cfg), (args.max_train, args.max_test), (0, 1)):
         idx = subset(labeled_indices(ds), limit, seed)
-        feats, _, _ = extract(objective, image_batches(ds, idx, 256, data_cfg=cfg.data), (layer,))
-        codes.append(feats[layer])
+        codes.append(extract(objective, image_batches(ds, idx, 256, data_cfg=cfg.data), (layer,))[0][layer])
     values = [P.ndm(codes[0], codes[1], sigmoid=args.sigmoid, steps=args.ndm_steps, seed=k, device=args.device)
               for k in range(args.ndm_nets)]
     return {"layer": layer, "ndm": values, **{k: v for k, v in spread(values).items() if k != "n"}, "step": step}
@@ -100,25 +90,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _run(args) -> int:
-    out = X.output_file(args.out, "--out")
-    t0 = time.perf_counter()
-    specs = point_specs(args)
-    ndm = {k: getattr(args, k) for k in ("ndm_nets", "ndm_steps", "sigmoid", "max_train", "max_test")}
-    head = {"config": args.config, "overrides": args.overrides, "steps": args.steps, **ndm}
-    records = sweep("figure12", specs, lambda state: measure(state, args), head, out, to_markdown)
+def plot(records: list[dict], args, out) -> None:
     codes = sorted({CODE_NAMES.get(r["layer"], r["layer"]) for r in records if "layer" in r})
     line_plot(series(records), out, xlabel="beta", symlog_y=True,
               ylabel="NDM (nats, symlog axis)" + (", sigmoid" if args.sigmoid else ""),
               title=f"Figure 12: {args.config}, NDM on {' / '.join(codes) or '?'}\n"
                     f"{len(args.seeds)} run(s) x {args.ndm_nets} NDM net(s) per beta, mean +- std")
-    log(f"wrote {out}, {out.with_suffix('.json')} and {out.with_suffix('.md')} ({time.perf_counter() - t0:.0f}s)")
-    return 0
+
+
+def _run(args, out) -> None:
+    head = flags(args, "config", "overrides", "steps", "ndm_nets", "ndm_steps", "sigmoid", "max_train", "max_test")
+    sweep("figure12", point_specs(args), lambda state: measure(state, args), head, out,
+          lambda records: plot(records, args, out), render=to_markdown)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_intermixed_args(argv)
-    return X.run_cli("figure12", lambda: _run(args))
+    return run_main("figure12", build_parser(), _run, argv)
 
 
 if __name__ == "__main__":

@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from pathlib import Path
+from itertools import product
 
-from arena import checkpoint as ckpt
 from arena.registry import ConfigError
 
-from . import experiment as X
 from .cli_args import count_arg
-from .dim_probes import LAYERS, ProbeSettings, load_encoder_run, log, run_probes
-from .figures import add_common_args, check_objective, line_plot, number_list, point_config, sweep
+from .dim_probes import LAYERS
+from .figures import (add_common_args, check_objective, flags, line_plot, main as run_main, number_list, point,
+                      probe_point, probe_settings, sweep)
 
 ESTIMATORS = ("jsd", "nce")
 
@@ -39,31 +37,25 @@ def accuracy(result) -> float:
     return float(result["mean"]) if isinstance(result, dict) else float(result)
 
 
-def point_specs(args) -> list[X.Spec]:
+def point_specs(args) -> list:
     """One spec per estimator x negatives x seed; --negatives checked against the batch."""
-    check_objective(args.config, args.overrides, "dim", "Figure 8")
+    check_objective(args, "dim", "Figure 8")
+    for est in set(args.estimators) - set(ESTIMATORS):
+        raise ConfigError(f"--estimators: unknown '{est}'; Figure 8 compares {', '.join(ESTIMATORS)}")
     specs = []
-    for est in args.estimators:
-        if est not in ESTIMATORS:
-            raise ConfigError(f"--estimators: unknown '{est}'; Figure 8 compares {', '.join(ESTIMATORS)}")
-        for m in args.negatives:
-            for seed in args.seeds:
-                name = f"{est}_m{m}_s{seed}"
-                cfg = point_config(args.config, args.overrides, [f"objective.estimator={est}",
-                                   f"objective.max_negatives={m}", f"run.seed={seed}"], args.steps,
-                                   Path(args.runs_root) / name)
-                if not 1 <= m < cfg.train.batch_size:
-                    raise ConfigError(f"--negatives: {m} negative images per image needs 1 <= m <= batch - 1 = "
-                                      f"{cfg.train.batch_size - 1} (train.batch_size {cfg.train.batch_size})")
-                specs.append(X.Spec(name, cfg, {"estimator": est, "negatives": m, "seed": seed},
-                                    f"{args.probe}/{args.layer}"))
+    for est, m, seed in product(args.estimators, args.negatives, args.seeds):
+        spec = point(args, f"{est}_m{m}_s{seed}", [f"objective.estimator={est}", f"objective.max_negatives={m}",
+                     f"run.seed={seed}"], {"estimator": est, "negatives": m, "seed": seed}, f"{args.probe}/{args.layer}")
+        batch = spec.cfg.train.batch_size
+        if not 1 <= m < batch:
+            raise ConfigError(f"--negatives: {m} negative images per image needs 1 <= m <= batch - 1 = {batch - 1} "
+                              f"(train.batch_size {batch})")
+        specs.append(spec)
     return specs
 
 
-def measure(state, settings: ProbeSettings) -> dict:
-    cfg, objective, step = load_encoder_run(state.run_dir, str(ckpt.final_dir(state.run_dir, state.steps)),
-                                            settings.device)
-    results, _ = run_probes(cfg, objective, settings)
+def measure(state, settings) -> dict:
+    results, step = probe_point(state, settings)
     (probe,), (layer,) = settings.probes, settings.layers
     return {"accuracy": accuracy(results[probe][layer]), "step": step}
 
@@ -103,29 +95,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _run(args) -> int:
-    out = X.output_file(args.out, "--out")
-    t0 = time.perf_counter()
-    settings = ProbeSettings(probes=(args.probe,), layers=(args.layer,), runs=args.svm_runs,
-                             mlp_epochs=args.mlp_epochs, max_train=args.max_train, max_test=args.max_test,
-                             device=args.device)
-    settings.check(flags={"runs": "--svm-runs"})
-    specs = point_specs(args)
-    probe = {"probe": args.probe, "layer": args.layer, "svm_runs": args.svm_runs, "mlp_epochs": args.mlp_epochs,
-             "max_train": args.max_train, "max_test": args.max_test}
-    head = {"config": args.config, "overrides": args.overrides, "steps": args.steps, **probe}
-    records = sweep("figure8", specs, lambda state: measure(state, settings), head, out, to_markdown)
-    line_plot(series(records), out, xlabel="negative images per image (log2 axis)",
-              ylabel=f"{args.probe.upper()} accuracy on {args.layer} (%)", log2_x=True,
-              title=f"Figure 8: {args.config}" + (f", {args.steps} steps" if args.steps else "")
-              + f"\n{len(args.seeds)} seed(s), mean +- std")
-    log(f"wrote {out}, {out.with_suffix('.json')} and {out.with_suffix('.md')} ({time.perf_counter() - t0:.0f}s)")
-    return 0
+def _run(args, out) -> None:
+    settings = probe_settings(args, probes=(args.probe,), layers=(args.layer,), mlp_epochs=args.mlp_epochs)
+    head = flags(args, "config", "overrides", "steps", "probe", "layer", "svm_runs", "mlp_epochs", "max_train",
+                 "max_test")
+    title = (f"Figure 8: {args.config}" + (f", {args.steps} steps" if args.steps else "")
+             + f"\n{len(args.seeds)} seed(s), mean +- std")
+    sweep("figure8", point_specs(args), lambda state: measure(state, settings), head, out,
+          lambda records: line_plot(series(records), out, xlabel="negative images per image (log2 axis)",
+                                    ylabel=f"{args.probe.upper()} accuracy on {args.layer} (%)", log2_x=True,
+                                    title=title), render=to_markdown)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_intermixed_args(argv)
-    return X.run_cli("figure8", lambda: _run(args))
+    return run_main("figure8", build_parser(), _run, argv)
 
 
 if __name__ == "__main__":

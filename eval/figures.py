@@ -1,5 +1,6 @@
-"""What the line-plot figures (eval.figure8, eval.figure12) share: list flags, the run
-config of one point of a sweep, the mean and spread of repeated measurements, and the plot.
+"""The one sweep layer of the DIM figure commands (eval.figure8, eval.figure12 and the
+ablation of Figures 9 / 10): their shared flags, the spec of one point, the probes of a
+point's run, the sweep itself and the two plots (lines with error bars, heatmaps).
 
 A sweep point is the command's --config with a few overrides, trained into
 RUNS_ROOT/<point> through eval.experiment (arena.runs.ensure_trained decides whether it
@@ -9,14 +10,19 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
+import time
 from pathlib import Path
 
+from arena import checkpoint as ckpt
 from arena.config import load_config
 from arena.registry import ConfigError
 
 from . import experiment as X
 from .cli_args import count_arg, default_device, device_arg
-from .dim_probes import log
+from .dim_probes import ProbeSettings, load_encoder_run, log, run_probes
+
+# ---------------------------------------------------------------------------- flags
 
 
 def number_list(kind):
@@ -32,42 +38,110 @@ def number_list(kind):
     return parse
 
 
-def check_objective(config: str, overrides: list[str], objective: str, figure: str) -> None:
-    """--config (with the overrides) trains `objective`, or a ConfigError before any point."""
-    name = load_config(config, overrides).objective.name
-    if name != objective:
-        raise ConfigError(f"--config: {figure} sweeps options of '{objective}'; {config} trains '{name}'")
-
-
-def point_config(config: str, overrides: list[str], point: list[str], steps: int | None, run_dir: Path):
-    """The config of one sweep point: the command's overrides, then the point's, a run
-    directory of its own and (with `steps`) the length, checkpointed once at the end."""
-    length = [f"train.steps={steps}", f"train.checkpoint_every={steps}"] if steps else []
-    return load_config(config, [*overrides, *point, *length, f"run.dir={run_dir}", "train.progress=false"])
-
-
-def add_common_args(p: argparse.ArgumentParser, name: str) -> None:
-    """The flags every figure command has after its own: probe subsets, where runs and
-    output go, the device, and the config overrides."""
+def add_common_args(p: argparse.ArgumentParser, name: str, point: str = "point", out_required: bool = False):
+    """The flags every sweep command has after its own: probe subsets, where runs and
+    output go, the device, and the config overrides (KEY=VALUE, anywhere among the flags)."""
     p.add_argument("--max-train", type=count_arg(0), default=0, help="probe on a random subset (0: all)")
     p.add_argument("--max-test", type=count_arg(0), default=0)
-    p.add_argument("--runs-root", default=f"runs/{name}", help="each point trains into RUNS_ROOT/<point>")
-    p.add_argument("--out", default=f"{name}.png", help="the PNG; the numbers go beside it (.json, .md)")
+    p.add_argument("--runs-root", default=f"runs/{name}", help=f"each {point} trains into RUNS_ROOT/<{point}>")
+    p.add_argument("--out", required=out_required, default=None if out_required else f"{name}.png",
+                   help="the PNG; the numbers go beside it (.json" + (")" if out_required else ", .md)"))
     p.add_argument("--device", type=device_arg, default=default_device())
-    p.add_argument("overrides", nargs="*", help="config overrides for every point (KEY=VALUE)")
+    p.add_argument("overrides", nargs="*", help=f"config overrides for every {point} (KEY=VALUE)")
 
 
-def sweep(name: str, specs: list[X.Spec], measure, head: dict, out: Path, render) -> list[dict]:
-    """Train (or reuse / resume) and measure every spec through eval.experiment, records in
-    OUT.json and OUT.md; a point measured before with the same head is kept. `measure(state)`
-    runs on the main process. -> the records of these specs, in their order."""
-    results = X.Results(out.with_suffix(".json"), head, field="points", render=render, say=log,
-                        command=f"eval.{name}")
-    X.run_specs(specs, lambda spec, state, procs: measure(state) if procs.main else None, results,
-                measure_key=lambda spec, state: {"run_dir": str(state.run_dir), "step": state.steps, **head},
+def flags(args, *names: str) -> dict:
+    """{name: the flag's value}: the settings a results file's records depend on."""
+    return {n: getattr(args, n) for n in names}
+
+
+def main(name: str, parser: argparse.ArgumentParser, run, argv: list[str] | None) -> int:
+    """A sweep command: argv parsed (the config overrides may come anywhere), --out checked,
+    then run(args, out) under the core's endings and exit codes (eval.experiment.run_cli)."""
+    args = parser.parse_intermixed_args(argv)
+
+    def body() -> int:
+        run(args, X.output_file(args.out, "--out"))
+        return 0
+    return X.run_cli(name, body)
+
+
+# ---------------------------------------------------------------------------- points
+
+
+def check_objective(args, objective: str, figure: str):
+    """--config (with the overrides) when it trains `objective`, else a ConfigError before any point."""
+    cfg = load_config(args.config, args.overrides)
+    if cfg.objective.name != objective:
+        raise ConfigError(f"--config: {figure} sweeps options of '{objective}'; {args.config} trains "
+                          f"'{cfg.objective.name}'")
+    return cfg
+
+
+def point(args, name: str, overrides: list[str], record: dict, measures: str = "") -> X.Spec:
+    """One sweep point: --config with the command's overrides, then the point's, trained into
+    RUNS_ROOT/name; a --steps > 0 sets the length, checkpointed once at the end."""
+    length = [f"train.steps={args.steps}", f"train.checkpoint_every={args.steps}"] if args.steps else []
+    cfg = load_config(args.config, [*args.overrides, *overrides, *length, f"run.dir={Path(args.runs_root) / name}",
+                                    "train.progress=false"])
+    return X.Spec(name, cfg, record, measures)
+
+
+def probe_settings(args, **own) -> ProbeSettings:
+    """The probes' settings of --svm-runs, --max-train, --max-test, --device and the command's
+    own, checked before any point trains (a bad count is named by the command's flag)."""
+    s = ProbeSettings(runs=args.svm_runs, max_train=args.max_train, max_test=args.max_test, device=args.device, **own)
+    s.check(flags={"runs": "--svm-runs"})
+    return s
+
+
+def final_encoder(state, device: str):
+    """(cfg, objective, step) of a point's run at the checkpoint of its last step."""
+    return load_encoder_run(state.run_dir, str(ckpt.final_dir(state.run_dir, state.steps)), device)
+
+
+def probe_point(state, settings: ProbeSettings) -> tuple[dict, int]:
+    """eval.dim_probes' probes on a point's encoder at its last step -> (results, step)."""
+    cfg, objective, step = final_encoder(state, settings.device)
+    return run_probes(cfg, objective, settings)[0], step
+
+
+# ---------------------------------------------------------------------------- the sweep
+
+
+def sweep(name: str, specs: list[X.Spec], measure, head: dict, out: Path, plot, *, render=None,
+          records=("points", "key"), compare=None, measured_by: dict | None = None, retrain=False) -> dict:
+    """Train (or reuse / resume) and measure every spec through eval.experiment, with the
+    records under records[0] of OUT.json (and OUT.md with `render`), each named by
+    records[1]; then plot(the records of these specs, in their order). Earlier records are
+    kept when head is the same in `compare` (default: all of it); a point measured with the
+    same run, step and `measured_by` (default: head) is not measured again. `measure(state)`
+    runs on the main process. A spec without a config is not trained: its record says why
+    ('skipped'). retrain: every point's run directory is removed first.
+    -> the results file's data, with these specs' records and wall_seconds."""
+    t0 = time.perf_counter()
+    field, key = records
+    results = X.Results(out.with_suffix(".json"), head, field=field, key=key, render=render, compare=compare,
+                        say=log, command=f"eval.{name}")
+    trained = [s for s in specs if s.cfg is not None]
+    if retrain:
+        for spec in trained:
+            if Path(spec.cfg.run.dir).exists():
+                shutil.rmtree(spec.cfg.run.dir)
+    for spec in specs:
+        if spec.cfg is None:
+            log(f"{spec.key}: {spec.record['skipped']}; skipped")
+            results.put(spec.key, spec.record, log)
+    depends = head if measured_by is None else measured_by
+    X.run_specs(trained, lambda spec, state, procs: measure(state) if procs.main else None, results,
+                measure_key=lambda spec, state: {"run_dir": str(state.run_dir), "step": state.steps, **depends},
                 say=log)
-    results.write()
-    return [results.records[s.key] for s in specs if s.key in results.records]
+    data = results.write()
+    data[field] = [results.records[s.key] for s in specs if s.key in results.records]
+    plot(data[field])
+    files = [str(p) for p in (out, results.path, results.md) if p is not None]
+    log(f"wrote {', '.join(files[:-1])} and {files[-1]} ({time.perf_counter() - t0:.0f}s)")
+    return {**data, "wall_seconds": round(time.perf_counter() - t0, 1)}
 
 
 def spread(values: list[float]) -> dict:
@@ -80,17 +154,31 @@ def spread(values: list[float]) -> dict:
     return {"mean": mean, "std": std, "min": min(vals), "max": max(vals), "n": len(vals)}
 
 
+# ---------------------------------------------------------------------------- plots
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, out: Path) -> None:
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    _pyplot().close(fig)
+
+
 def line_plot(series: dict[str, list[tuple[float, list[float]]]], out: Path, *, xlabel: str, ylabel: str,
               title: str, log2_x: bool = False, symlog_y: bool = False) -> None:
     """One line per series through the mean at each x, error bars of +-1 std, and every
     single measurement as a faint dot. series: {label: [(x, [values]), ...]}. symlog_y:
     a y axis linear in [-1, 1] and logarithmic beyond (values spanning decades, some <= 0)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    fig, ax = _pyplot().subplots(figsize=(5.2, 3.8))
     for label, points in series.items():
         points = sorted((x, v) for x, v in points if v)
         if not points:
@@ -105,13 +193,45 @@ def line_plot(series: dict[str, list[tuple[float, list[float]]]], out: Path, *, 
         ax.set_xscale("log", base=2)
     if symlog_y:
         ax.set_yscale("symlog", linthresh=1.0)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     if len(series) > 1:
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
+    _save(fig, out)
+
+
+def heatmaps(rows: list[list[tuple]], xs: list[float], ys: list[float], out: Path, *, xlabel: str, ylabel: str,
+             title: str) -> None:
+    """Rows of heatmap panels (label, grid [len(ys), len(xs)] with NaN where nothing was
+    measured, the best end: 'min' or 'max'): each value written in its cell, a missing one
+    hatched 'n/a', the best one framed in red. Bright is good on every panel."""
+    import numpy as np
+    from matplotlib import patheffects
+    from matplotlib.patches import Rectangle
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(rows), len(rows[0]), squeeze=False,
+                             figsize=(3.6 * len(rows[0]), 3.0 * len(rows) + 0.6))
+    outline = [patheffects.withStroke(linewidth=2, foreground="black")]
+    for ax, (label, grid, best) in zip(axes.flat, [panel for row in rows for panel in row]):
+        grid = np.where(np.isfinite(grid), grid, np.nan)
+        # lower is better for 'min' (NDM): the colours reversed keep "bright = good"
+        cmap = plt.get_cmap("viridis_r" if best == "min" else "viridis").with_extremes(bad="lightgrey")
+        fig.colorbar(ax.imshow(np.ma.masked_invalid(grid), origin="lower", cmap=cmap, aspect="auto"), ax=ax,
+                     fraction=0.046, pad=0.04)
+        ax.set_xticks(range(len(xs)), [f"{x:g}" for x in xs])
+        ax.set_yticks(range(len(ys)), [f"{y:g}" for y in ys])
+        ax.set(xlabel=xlabel, ylabel=ylabel)
+        ax.set_title(label, fontsize=9)
+        for (i, j), value in np.ndenumerate(grid):
+            if np.isnan(value):
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="grey", lw=0))
+                ax.text(j, i, "n/a", ha="center", va="center", fontsize=7, color="dimgrey")
+            else:
+                ax.text(j, i, f"{value:.3g}", ha="center", va="center", fontsize=8, color="w", path_effects=outline)
+        if not np.isnan(grid).all():
+            i, j = np.unravel_index(np.nanargmin(grid) if best == "min" else np.nanargmax(grid), grid.shape)
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=2))
+    fig.suptitle(title, fontsize=10)
+    _save(fig, out)
