@@ -8,13 +8,11 @@ samples, for the NCE and JSD DIM losses.
 Each (estimator, negatives, seed) point is --config with objective.estimator,
 objective.max_negatives = m (each image's negatives are m other images of the batch, at
 every location of their feature map: m * L negative pairs per positive) and run.seed,
-trained into RUNS_ROOT/<estimator>_m<m>_s<seed> through eval.experiment (finished runs
-are reused, stopped ones resume, a point measured with the same settings is not measured
-again). Then the probe (eval.dim_probes: a linear SVM by default, or the MLP) on the
-chosen layer. m = batch - 1 is "every other image", the estimators' default. The plot:
-one line per estimator, accuracy against m on a log2 axis (the paper's x axis is
-log2 of the number of negatives; 0 = one), mean +- std over seeds. Numbers go to OUT.json
-and OUT.md.
+trained into RUNS_ROOT/<estimator>_m<m>_s<seed>. Then the probe (eval.dim_probes: a
+linear SVM by default, or the MLP) on the chosen layer. m = batch - 1 is "every other
+image", the estimators' default. The plot: one line per estimator, accuracy against m on
+a log2 axis (the paper's x axis is log2 of the number of negatives; 0 = one), mean +- std
+over seeds. Numbers go to OUT.json and OUT.md.
 """
 from __future__ import annotations
 
@@ -24,28 +22,24 @@ from itertools import product
 
 from arena.registry import ConfigError
 
+from . import figures as F
 from .cli_args import count_arg
 from .dim_probes import LAYERS
-from .figures import (add_common_args, check_objective, flags, line_plot, main as run_main, number_list, point,
-                      probe_point, probe_settings, sweep)
 
 ESTIMATORS = ("jsd", "nce")
 
 
-def accuracy(result) -> float:
-    """A probe's accuracy: the SVM's {mean, ...} over its runs, or the MLP's number."""
-    return float(result["mean"]) if isinstance(result, dict) else float(result)
-
-
 def point_specs(args) -> list:
     """One spec per estimator x negatives x seed; --negatives checked against the batch."""
-    check_objective(args, "dim", "Figure 8")
-    for est in set(args.estimators) - set(ESTIMATORS):
-        raise ConfigError(f"--estimators: unknown '{est}'; Figure 8 compares {', '.join(ESTIMATORS)}")
+    F.check_objective(args, "dim", "Figure 8")
+    unknown = [est for est in args.estimators if est not in ESTIMATORS]
+    if unknown:
+        raise ConfigError(f"--estimators: unknown '{unknown[0]}'; Figure 8 compares {', '.join(ESTIMATORS)}")
     specs = []
     for est, m, seed in product(args.estimators, args.negatives, args.seeds):
-        spec = point(args, f"{est}_m{m}_s{seed}", [f"objective.estimator={est}", f"objective.max_negatives={m}",
-                     f"run.seed={seed}"], {"estimator": est, "negatives": m, "seed": seed}, f"{args.probe}/{args.layer}")
+        options = [f"objective.estimator={est}", f"objective.max_negatives={m}", f"run.seed={seed}"]
+        spec = F.point(args, f"{est}_m{m}_s{seed}", options, {"estimator": est, "negatives": m, "seed": seed},
+                       f"{args.probe}/{args.layer}")
         batch = spec.cfg.train.batch_size
         if not 1 <= m < batch:
             raise ConfigError(f"--negatives: {m} negative images per image needs 1 <= m <= batch - 1 = {batch - 1} "
@@ -55,18 +49,16 @@ def point_specs(args) -> list:
 
 
 def measure(state, settings) -> dict:
-    results, step = probe_point(state, settings)
+    results, step = F.probe_point(state, settings)
     (probe,), (layer,) = settings.probes, settings.layers
-    return {"accuracy": accuracy(results[probe][layer]), "step": step}
+    result = results[probe][layer]  # the SVM's {mean, ...} over its runs, or the MLP's number
+    return {"accuracy": float(result["mean"] if isinstance(result, dict) else result), "step": step}
 
 
 def series(records: list[dict]) -> dict[str, list[tuple[float, list[float]]]]:
     """{ESTIMATOR: [(negatives, [accuracy per seed]), ...]} of the measured records."""
-    out: dict[str, dict[int, list[float]]] = {}
-    for r in records:
-        if "accuracy" in r:
-            out.setdefault(r["estimator"].upper(), {}).setdefault(r["negatives"], []).append(r["accuracy"])
-    return {est: sorted(points.items()) for est, points in out.items()}
+    return F.group(records, lambda r: r["estimator"].upper(), "negatives",
+                   lambda r: [r["accuracy"]] if "accuracy" in r else [])
 
 
 def to_markdown(data: dict) -> str:
@@ -82,33 +74,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m eval.figure8", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="dim_l_digits", help="a dim config (configs/NAME.yaml)")
-    p.add_argument("--negatives", type=number_list(int), default=[1, 2, 4, 8, 16, 32],
+    p.add_argument("--negatives", type=F.number_list(int), default=[1, 2, 4, 8, 16, 32],
                    help="negative images per image, each 1..batch-1")
-    p.add_argument("--estimators", type=number_list(str), default=list(ESTIMATORS))
-    p.add_argument("--seeds", type=number_list(int), default=[0], help="training seeds per point")
+    p.add_argument("--estimators", type=F.number_list(str), default=list(ESTIMATORS))
+    p.add_argument("--seeds", type=F.number_list(int), default=[0], help="training seeds per point")
     p.add_argument("--steps", type=count_arg(0), default=0, help="training steps per point (0: the config's)")
     p.add_argument("--probe", choices=("svm", "mlp"), default="svm")
     p.add_argument("--layer", choices=LAYERS, default="y")
     p.add_argument("--svm-runs", type=count_arg(1), default=3)
     p.add_argument("--mlp-epochs", type=count_arg(1), default=100)
-    add_common_args(p, "figure8")
-    return p
+    return F.add_common_args(p, "figure8")
+
+
+def plot(records: list[dict], args, out) -> None:
+    F.line_plot(series(records), out, xlabel="negative images per image (log2 axis)", log2_x=True,
+                ylabel=f"{args.probe.upper()} accuracy on {args.layer} (%)",
+                title=f"Figure 8: {args.config}" + (f", {args.steps} steps" if args.steps else "")
+                + f"\n{len(args.seeds)} seed(s), mean +- std")
 
 
 def _run(args, out) -> None:
-    settings = probe_settings(args, probes=(args.probe,), layers=(args.layer,), mlp_epochs=args.mlp_epochs)
-    head = flags(args, "config", "overrides", "steps", "probe", "layer", "svm_runs", "mlp_epochs", "max_train",
-                 "max_test")
-    title = (f"Figure 8: {args.config}" + (f", {args.steps} steps" if args.steps else "")
-             + f"\n{len(args.seeds)} seed(s), mean +- std")
-    sweep("figure8", point_specs(args), lambda state: measure(state, settings), head, out,
-          lambda records: line_plot(series(records), out, xlabel="negative images per image (log2 axis)",
-                                    ylabel=f"{args.probe.upper()} accuracy on {args.layer} (%)", log2_x=True,
-                                    title=title), render=to_markdown)
+    settings = F.probe_settings(args, probes=(args.probe,), layers=(args.layer,), mlp_epochs=args.mlp_epochs)
+    head = F.flags(args, "config", "overrides", "steps", "probe", "layer", "svm_runs", "mlp_epochs", "max_train",
+                   "max_test")
+    F.sweep("figure8", point_specs(args), lambda state: measure(state, settings), head, out,
+            lambda records: plot(records, args, out), render=to_markdown)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main("figure8", build_parser(), _run, argv)
+    return F.main("figure8", build_parser(), _run, argv)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,8 @@
-"""The one sweep layer of the DIM figure commands (eval.figure8, eval.figure12 and the
-ablation of Figures 9 / 10): their shared flags, the spec of one point, the probes of a
-point's run, the sweep itself and the two plots (lines with error bars, heatmaps).
-
-A sweep point is the command's --config with a few overrides, trained into
-RUNS_ROOT/<point> through eval.experiment (arena.runs.ensure_trained decides whether it
-trains, resumes or is reused), so a rerun of the same command skips what is done.
+"""The one sweep layer under the DIM figure commands (eval.figure8, eval.figure12 and
+eval.ablation for Figures 9 / 10), which state only their points, measure and plot. Here:
+the shared flags and wiring, a point's spec (--config with a few overrides, trained into
+RUNS_ROOT/<point>), the probes of a point's run at its last step, the sweep through
+eval.experiment with its results file, and the plots (lines, heatmaps).
 """
 from __future__ import annotations
 
@@ -22,37 +20,44 @@ from . import experiment as X
 from .cli_args import count_arg, default_device, device_arg
 from .dim_probes import ProbeSettings, load_encoder_run, log, run_probes
 
-# ---------------------------------------------------------------------------- flags
+RERUN = """\
+Each {point} goes through arena.runs.ensure_trained and eval.experiment: a finished run is
+reused, a run stopped short (SIGTERM, Ctrl-C) resumes from its newest checkpoint when the
+command is rerun, a run of other options trains beside the old one; a {point} measured
+with the same settings is not measured again (OUT.json keeps the records of earlier calls
+with the same config, overrides, steps and measure settings)."""
 
 
-def number_list(kind):
-    """An argparse type: comma-separated values of `kind` (int or float), at least one."""
+def number_list(kind, choices=None):
+    """An argparse type: comma-separated values of `kind` (int, float, str), at least one,
+    each one of `choices` when given."""
     def parse(text: str) -> list:
         try:
-            values = [kind(v) for v in text.split(",") if v.strip()]
+            values = [kind(v.strip()) for v in text.split(",") if v.strip()]
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, got {text!r}") from None
         if not values:
             raise argparse.ArgumentTypeError("expected at least one value")
+        unknown = [str(v) for v in values if choices is not None and v not in choices]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {', '.join(unknown)}; choose from {', '.join(choices)}")
         return values
     return parse
 
 
 def add_common_args(p: argparse.ArgumentParser, name: str, point: str = "point", out_required: bool = False):
-    """The flags every sweep command has after its own: probe subsets, where runs and
-    output go, the device, and the config overrides (KEY=VALUE, anywhere among the flags)."""
-    p.add_argument("--max-train", type=count_arg(0), default=0, help="probe on a random subset (0: all)")
-    p.add_argument("--max-test", type=count_arg(0), default=0)
-    p.add_argument("--runs-root", default=f"runs/{name}", help=f"each {point} trains into RUNS_ROOT/<{point}>")
-    p.add_argument("--out", required=out_required, default=None if out_required else f"{name}.png",
-                   help="the PNG; the numbers go beside it (.json" + (")" if out_required else ", .md)"))
-    p.add_argument("--device", type=device_arg, default=default_device())
+    """The flags every sweep command has after its own (probe subsets, where runs and output
+    go, the device, the config overrides) and, closing its --help, how a rerun goes on. -> p"""
+    p.epilog = RERUN.format(point=point)
+    common = p.add_argument_group("every sweep command's options")
+    common.add_argument("--max-train", type=count_arg(0), default=0, help="probe on a random subset (0: all)")
+    common.add_argument("--max-test", type=count_arg(0), default=0)
+    common.add_argument("--runs-root", default=f"runs/{name}", help=f"each {point} trains into RUNS_ROOT/<{point}>")
+    common.add_argument("--out", required=out_required, default=None if out_required else f"{name}.png",
+                        help="the PNG; the numbers go beside it (.json" + (")" if out_required else ", .md)"))
+    common.add_argument("--device", type=device_arg, default=default_device())
     p.add_argument("overrides", nargs="*", help=f"config overrides for every {point} (KEY=VALUE)")
-
-
-def flags(args, *names: str) -> dict:
-    """{name: the flag's value}: the settings a results file's records depend on."""
-    return {n: getattr(args, n) for n in names}
+    return p
 
 
 def main(name: str, parser: argparse.ArgumentParser, run, argv: list[str] | None) -> int:
@@ -66,11 +71,9 @@ def main(name: str, parser: argparse.ArgumentParser, run, argv: list[str] | None
     return X.run_cli(name, body)
 
 
-# ---------------------------------------------------------------------------- points
-
-
 def check_objective(args, objective: str, figure: str):
-    """--config (with the overrides) when it trains `objective`, else a ConfigError before any point."""
+    """The config of --config and the overrides when it trains `objective`, else a
+    ConfigError before any point."""
     cfg = load_config(args.config, args.overrides)
     if cfg.objective.name != objective:
         raise ConfigError(f"--config: {figure} sweeps options of '{objective}'; {args.config} trains "
@@ -106,28 +109,29 @@ def probe_point(state, settings: ProbeSettings) -> tuple[dict, int]:
     return run_probes(cfg, objective, settings)[0], step
 
 
-# ---------------------------------------------------------------------------- the sweep
+def flags(args, *names: str) -> dict:
+    """{name: the flag's value}: the settings a results file's records depend on."""
+    return {n: getattr(args, n) for n in names}
 
 
 def sweep(name: str, specs: list[X.Spec], measure, head: dict, out: Path, plot, *, render=None,
           records=("points", "key"), compare=None, measured_by: dict | None = None, retrain=False) -> dict:
-    """Train (or reuse / resume) and measure every spec through eval.experiment, with the
-    records under records[0] of OUT.json (and OUT.md with `render`), each named by
-    records[1]; then plot(the records of these specs, in their order). Earlier records are
-    kept when head is the same in `compare` (default: all of it); a point measured with the
-    same run, step and `measured_by` (default: head) is not measured again. `measure(state)`
-    runs on the main process. A spec without a config is not trained: its record says why
-    ('skipped'). retrain: every point's run directory is removed first.
-    -> the results file's data, with these specs' records and wall_seconds."""
+    """Train (or reuse, or resume) every spec through eval.experiment, measure(state) each on
+    the main process, then plot(these specs' records) and say what was written. records:
+    OUT.json's field of records and the key that names one (OUT.md too with `render`).
+    Earlier records are kept when head equals this one in `compare` (default: all of head);
+    a point measured with the same run, step and `measured_by` (default: head) is not
+    measured again. A spec without a config is recorded, not trained: its record says why
+    ('skipped'). retrain: every run directory is removed first.
+    -> OUT.json's data, with these specs' records and wall_seconds."""
     t0 = time.perf_counter()
     field, key = records
     results = X.Results(out.with_suffix(".json"), head, field=field, key=key, render=render, compare=compare,
                         say=log, command=f"eval.{name}")
     trained = [s for s in specs if s.cfg is not None]
-    if retrain:
-        for spec in trained:
-            if Path(spec.cfg.run.dir).exists():
-                shutil.rmtree(spec.cfg.run.dir)
+    for spec in trained:
+        if retrain and Path(spec.cfg.run.dir).exists():
+            shutil.rmtree(spec.cfg.run.dir)
     for spec in specs:
         if spec.cfg is None:
             log(f"{spec.key}: {spec.record['skipped']}; skipped")
@@ -154,7 +158,14 @@ def spread(values: list[float]) -> dict:
     return {"mean": mean, "std": std, "min": min(vals), "max": max(vals), "n": len(vals)}
 
 
-# ---------------------------------------------------------------------------- plots
+def group(records: list[dict], label, x: str, values) -> dict[str, list[tuple[float, list[float]]]]:
+    """line_plot's series of records: {label(r): [(r[x], [values(r) of every r there]), ...]}
+    with x ascending; a record without values (not measured) is left out."""
+    out: dict[str, dict[float, list[float]]] = {}
+    for r in records:
+        if values(r):
+            out.setdefault(label(r), {}).setdefault(r[x], []).extend(values(r))
+    return {name: sorted(points.items()) for name, points in out.items()}
 
 
 def _pyplot():
@@ -201,11 +212,11 @@ def line_plot(series: dict[str, list[tuple[float, list[float]]]], out: Path, *, 
     _save(fig, out)
 
 
-def heatmaps(rows: list[list[tuple]], xs: list[float], ys: list[float], out: Path, *, xlabel: str, ylabel: str,
-             title: str) -> None:
-    """Rows of heatmap panels (label, grid [len(ys), len(xs)] with NaN where nothing was
-    measured, the best end: 'min' or 'max'): each value written in its cell, a missing one
-    hatched 'n/a', the best one framed in red. Bright is good on every panel."""
+def heatmaps(rows: list[list[tuple[str, dict, str]]], xs: list[float], ys: list[float], out: Path, *,
+             xlabel: str, ylabel: str, title: str) -> None:
+    """Rows of heatmap panels (label, {(x, y): value}, the best end: 'min' or 'max'), x across
+    and y up: each value written in its cell, a missing one hatched 'n/a', the best one
+    framed in red. Bright is good on every panel."""
     import numpy as np
     from matplotlib import patheffects
     from matplotlib.patches import Rectangle
@@ -214,8 +225,9 @@ def heatmaps(rows: list[list[tuple]], xs: list[float], ys: list[float], out: Pat
     fig, axes = plt.subplots(len(rows), len(rows[0]), squeeze=False,
                              figsize=(3.6 * len(rows[0]), 3.0 * len(rows) + 0.6))
     outline = [patheffects.withStroke(linewidth=2, foreground="black")]
-    for ax, (label, grid, best) in zip(axes.flat, [panel for row in rows for panel in row]):
-        grid = np.where(np.isfinite(grid), grid, np.nan)
+    for ax, (label, values, best) in zip(axes.flat, [panel for row in rows for panel in row]):
+        grid = np.array([[values.get((x, y), np.nan) for x in xs] for y in ys], dtype=float)
+        grid[~np.isfinite(grid)] = np.nan
         # lower is better for 'min' (NDM): the colours reversed keep "bright = good"
         cmap = plt.get_cmap("viridis_r" if best == "min" else "viridis").with_extremes(bad="lightgrey")
         fig.colorbar(ax.imshow(np.ma.masked_invalid(grid), origin="lower", cmap=cmap, aspect="auto"), ax=ax,

@@ -188,3 +188,19 @@ def test_figure10_ablation_on_a_celeba_fixture_gives_attribute_panels(tmp_path):
         assert c["svm_y"] == pytest.approx(sum(c["svm_y_attributes"]) / 40, abs=0.01)
         assert 0.0 <= c["msssim_y"] <= 1.0 and "ndm_y" not in c and "mine_y" not in c
     assert out.is_file()
+
+
+@pytest.mark.parametrize("command", ["ablation", "figure8", "figure12"])
+def test_sweep_commands_take_config_overrides_among_their_flags(tmp_path, capsys, command):
+    """KEY=VALUE groups between flags are config overrides of every point (here a misspelt
+    key, named before any point trains), not unrecognised arguments."""
+    import importlib
+
+    main = importlib.import_module(f"eval.{command}").main
+    argv = ["--config", "vae_digits" if command == "figure12" else "dim_l_digits", "model.widht=8",
+            "--runs-root", str(tmp_path / "runs"), "train.log_every=1", "--out", str(tmp_path / "f.png"),
+            "--device", "cpu"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "did you mean 'width'" in err and "unrecognized arguments" not in err
+    assert not list(tmp_path.iterdir())
