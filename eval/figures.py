@@ -14,6 +14,7 @@ from pathlib import Path
 
 from arena import checkpoint as ckpt
 from arena.config import load_config
+from arena.distributed import processes
 from arena.registry import ConfigError
 
 from . import experiment as X
@@ -128,23 +129,26 @@ def sweep(name: str, specs: list[X.Spec], measure, head: dict, out: Path, plot, 
     field, key = records
     results = X.Results(out.with_suffix(".json"), head, field=field, key=key, render=render, compare=compare,
                         say=log, command=f"eval.{name}")
-    trained = [s for s in specs if s.cfg is not None]
-    for spec in trained:
-        if retrain and Path(spec.cfg.run.dir).exists():
-            shutil.rmtree(spec.cfg.run.dir)
-    for spec in specs:
-        if spec.cfg is None:
-            log(f"{spec.key}: {spec.record['skipped']}; skipped")
-            results.put(spec.key, spec.record, log)
+    procs = processes()  # the main process alone removes runs, writes and draws
+    if procs.main:
+        for spec in specs:
+            if spec.cfg is None:
+                log(f"{spec.key}: {spec.record['skipped']}; skipped")
+                results.put(spec.key, spec.record, log)
+            elif retrain and Path(spec.cfg.run.dir).exists():
+                shutil.rmtree(spec.cfg.run.dir)
+    procs.barrier()  # no process plans a run before its old directory is gone
     depends = head if measured_by is None else measured_by
-    X.run_specs(trained, lambda spec, state, procs: measure(state) if procs.main else None, results,
+    trained = [s for s in specs if s.cfg is not None]
+    X.run_specs(trained, lambda spec, state, _: measure(state) if procs.main else None, results,
                 measure_key=lambda spec, state: {"run_dir": str(state.run_dir), "step": state.steps, **depends},
                 say=log)
-    data = results.write()
+    data = results.write() if procs.main else results.data()
     data[field] = [results.records[s.key] for s in specs if s.key in results.records]
-    plot(data[field])
-    files = [str(p) for p in (out, results.path, results.md) if p is not None]
-    log(f"wrote {', '.join(files[:-1])} and {files[-1]} ({time.perf_counter() - t0:.0f}s)")
+    if procs.main:
+        plot(data[field])
+        files = [str(p) for p in (out, results.path, results.md) if p is not None]
+        log(f"wrote {', '.join(files[:-1])} and {files[-1]} ({time.perf_counter() - t0:.0f}s)")
     return {**data, "wall_seconds": round(time.perf_counter() - t0, 1)}
 
 

@@ -73,13 +73,14 @@ TINY_DIM = ["model.width=0.125", "model.mi_units=32", "model.global_units=32", "
 
 
 def test_figure_commands_have_help(capsys):
-    from eval import figure8, figure12
+    from eval import ablation, figure8, figure12
 
-    for module in (figure8, figure12):
+    for module, words in ((figure8, "negatives"), (figure12, "--ndm-nets"), (ablation, "--retrain")):
         with pytest.raises(SystemExit) as exit_:
             module.main(["--help"])
-        assert exit_.value.code == 0
-    assert "negatives" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert exit_.value.code == 0 and words in out and "--max-train" in out
+        assert "resumes from its newest checkpoint when the" in out  # the shared closing paragraph
 
 
 def test_figure8_points_and_their_checks(tmp_path):
