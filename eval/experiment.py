@@ -255,7 +255,9 @@ def run_specs(specs: list[Spec], measure, results: Results, *, train: bool = Tru
 
     measure_key: what a measurement depends on, a dict of settings (with the run's
     directory and step) or a function (spec, state) -> key; an earlier record with the
-    same key is kept instead of measured again. None: every call measures again."""
+    same key is kept instead of measured again, unless this call trained the run (a run
+    directory removed and trained again holds new weights at the same step). None: every
+    call measures again."""
     procs = processes()
     say = say if procs.main else (lambda msg: None)
     results.order = [s.key for s in specs] + [k for k in results.order if k not in {s.key for s in specs}]
@@ -276,7 +278,8 @@ def run_specs(specs: list[Spec], measure, results: Results, *, train: bool = Tru
             continue
         key = _measure_key(measure_key, spec, state)
         old = results.records.get(spec.key, {})
-        if key is not None and "skipped" not in old and old.get("measure_key") == key:
+        trained_now = state is not None and state.how != "reuse"  # new weights under the same dir and step
+        if key is not None and not trained_now and "skipped" not in old and old.get("measure_key") == key:
             say(f"{spec.key}: measured before with the same settings; kept")
             continue
         say(f"{spec.key}: measuring {spec.measures}".rstrip())

@@ -68,6 +68,36 @@ def test_a_reproduce_row_stopped_by_sigterm_resumes_when_the_command_is_rerun(tm
     assert rows["dim_l"]["status"] == "measured" and rows["dim_l"]["step"] == 5
 
 
+def test_a_measurement_is_kept_for_a_reused_run_and_taken_again_for_a_retrained_one(tmp_path):
+    """The driver's measure_key: the same run and settings are not measured twice, but a run
+    directory removed and trained again (same dir, same step, new weights) is."""
+    import shutil
+
+    from arena.config import load_config
+
+    run = tmp_path / "runs" / "dim"
+    cfg = load_config("dim_l_digits", ["train.steps=2", "train.checkpoint_every=2", "train.progress=false",
+                                       "train.batch_size=16", "model.width=0.125", f"run.dir={run}"])
+    calls = []
+
+    def measure(spec, state):
+        calls.append(state.how)
+        return {"measured": len(calls)}
+
+    def once():
+        results = experiment.Results(tmp_path / "out.json", {"v": 1})
+        experiment.run_specs([experiment.Spec("a", cfg)], experiment.on_main(measure), results,
+                             measure_key={"v": 1}, say=lambda m: None)
+        return json.loads((tmp_path / "out.json").read_text())["records"][0]
+
+    first = once()
+    assert calls == ["fresh"] and first["trained"] == "fresh"
+    assert once()["measure_key"] == first["measure_key"] and calls == ["fresh"]  # reused: kept
+    shutil.rmtree(run)  # what --retrain does
+    once()
+    assert calls == ["fresh", "fresh"]
+
+
 def test_ablation_stopped_in_a_cell_says_so_and_exits_with_the_signal(tmp_path, monkeypatch, capsys):
     def stopped(cfg, hooks=(), say=None):
         raise Stopped("stopped by SIGTERM after step 3; continue with run.resume=latest", signal.SIGTERM)
