@@ -208,6 +208,9 @@ def line_plot(series: dict[str, list[tuple[float, list[float]]]], out: Path, *, 
         ax.set_xscale("log", base=2)
     if symlog_y:
         ax.set_yscale("symlog", linthresh=1.0)
+        lo, hi = ax.get_ylim()  # plain-number ticks: matplotlib labels the linear part [-1, 1] only at 0
+        ticks = [t for t in (-100, -10, -1, -0.5, 0, 0.5, 1, 10, 100, 1000) if lo <= t <= hi]
+        ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
     ax.set(xlabel=xlabel, ylabel=ylabel)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
