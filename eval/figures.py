@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import math
 import shutil
+import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from arena.registry import ConfigError
 
 from . import experiment as X
 from .cli_args import count_arg, default_device, device_arg
-from .dim_probes import ProbeSettings, load_encoder_run, log, run_probes
+from .dim_probes import ProbeSettings, load_encoder_run, run_probes
 
 RERUN = """\
 Each {point} goes through arena.runs.ensure_trained and eval.experiment: a finished run is
@@ -115,6 +117,11 @@ def flags(args, *names: str) -> dict:
     return {n: getattr(args, n) for n in names}
 
 
+def command_log(name: str):
+    """The command's progress lines on stderr, each prefixed with [name]."""
+    return lambda msg: print(f"[{name}] {msg}", file=sys.stderr, flush=True)
+
+
 def sweep(name: str, specs: list[X.Spec], measure, head: dict, out: Path, plot, *, render=None,
           records=("points", "key"), compare=None, measured_by: dict | None = None, retrain=False) -> dict:
     """Train (or reuse, or resume) every spec through eval.experiment, measure(state) each on
@@ -126,6 +133,7 @@ def sweep(name: str, specs: list[X.Spec], measure, head: dict, out: Path, plot, 
     ('skipped'). retrain: every run directory is removed first.
     -> OUT.json's data, with these specs' records and wall_seconds."""
     t0 = time.perf_counter()
+    log = command_log(name)
     field, key = records
     results = X.Results(out.with_suffix(".json"), head, field=field, key=key, render=render, compare=compare,
                         say=log, command=f"eval.{name}")
@@ -252,5 +260,5 @@ def heatmaps(rows: list[list[tuple[str, dict, str]]], xs: list[float], ys: list[
         if not np.isnan(grid).all():
             i, j = np.unravel_index(np.nanargmin(grid) if best == "min" else np.nanargmax(grid), grid.shape)
             ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=2))
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(textwrap.fill(title, 40 * len(rows[0])), fontsize=10)  # wrapped to the panels' width
     _save(fig, out)
