@@ -129,12 +129,14 @@ def resume_source(run_dir: str | Path, resume: str) -> str:
             f"run.dir: {run_dir} already holds checkpoints of a run ({found[-1].name} is the newest); to continue "
             f"it, set run.resume=latest; to start a new run, set run.dir to a new directory (or "
             f"remove {run_dir / 'checkpoints'})")
-    if found and branches(run_dir, resume):
-        raise ConfigError(
-            f"run.resume: {resume} is a checkpoint of another run directory, and run.dir {run_dir} holds "
-            f"checkpoints of its own ({found[-1].name} is the newest); resuming here would mix the two runs "
-            f"(rotation deletes one's checkpoints, metrics.jsonl holds both). To branch off {resume}, set "
-            f"run.dir to a new directory; to continue {run_dir}, set run.resume=latest")
+    if branches(run_dir, resume):
+        ckpt.resolve_checkpoint(run_dir, resume)  # a path that is no checkpoint is named as such first
+        if found:
+            raise ConfigError(
+                f"run.resume: {resume} is a checkpoint of another run directory, and run.dir {run_dir} holds "
+                f"checkpoints of its own ({found[-1].name} is the newest); resuming here would mix the two runs "
+                f"(rotation deletes one's checkpoints, metrics.jsonl holds both). To branch off {resume}, set "
+                f"run.dir to a new directory; to continue {run_dir}, set run.resume=latest")
     return resume
 
 

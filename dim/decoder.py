@@ -39,4 +39,4 @@ class Decoder(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, h: Tensor) -> Tensor:
-        return self.net(self.fc(h.flatten(1)).view(len(h), self.c0, 4, 4))
+        return self.net(self.fc(h.flatten(1)).view(-1, self.c0, 4, 4))  # -1: a batch size torch.export keeps free

@@ -370,7 +370,8 @@ def markdown_table(results: dict, title: str = "value") -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     d = ProbeSettings()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m eval.dim_probes", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="run directory (runs/NAME)")
     p.add_argument("--checkpoint", default="latest", help="'latest' or a checkpoint directory")
     p.add_argument("--random-init", action="store_true",

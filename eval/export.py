@@ -5,10 +5,10 @@
 
 Writes into --out (torch.export programs, loaded with torch.export.load(path).module()):
 
-  encoders (dim, supervised: objectives with features()):
+  encoders (dim, supervised, nat: objectives with features() that do not generate):
     model.pt2        images float [B, C, H, W] in [0, 1]   -> {"conv": [B, Dc], "fc": [B, Df], "y": [B, Dy]}
     model_uint8.pt2  images uint8 [B, C, H, W] in [0, 255] -> the same
-  generators (ie, nsgan_cp, wgan_gp, ...):
+  generators (ie, nsgan_cp, wgan_gp, ...; vae, aae, bigan: their decoder / generator):
     model.pt2        latents z float [B, z_dim] ~ N(0, I)  -> images float [B, C, H, W] in [0, 1]
   card.json          what goes in and out, resolution, channels, layers, the step, the
                      training config, and the run's latest probe / FID figures from metrics.jsonl
@@ -106,6 +106,9 @@ def run_figures(run_dir: Path) -> dict:
     except ConfigError:  # no metrics file: no figures
         return figures
     for row in rows:
+        settings = row.get("settings")
+        if isinstance(settings, dict) and settings.get("random_init"):  # dim_probes --random-init: other weights
+            continue
         for name, value in flatten({k: v for k, v in row.items() if k not in NOT_VALUES}).items():
             head = name.split("/")[0]
             if head in PROBES.names() or head.split("_")[0] in METRICS + ("precision", "recall"):
@@ -129,7 +132,8 @@ def export(run: str | Path, out: str | Path, checkpoint: str = "latest", ema: bo
     if objective.generates:
         z = objective.latent(2, torch.Generator().manual_seed(0)).to(device)
         objective.generate(z, ema=ema)  # settles the EMA generator's batch norm statistics first
-        program = GeneratorProgram(objective.net("G", ema)).eval()
+        G = objective.net(getattr(objective, "decoder_player", "G"), ema)  # VAE, AAE: their decoder
+        program = GeneratorProgram(G).eval()
         export_program(program, z, out / "model.pt2")
         card |= {"kind": "generator", "files": {"model.pt2": "latents"}, "z_dim": z.shape[1],
                  "input": f"z float32 [B, {z.shape[1]}], standard normal",

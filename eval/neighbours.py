@@ -37,7 +37,7 @@ from dim.occlusion import occlusion_mask
 
 from . import probes as P
 from .cli_args import count_arg, default_device, device_arg, seed_arg
-from .dim_probes import conv_encoder, extract, image_batches, load_encoder_run, log, probe_datasets
+from .dim_probes import conv_encoder, extract, image_batches, load_encoder_run, probe_datasets
 
 MAX_SCALE = 16  # tile upscaling: a 64 px image becomes 1024 px
 
@@ -222,8 +222,13 @@ def loss_map_figure(run: str, checkpoint: str, n: int, batch: int, block: int | 
             "batch": len(x), "range": [lo, hi]}
 
 
+def log(msg: str) -> None:
+    print(f"[neighbours] {msg}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m eval.neighbours", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", action="append", required=True, help="run directory; repeat for side-by-side panels")
     p.add_argument("--out", required=True, help="PNG to write (a .png file)")
     p.add_argument("--checkpoint", default="latest")

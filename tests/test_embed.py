@@ -76,7 +76,7 @@ def test_embed_a_plain_folder_of_images(folder_run, tmp_path, cpu_only):
     (["--layer", "w"], "--layer: unknown layer(s) w"),
     (["--layer", "z"], "layer(s) z: objective 'DIM' gives no such features"),  # z: a VAE's posterior sample
     (["train.steps=3"], "only data.KEY=VALUE overrides"),
-    (["data.resolution=32"], "reads 3x16x16 images"),
+    (["data.resolution=32"], "reads 3x16x16 images (set data.resolution=16)"),
     (["data.rooot=x"], "data.rooot: unknown key"),
 ])
 def test_embed_bad_input_is_named(folder_run, tmp_path, capsys, args, message):
@@ -86,6 +86,15 @@ def test_embed_bad_input_is_named(folder_run, tmp_path, capsys, args, message):
     assert E.main(["--run", str(run), "--data", "imagefolder", f"data.root={root}", *args, "--out", str(out)]) == 2
     assert message in capsys.readouterr().err
     assert out.read_bytes() == b"kept"  # nothing written over
+
+
+def test_a_gray_encoder_on_an_image_folder_names_the_channels(folder_run, tmp_path, capsys):
+    _, root = folder_run
+    run = tmp_path / "gray"  # digits: 1 channel; image folders are read as RGB
+    train(tiny("dim_l_digits", run, *TINY_DIM))
+    assert E.main(["--run", str(run), "--data", "imagefolder", f"data.root={root}", "--out",
+                   str(tmp_path / "f.npz")]) == 2
+    assert "reads 1x16x16 images (channels come from the data" in capsys.readouterr().err
 
 
 def test_shards_cover_every_index_once_in_order():

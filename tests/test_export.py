@@ -93,3 +93,24 @@ def test_export_of_an_objective_without_encoder_or_generator_is_refused(tmp_path
     assert X.main(["--run", str(run), "--out", str(tmp_path / "out")]) == 2
     assert "neither generates images nor has an encoder" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_export_of_a_vae_writes_its_decoder_as_the_generator(tmp_path):
+    run = tmp_path / "run"  # the comparison models generate with a net named otherwise than G
+    train(tiny("vae_digits", run, "model.width=0.125", "model.y_dim=8", "model.decoder_width=8",
+               "train.batch_size=8", "train.steps=2", "train.checkpoint_every=2", "train.sample_every=100"))
+    assert X.main(["--run", str(run), "--out", str(tmp_path / "out")]) == 0
+    _, objective, _ = load_run(run)
+    z = objective.latent(3, torch.Generator().manual_seed(1))  # not the traced batch size
+    want = (objective.generate(z) + 1) / 2
+    (got,) = run_clean(tmp_path, (tmp_path / "out" / "model.pt2", z))
+    torch.testing.assert_close(got, want.clamp(0, 1), rtol=1e-5, atol=1e-5)
+    card = json.loads((tmp_path / "out" / "card.json").read_text())
+    assert card["kind"] == "generator" and card["z_dim"] == 8
+
+
+def test_card_figures_skip_probes_of_the_untrained_encoder(tmp_path):
+    rows = [{"step": 60, "svm": {"y": {"mean": 90.0}}, "settings": {"random_init": False}},
+            {"step": 0, "svm": {"y": {"mean": 70.0}}, "settings": {"random_init": True}}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert X.run_figures(tmp_path) == {"svm/y/mean": {"value": 90.0, "step": 60}}

@@ -175,6 +175,13 @@ def test_resume_from_an_older_checkpoint_is_refused_in_place_and_branches_elsewh
     assert steps_of(tmp_path / "b") == [3] and metric_steps(tmp_path / "b") == [3]
 
 
+def test_resume_from_a_path_that_is_no_checkpoint_says_so_beside_a_run(tmp_path):
+    run(tmp_path, "train.steps=2")
+    with pytest.raises(ConfigError, match=r"run.resume: nowhere is not a checkpoint directory \(no state.pt in it\)"):
+        run(tmp_path, "train.steps=3", "run.resume=nowhere")
+    assert metric_steps(tmp_path) == [1, 2]
+
+
 def test_a_fresh_run_into_a_dir_with_checkpoints_is_refused_before_any_work(tmp_path):
     run(tmp_path, "train.steps=4", "train.checkpoint_every=2")
     config = (tmp_path / "config.yaml").read_text()
