@@ -77,6 +77,12 @@ def plot_runs(runs: list[str | Path], out: str | Path, metrics: str | None = Non
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    kinds = FigureCanvasBase.get_supported_filetypes()  # savefig picks the format from the suffix
+    suffix = Path(out).suffix.lower().lstrip(".")
+    if suffix and suffix not in kinds:
+        raise ConfigError(f"--out: {out}: matplotlib writes no '.{suffix}' files; use one of {', '.join(sorted(kinds))}")
     try:
         pattern = re.compile(metrics) if metrics else None
     except re.error as e:

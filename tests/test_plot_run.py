@@ -49,10 +49,11 @@ def test_plot_run_overlays_runs_one_panel_per_metric(tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--metrics", "nothing-matches"], "no numeric metrics matching 'nothing-matches'"),
     (["--metrics", "("], "--metrics: not a regular expression"),
+    (["--out", "c.xyz"], "matplotlib writes no '.xyz' files; use one of"),
 ])
 def test_plot_run_bad_input_is_named(tmp_path, capsys, args, message):
     run = write_run(tmp_path / "a", [json.dumps({"step": 1, "loss": 1.0})])
-    assert P.main(["--run", str(run), *args, "--out", str(tmp_path / "c.png")]) == 2
+    assert P.main(["--run", str(run), "--out", str(tmp_path / "c.png"), *args]) == 2
     assert message in capsys.readouterr().err
 
 
