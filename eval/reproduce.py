@@ -275,9 +275,10 @@ def dry_run(entries: list[Entry], m: Measuring, args, world: int, problems: dict
         elif e.spec.mode == "random":
             print(f"  no training: {e.spec.config}'s encoder at step 0")
         print(f"  measure: {measure_command(e, m)}")
-    line = f"\ntraining budget: {fmt_seconds(known)} for the rows with a measured speed"
+    line = f"training budget: {fmt_seconds(known)} for the rows with a measured speed"
     if unknown:
         line += f"; unknown for {len(unknown)} run(s) with no measured steps/s ({', '.join(sorted(set(unknown)))})"
+    print()
     say(line + "; measuring (probes, IS / FID) not included")
     if world > 1:
         say(f"{world} processes: the figures are single-process speeds")

@@ -171,7 +171,7 @@ def test_dry_run_counts_a_run_shared_by_two_column_groups_once(tmp_path, capsys)
     rate = reproduce.load_throughput()["vae_digits"]["steps_per_s"]
     assert out.count(f"500 steps / {rate:g} steps/s") == 1
     assert "budget: the run of [vae/digits: representation], counted there" in out
-    assert f"training budget: {reproduce.fmt_seconds(500 / rate)} for the rows" in out
+    assert f"\n\n[reproduce] training budget: {reproduce.fmt_seconds(500 / rate)} for the rows" in out
 
 
 def test_dry_run_says_unknown_without_a_measured_speed_and_lists_data_problems(tmp_path, capsys):
