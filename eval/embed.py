@@ -125,7 +125,7 @@ def write_npz(arrays: dict[str, np.ndarray], path: str | Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m eval.embed", description=__doc__.split("\n")[0])
-    p.add_argument("--run", required=True, help="run directory of an encoder (dim, supervised)")
+    p.add_argument("--run", required=True, help="run directory of an encoder (dim, supervised, vae, aae, bigan, nat)")
     p.add_argument("--checkpoint", default="latest", help="'latest' or a checkpoint directory")
     p.add_argument("--data", default=None, help="dataset name (default: the run's); same as data.name=NAME")
     p.add_argument("overrides", nargs="*", metavar="data.KEY=VALUE", help="e.g. data.root=DIR")
