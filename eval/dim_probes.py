@@ -48,9 +48,8 @@ from .cli_args import default_device, device_arg, seed_arg
 LAYERS = ("conv", "fc", "y", "z")
 DEFAULT_LAYERS = ("conv", "fc", "y")
 DEFAULT_PROBES = ("svm", "mlp", "msssim", "mine", "ndm")  # semi fine-tunes the encoder: ask for it
-# The probes' counters (ProbeSettings fields, each a flag --NAME-WITH-DASHES): the one list
-# that the checks, the command line, the scaled settings of eval.reproduce and the
-# commands of its dry run read.
+# The probes' counters (ProbeSettings fields, each a flag --NAME-WITH-DASHES): the one list read by the
+# checks, the command line, and eval.reproduce's scaled settings and dry-run commands.
 COUNTS = ("runs", "mlp_epochs", "semi_epochs", "msssim_epochs", "mine_steps", "ndm_steps")
 
 
