@@ -1,4 +1,4 @@
-"""The alpha / beta (/ gamma) ablation of DIM (paper App. A.4, Figs. 9-10).
+r"""The alpha / beta (/ gamma) ablation of DIM (paper App. A.4, Figs. 9-10).
 
     python -m eval.ablation --config dim_l_digits --alpha 0,0.5,1 --beta 0,0.5,1 --steps 200 \
         --out runs/ablation/heatmap.png [--gamma 0,0.1] [--measures svm,ndm,mine,msssim] [override ...]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from arena.registry import ConfigError, cli_error
 from arena.rundir import append_metrics, check_links
@@ -59,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         features = args.features or cfg.eval.features
         weights = args.inception_weights or cfg.eval.inception_weights or None
         feats = resolve_features(features, cfg.data, weights)  # fails here, before sampling
+        if args.inception_weights and feats["feature_extractor"] != "inception-v3-compat":
+            used = Path(feats["feature_extractor_weights_path"]).name
+            print(f"[fid_is] --inception-weights is not used: the features are {used} (eval.features "
+                  f"'{features}'); add --features inception for Inception's", file=sys.stderr)
         values = evaluate_generator(objective, cfg, num_samples=args.num_samples, metrics=metrics,
                                     features=features, inception_weights=weights, seed=args.seed,
                                     batch_size=args.batch_size, ema=args.ema, verbose=args.verbose,

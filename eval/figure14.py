@@ -137,10 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--base", default="ie_digits", help="config whose data and nets every panel uses")
     parser.add_argument("--ratio", type=int, default=50, help="discriminator updates per generator update")
     parser.add_argument("--steps", type=int, default=20, help="generator updates per loss")
-    parser.add_argument("--samples", type=int, default=360)
+    parser.add_argument("--samples", type=int, default=360, help="real and as many generated images per panel")
     parser.add_argument("--split", default="test", choices=("test", "train"),
                         help="the real images shown: held out (test) or those the nets trained on")
-    parser.add_argument("--runs", default="runs/figure14")
+    parser.add_argument("--runs", default="runs/figure14", help="each panel trains into RUNS/<objective>")
     parser.add_argument("--out", default="figure14.png", help="the PNG; the numbers go beside it (.json, .md)")
     parser.add_argument("--panels", default="", help=f"comma-separated subset of {', '.join(PANELS)}")
     parser.add_argument("--ie-blocks", action="store_true",

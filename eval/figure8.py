@@ -1,4 +1,4 @@
-"""The paper's Figure 8 (App. A.2): classification accuracy against the number of negative
+r"""The paper's Figure 8 (App. A.2): classification accuracy against the number of negative
 samples, for the NCE and JSD DIM losses.
 
     python -m eval.figure8 --config dim_l_digits --negatives 1,2,4,8,16,32 --out fig8.png

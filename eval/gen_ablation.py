@@ -1,4 +1,4 @@
-"""A grid of generator runs, each scored by FID and by how well its discriminator
+r"""A grid of generator runs, each scored by FID and by how well its discriminator
 (the IE: its encoder) tells real from generated data.
 
     python -m eval.gen_ablation --grid eval/grids/ie_digits.yaml --runs-root runs/ie_ablation \

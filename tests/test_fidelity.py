@@ -170,9 +170,12 @@ def test_cli_writes_one_json_line(tmp_path, monkeypatch, capsys, cache):
     monkeypatch.setenv("DIM_FIDELITY_CACHE", cache)
     monkeypatch.setattr(fid_is, "load_run", lambda run, ckpt, device: (fake_cfg(), LinearGenerator(), 7))
     code = fid_is.main(["--run", str(tmp_path), "--num-samples", "300", "--metrics", "fid,kid", "--seed", "3",
-                        "--device", "cpu"])
+                        "--device", "cpu", "--inception-weights", str(tmp_path / "w.pth")])
     assert code == 0
-    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    out, err = capsys.readouterr()
+    printed = json.loads(out.strip().splitlines()[-1])
+    # the run's features are the digits extractor: the Inception file is not used, and it is said
+    assert "--inception-weights is not used: the features are digits-32.pt" in err
     written = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert written == [printed]
     assert printed["step"] == 7 and printed["num_samples"] == 300 and printed["seed"] == 3
