@@ -26,6 +26,8 @@ import json
 import sys
 from itertools import product
 
+from arena.distributed import processes
+
 from . import experiment as X
 from . import figures as F
 from .cli_args import count_arg
@@ -126,7 +128,8 @@ def _run(args, out) -> None:
                    lambda cells: plot(cells, args, gammas, out),
                    records=("cells", "cell"), compare=["config", "overrides", "steps", "probes"],
                    measured_by=probes, retrain=args.retrain)
-    print(json.dumps({k: v for k, v in data.items() if k != "cells"} | {"cells": len(data["cells"])}))
+    if processes().main:
+        print(json.dumps({k: v for k, v in data.items() if k != "cells"} | {"cells": len(data["cells"])}))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,7 @@ import torch
 
 from arena.config import load_config
 from arena.data import build_dataset, to_float
+from arena.distributed import processes
 from arena.rundir import read_metrics
 
 from dim.baselines.nat import initial_assignment
@@ -156,8 +157,9 @@ def check_all(args) -> int:
         return RUNS[spec.key][2](cfg, objective, args.ndm_steps)
 
     failed = X.run_specs(specs, X.on_main(measure), results, measure_key={"ndm_steps": args.ndm_steps}, say=log)
-    for record in results.data()["checks"]:  # none on the other processes
-        print(f"{record['run']:20s} {line(record)}")
+    if processes().main:  # the other processes hold only the records read at the start
+        for record in results.data()["checks"]:
+            print(f"{record['run']:20s} {line(record)}")
     return 3 if failed else 0
 
 

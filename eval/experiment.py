@@ -262,7 +262,7 @@ def run_specs(specs: list[Spec], measure, results: Results, *, train: bool = Tru
     say = say if procs.main else (lambda msg: None)
     results.order = [s.key for s in specs] + [k for k in results.order if k not in {s.key for s in specs}]
     sync = results.path.parent / f".{results.path.name}.sync"  # main_then_all's marker files
-    failed = []
+    failed, trained_dirs = [], set()  # the run dirs this call trained (a run may serve several specs)
     for spec in specs:
         state, skipped = _train(spec, train, hooks, say)
         record = dict(spec.record)
@@ -278,7 +278,9 @@ def run_specs(specs: list[Spec], measure, results: Results, *, train: bool = Tru
             continue
         key = _measure_key(measure_key, spec, state)
         old = results.records.get(spec.key, {})
-        trained_now = state is not None and state.how != "reuse"  # new weights under the same dir and step
+        if state is not None and state.how != "reuse":  # new weights under the same dir and step
+            trained_dirs.add(str(state.run_dir))
+        trained_now = state is not None and str(state.run_dir) in trained_dirs  # by this spec or one before
         if key is not None and not trained_now and "skipped" not in old and old.get("measure_key") == key:
             say(f"{spec.key}: measured before with the same settings; kept")
             continue

@@ -37,6 +37,7 @@ import torch
 
 from arena.config import config_from_dict, merge, parse_overrides, resolve
 from arena.data import build_dataset
+from arena.distributed import processes
 
 from . import experiment as X
 from .cli_args import default_device
@@ -238,10 +239,11 @@ def run(args) -> int:
                         command="eval.figure14")
     X.run_specs(specs, X.on_main(lambda spec, state: measure_panel(args, spec, state)), results,
                 measure_key={"samples": args.samples}, say=print)
-    panels = [results.records[n] for n in chosen if n in results.records]
-    draw(panels, args, chosen)
-    print(f"wrote {args.out}, {results.path} and {results.md}\n")
-    print(markdown({"panels": panels}), end="")
+    if processes().main:  # the records are measured and written there
+        panels = [results.records[n] for n in chosen if n in results.records]
+        draw(panels, args, chosen)
+        print(f"wrote {args.out}, {results.path} and {results.md}\n")
+        print(markdown({"panels": panels}), end="")
     return 0
 
 

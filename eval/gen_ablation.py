@@ -43,6 +43,7 @@ from pathlib import Path
 import torch
 
 from arena.config import load_config
+from arena.distributed import processes
 from arena.objective import DataInfo, build_objective
 from arena.registry import ConfigError
 from implicit_gen.base import GeneratorOptions
@@ -178,7 +179,8 @@ def _run(args) -> int:
 
     results.order = list(grid["cells"])
     X.run_specs(specs, X.on_main(measure_cell), results, train=args.train, say=log)
-    print(table(results.data()), end="")
+    if processes().main:
+        print(table(results.data()), end="")
     return 0
 
 

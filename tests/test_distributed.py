@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import torch
 from torch import nn
@@ -166,3 +167,26 @@ shutdown()
     first = DIM(tiny("dim_l_digits", tmp_path / "one", *TRAIN), INFO).nets["encoder"].state_dict()
     moved = max(float((one["nets"]["encoder"][k].float() - v.float()).abs().max()) for k, v in first.items())
     assert moved > 1e-3  # the steps changed the weights: the comparison is not vacuous
+
+
+def test_a_main_process_only_ms_ssim_does_not_wait_for_the_other_processes(tmp_path):
+    """The experiment commands measure on the main process (eval.experiment.main_then_all):
+    torchmetrics' MS-SSIM must not gather across processes there, or it waits for ever."""
+    script = tmp_path / "msssim_on_main.py"
+    script.write_text(f"""
+import sys; sys.path.insert(0, {str(ROOT)!r})
+import json, torch
+from pathlib import Path
+from arena.distributed import processes
+from eval.experiment import main_then_all
+from eval.probes import msssim
+
+procs = processes()
+x = torch.rand(8, 1, 16, 16) * 2 - 1
+value = main_then_all(procs, lambda: msssim(x, x.flip(0)) if procs.main else None, Path({str(tmp_path / 'marker')!r}))
+if procs.main:
+    Path({str(tmp_path / 'out.json')!r}).write_text(json.dumps(value))
+""")
+    launch_two_cpu_processes(script)
+    value = json.loads((tmp_path / "out.json").read_text())
+    assert 0 < value < 1

@@ -84,18 +84,18 @@ def test_a_measurement_is_kept_for_a_reused_run_and_taken_again_for_a_retrained_
         calls.append(state.how)
         return {"measured": len(calls)}
 
-    def once():
+    def once():  # two specs of one run, as a reproduce row probed and sampled in two column groups
         results = experiment.Results(tmp_path / "out.json", {"v": 1})
-        experiment.run_specs([experiment.Spec("a", cfg)], experiment.on_main(measure), results,
-                             measure_key={"v": 1}, say=lambda m: None)
+        experiment.run_specs([experiment.Spec("a", cfg), experiment.Spec("b", cfg)], experiment.on_main(measure),
+                             results, measure_key={"v": 1}, say=lambda m: None)
         return json.loads((tmp_path / "out.json").read_text())["records"][0]
 
     first = once()
-    assert calls == ["fresh"] and first["trained"] == "fresh"
-    assert once()["measure_key"] == first["measure_key"] and calls == ["fresh"]  # reused: kept
+    assert calls == ["fresh", "reuse"] and first["trained"] == "fresh"
+    assert once()["measure_key"] == first["measure_key"] and len(calls) == 2  # reused: both kept
     shutil.rmtree(run)  # what --retrain does
     once()
-    assert calls == ["fresh", "fresh"]
+    assert calls == ["fresh", "reuse", "fresh", "reuse"]  # both specs measure the new weights
 
 
 def test_ablation_stopped_in_a_cell_says_so_and_exits_with_the_signal(tmp_path, monkeypatch, capsys):

@@ -41,7 +41,8 @@ def msssim_metric(resolution: int):
     betas = tuple(b / sum(MSSSIM_BETAS[:n]) for b in MSSSIM_BETAS[:n])
     return MultiScaleStructuralSimilarityIndexMeasure(
         gaussian_kernel=True, kernel_size=MSSSIM_KERNEL, sigma=MSSSIM_SIGMA, betas=betas,
-        data_range=(-1.0, 1.0), normalize="relu", reduction="elementwise_mean")
+        data_range=(-1.0, 1.0), normalize="relu", reduction="elementwise_mean",
+        sync_on_compute=False)  # every caller measures on one process: a gather would wait for the others
 
 
 def msssim_settings(resolution: int) -> dict:
