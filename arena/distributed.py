@@ -127,14 +127,18 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     parallel-variance formula
         mean = sum_r n_r m_r / n,   M2 = sum_r [M2_r + n_r (m_r - mean)^2],   var = M2 / n
     (biased for normalizing; unbiased M2 / (n - 1) for the running variance, as BatchNorm).
+    `local = True` (local_batchnorm): this process's batch only, for a copy that one
+    process trains alone (a probe), where a collective would wait for the others.
     """
+
+    local = False
 
     def _check_input_dim(self, x: Tensor) -> None:
         if x.dim() < 2:
             raise ValueError(f"SyncBatchNorm expects [B, C, ...] input, got {list(x.shape)}")
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.training or world_size() == 1:
+        if not self.training or self.local or world_size() == 1:
             return super().forward(x)
         self._check_input_dim(x)
         c = x.shape[1]
@@ -176,6 +180,14 @@ def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
         return sync
     for name, child in module.named_children():
         setattr(module, name, convert_sync_batchnorm(child))
+    return module
+
+
+def local_batchnorm(module: nn.Module) -> nn.Module:
+    """`module` with every SyncBatchNorm normalizing by this process's batch alone (in place)."""
+    for m in module.modules():
+        if isinstance(m, SyncBatchNorm):
+            m.local = True
     return module
 
 

@@ -200,6 +200,24 @@ def test_semi_probe_fine_tunes_a_copy_and_learns_the_labels():
     assert all(torch.equal(before[k], after[k]) for k in before)  # the caller's weights are untouched
 
 
+def test_semi_probe_of_a_sync_bn_encoder_needs_no_other_process(monkeypatch):
+    """The probes run on the main process: fine-tuning an encoder trained with model.sync_bn
+    must not gather batch statistics from processes that are not there (it would hang)."""
+    import arena.distributed as D
+
+    torch.manual_seed(0)
+    (xtr, ytr), (xte, yte) = quadrant_images(200, 0), quadrant_images(100, 1)
+    enc = D.convert_sync_batchnorm(TinyEncoder())
+    monkeypatch.setattr(D, "world_size", lambda: 2)  # as under `accelerate launch` with 2 processes
+
+    def no_collective(*args, **kwargs):
+        raise AssertionError("a collective on one process")
+
+    monkeypatch.setattr(D, "gather", no_collective)
+    P.semi_probe(enc, P.ImageBatches(xtr, ytr, 50), P.ImageBatches(xte, yte, 100), num_outputs=4, epochs=1)
+    assert not any(getattr(m, "local", False) for m in enc.modules())  # the caller's encoder is unchanged
+
+
 def test_nearest_neighbours_uses_l1_and_excludes_the_query():
     keys = torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.0, 1.5], [3.0, 0.0]])
     # From (0, 0): L1 distances 2, 1.5, 3 (L2 would rank (1, 1) first: 1.41 < 1.5).

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from arena.distributed import local_batchnorm
 from dim.heads import MLPHead
 
 from .fit import fit, minibatches, seeded, standardizer
@@ -200,7 +201,8 @@ def semi_probe(encoder: nn.Module, train_batches: Iterable, test_batches: Iterab
     """
     torch.manual_seed(seed)
     device = torch.device(device)
-    enc = copy.deepcopy(encoder).to(device).requires_grad_(True)
+    # fine-tuned by this process alone (the probes run on the main one): no cross-process batch norm
+    enc = local_batchnorm(copy.deepcopy(encoder)).to(device).requires_grad_(True)
     x0, y0 = next(iter(test_batches))
     with torch.no_grad():
         enc.eval()
