@@ -40,7 +40,6 @@ from arena.data import build_dataset
 from arena.distributed import processes
 
 from . import experiment as X
-from .cli_args import default_device
 
 # panel title -> (objective, overrides, phases at a 50:1 ratio, net whose output is shown).
 # A phase [name, "R"] runs R (--ratio) times in a row; ("R", [phases]) repeats the group R
@@ -171,7 +170,7 @@ def measure_panel(args, spec: X.Spec, state) -> dict:
     """The panel's net on --samples real and as many generated images: their outputs (kept,
     so a rerun redraws without measuring), moments and separability."""
     _, _, _, net = LOSSES[spec.record["title"]]
-    cfg, objective, _ = X.load_final(state, default_device())
+    cfg, objective, _ = X.load_final(state, processes().device)  # the launch's device
     real, fake = outputs(objective, net, cfg, args.samples, args.split)
     rec = {"real_mean": real.mean().item(), "real_std": real.std().item(), "fake_mean": fake.mean().item(),
            "fake_std": fake.std().item(), **separability(real, fake), "split": args.split}
