@@ -59,6 +59,13 @@ def sample_prior(cfg: PriorConfig, n: int, dim: int, device=None, generator=None
     return PRIORS.get(cfg.name, key="prior.name")(cfg, n, dim, device, generator)
 
 
+def describe_prior(cfg: PriorConfig) -> str:
+    """The target in words, for people reading a card: 'uniform on [0, 1]^d', 'N(0, 1^2 I)'."""
+    if cfg.name == "uniform":
+        return f"uniform on [{cfg.low:g}, {cfg.high:g}]^d"
+    return f"N({cfg.mean:g}, {cfg.std:g}^2 I)"
+
+
 def check_prior(cfg: PriorConfig, key: str) -> None:
     PRIORS.get(cfg.name, key=f"{key}.name")
     if cfg.name == "uniform" and not cfg.high > cfg.low:

@@ -97,10 +97,12 @@ def embed(run: str | Path, overrides: list[str] = (), split: str = "train", laye
     ds = dataset(data, split)
     info = objective.info
     if (ds.channels, ds.resolution) != (info.channels, info.resolution):
-        fix = (f"set data.resolution={info.resolution}" if ds.channels == info.channels else
-               f"channels come from the data and cannot be set: image folders are read as RGB")
+        fixes = [f"set data.resolution={info.resolution}"] if ds.resolution != info.resolution else []
+        if ds.channels != info.channels:
+            fixes.append("channels come from the data and cannot be set"
+                         + (": image folders are read as RGB" if data.name == "imagefolder" else ""))
         raise ConfigError(f"data: {ds.describe()}, but the encoder of {run} reads {info.channels}x{info.resolution}"
-                          f"x{info.resolution} images ({fix})")
+                          f"x{info.resolution} images ({'; '.join(fixes)})")
     if len(ds) < procs.world:  # every process needs a row to gather
         raise ConfigError(f"data: {ds.describe()}: fewer images than the {procs.world} processes; use fewer")
     idx = shard(len(ds), procs.rank, procs.world)

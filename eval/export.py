@@ -125,18 +125,19 @@ def export(run: str | Path, out: str | Path, checkpoint: str = "latest", ema: bo
         raise ConfigError(f"--run: objective '{cfg.objective.name}' neither generates images nor has an "
                           f"encoder with features(); export covers encoders (dim, supervised) and generators")
     info, out = objective.info, Path(out)
-    card = {"run": str(run), "objective": cfg.objective.name, "step": step, "ema": ema and bool(objective.ema),
+    exported = getattr(objective, "decoder_player", "G") if objective.generates else "encoder"
+    card = {"run": str(run), "objective": cfg.objective.name, "step": step, "ema": ema and exported in objective.ema,
             "resolution": info.resolution, "channels": info.channels, "device": str(device),
             "torch": torch.__version__, "load": "torch.export.load(path).module()"}
     out.mkdir(parents=True, exist_ok=True)
     if objective.generates:
         z = objective.latent(2, torch.Generator().manual_seed(0)).to(device)
         objective.generate(z, ema=ema)  # settles the EMA generator's batch norm statistics first
-        G = objective.net(getattr(objective, "decoder_player", "G"), ema)  # VAE, AAE: their decoder
+        G = objective.net(exported, ema)  # VAE, AAE: their decoder
         program = GeneratorProgram(G).eval()
         export_program(program, z, out / "model.pt2")
         card |= {"kind": "generator", "files": {"model.pt2": "latents"}, "z_dim": z.shape[1],
-                 "input": f"z float32 [B, {z.shape[1]}], standard normal",
+                 "input": f"z float32 [B, {z.shape[1]}], {getattr(objective, 'latent_law', lambda: 'N(0, I)')()}",
                  "output": f"images float32 [B, {info.channels}, {info.resolution}, {info.resolution}] in [0, 1]"}
     else:
         x = torch.rand(2, info.channels, info.resolution, info.resolution,

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         feats = resolve_features(features, cfg.data, weights)  # fails here, before sampling
         if args.inception_weights and feats["feature_extractor"] != "inception-v3-compat":
             used = Path(feats["feature_extractor_weights_path"]).name
-            print(f"[fid_is] --inception-weights is not used: the features are {used} (eval.features "
+            print(f"[fid_is] --inception-weights is not used: the features are {used} (features "
                   f"'{features}'); add --features inception for Inception's", file=sys.stderr)
         values = evaluate_generator(objective, cfg, num_samples=args.num_samples, metrics=metrics,
                                     features=features, inception_weights=weights, seed=args.seed,

@@ -97,6 +97,14 @@ def test_a_gray_encoder_on_an_image_folder_names_the_channels(folder_run, tmp_pa
     assert "reads 1x16x16 images (channels come from the data" in capsys.readouterr().err
 
 
+def test_a_mismatch_on_other_data_names_each_fix_it_needs(tmp_path, capsys):
+    run = tmp_path / "gray"  # 1x16x16 digits against 3x32x32 shapes: the resolution can be set, channels not
+    train(tiny("dim_l_digits", run, *TINY_DIM))
+    assert E.main(["--run", str(run), "--data", "shapes", "data.resolution=32", "--out", str(tmp_path / "f.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "(set data.resolution=16; channels come from the data and cannot be set)" in err
+
+
 def test_shards_cover_every_index_once_in_order():
     for n, world in [(9, 2), (3, 4), (10, 3)]:
         parts = [E.shard(n, r, world) for r in range(world)]

@@ -109,6 +109,17 @@ def test_export_of_a_vae_writes_its_decoder_as_the_generator(tmp_path):
     assert card["kind"] == "generator" and card["z_dim"] == 8
 
 
+def test_an_aae_card_names_its_prior_and_whether_the_decoder_is_an_ema_copy(tmp_path):
+    run = tmp_path / "run"  # samples come from the prior the codes were matched to; EMA of the encoder only
+    train(tiny("aae_digits", run, "model.width=0.125", "model.y_dim=8", "model.decoder_width=8",
+               "train.batch_size=8", "train.steps=2", "train.checkpoint_every=2", "train.sample_every=100",
+               "objective.prior.name=uniform", "objective.prior.low=-1", "train.ema={encoder: 0.9}"))
+    assert X.main(["--run", str(run), "--out", str(tmp_path / "out")]) == 0
+    card = json.loads((tmp_path / "out" / "card.json").read_text())
+    assert card["input"] == "z float32 [B, 8], uniform on [-1, 1]^d"
+    assert card["ema"] is False  # the exported decoder is the trained one: it has no EMA copy
+
+
 def test_card_figures_skip_probes_of_the_untrained_encoder(tmp_path):
     rows = [{"step": 60, "svm": {"y": {"mean": 90.0}}, "settings": {"random_init": False}},
             {"step": 0, "svm": {"y": {"mean": 70.0}}, "settings": {"random_init": True}}]

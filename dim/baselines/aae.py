@@ -26,7 +26,7 @@ from torch import Tensor
 
 from arena.objective import OBJECTIVES, Batch, DataInfo, LazyPenalty, Phase
 from arena.prior import (PenaltySide, PriorConfig, PriorDiscriminator, check_prior, discriminator_loss,
-                         encoder_loss, lazy_penalty_log, sample_prior)
+                         describe_prior, encoder_loss, lazy_penalty_log, sample_prior)
 from arena.schema import NonNegative
 
 from ..objective import frozen_bn_stats
@@ -75,6 +75,9 @@ class AAE(BaselineObjective):
     def latent(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Codes for sampling: the prior the encoder was matched to (on the CPU when seeded)."""
         return sample_prior(self.opts.prior, n, self.cfg.model.y_dim, generator=generator)
+
+    def latent_law(self) -> str:
+        return describe_prior(self.opts.prior)
 
     def prior_samples(self, n: int, dim: int) -> Tensor:
         """Training samples of the prior from the process's RNG, on the device."""
